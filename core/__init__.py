@@ -1,0 +1,1 @@
+"""skipstep core: everything that is neither HTTP nor Celery."""

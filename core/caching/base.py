@@ -1,0 +1,268 @@
+"""The shared skeleton of every timestep cache.
+
+A strategy decides, per denoising step and CFG branch, whether the cached unit (the
+transformer's block stack, or the whole model for EasyCache) runs, or whether the
+branch's cached residual (unit output minus unit input, from its last computed call) is
+added to the unit's input instead. This class owns everything around that decision:
+per-branch state, the residual, forced computes, counting, timing and the figures.
+
+A strategy supplies its parameter schema and its rule:
+
+- ``new_accumulator`` — the state its rule accumulates between computes (reset on every compute);
+- ``forced`` — the steps it always computes (step 0 always computes: nothing is cached yet);
+- ``can_reuse`` — given the accumulator and this step's signal, may the cached residual be reused?
+- the signal, either known before denoising (``signals``: then the whole schedule is computed
+  ahead and the loop never synchronises with the device to decide), or measured on-line
+  (``runtime_signal``, with ``after_compute`` to update what it measures).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from core.caching.profiles import Profile
+from core.models.families import ModelFamily
+
+
+class CacheParams(BaseModel):
+    """Base of every strategy's parameter schema."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a cache is told before denoising starts."""
+
+    num_steps: int
+    branches: tuple[str, ...]
+    timesteps: torch.Tensor
+    transformer: torch.nn.Module
+    family: ModelFamily
+
+
+@dataclass
+class BranchState:
+    index: int
+    name: str
+    accumulator: Any
+    step: int = 0
+    computing: bool = True
+    unit_input: torch.Tensor | None = None
+    residual: torch.Tensor | None = None
+    timer_token: Any = None
+    decisions: list[bool] = field(default_factory=list)
+
+
+class CallTimer:
+    """Sums the time of computed calls; on CUDA with events, read once at the end."""
+
+    def __init__(self) -> None:
+        self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+        self._cpu_seconds = 0.0
+
+    def start(self, device: torch.device) -> Any:
+        if device.type == "cuda":
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def stop(self, token: Any) -> None:
+        if isinstance(token, float):
+            self._cpu_seconds += time.perf_counter() - token
+            return
+        end = torch.cuda.Event(enable_timing=True)
+        end.record()
+        self._events.append((token, end))
+
+    def seconds(self) -> float:
+        if self._events:
+            torch.cuda.synchronize()
+        return self._cpu_seconds + sum(start.elapsed_time(end) for start, end in self._events) / 1000
+
+
+class BranchFigures(BaseModel):
+    computed: int
+    skipped: int
+    # One character per step: "C" computed, "." cached residual reused.
+    schedule: str
+
+
+def branch_figures(decisions: Sequence[bool]) -> BranchFigures:
+    computed = sum(decisions)
+    return BranchFigures(
+        computed=computed,
+        skipped=len(decisions) - computed,
+        schedule="".join("C" if d else "." for d in decisions),
+    )
+
+
+class ScheduleFigures(BaseModel):
+    """A schedule known before denoising: what a job can report the moment it is planned."""
+
+    steps_total: int
+    branches: dict[str, BranchFigures]
+    ideal_speedup: float
+
+
+class CacheReport(BaseModel):
+    strategy: str
+    params: dict[str, Any]
+    profile: str | None
+    scheduled_ahead: bool
+    steps_total: int
+    branches: dict[str, BranchFigures]
+    denoise_seconds: float
+    # Mean time of one computed call of the cached unit (block stack, or whole model).
+    seconds_per_computed_call: float
+    # Denoise time per computed step (computed calls over CFG branches).
+    seconds_per_computed_step: float
+    # Denoise time plus what the skipped calls would have cost at the measured per-call time.
+    estimated_full_seconds: float
+    speedup: float
+    # Total calls over computed calls: the speedup if nothing but the cached unit cost time.
+    ideal_speedup: float
+
+
+class TimestepCache:
+    name: ClassVar[str]
+    Params: ClassVar[type[CacheParams]] = CacheParams
+    scope: ClassVar[Literal["blocks", "model"]] = "blocks"
+    # The profile field this strategy reads (None: it needs no calibration).
+    needs: ClassVar[str | None] = None
+
+    def __init__(self, params: CacheParams | None = None, profile: Profile | None = None) -> None:
+        self.params = params if params is not None else self.Params()
+        self.profile = profile
+        self.plan: RunPlan | None = None
+        self.schedule: dict[str, list[bool]] | None = None
+        self.states: dict[str, BranchState] = {}
+        self.timer = CallTimer()
+
+    # -- the strategy's rule ---------------------------------------------------------------
+
+    def new_accumulator(self) -> Any:
+        return None
+
+    def forced(self, step: int, branch: int) -> bool:
+        return False
+
+    def signals(self) -> dict[str, Sequence[float]] | None:
+        """Per-branch, per-step signals known before denoising; None for on-line strategies."""
+        return None
+
+    def runtime_signal(self, state: BranchState, unit_input: torch.Tensor) -> float | None:
+        raise NotImplementedError(f"{self.name} has neither ahead-of-time nor runtime signals")
+
+    def can_reuse(self, accumulator: Any, signal: float) -> bool:
+        return False
+
+    def after_compute(self, state: BranchState, unit_input: torch.Tensor, unit_output: torch.Tensor) -> None:
+        """Called after each computed call, with the unit's input and output."""
+
+    # -- the skeleton ----------------------------------------------------------------------
+
+    def prepare(self, plan: RunPlan) -> None:
+        """Reset for a new run; compute the whole schedule now if the signals allow it."""
+        self.plan = plan
+        self.states = {}
+        self.timer = CallTimer()
+        signals = self.signals()
+        self.schedule = None
+        if signals is not None:
+            self.schedule = {
+                branch: self.replay(index, signals[branch]) for index, branch in enumerate(plan.branches)
+            }
+
+    def replay(self, branch: int, signals: Sequence[float]) -> list[bool]:
+        """The compute (True) / reuse (False) decisions of one branch for its per-step signals."""
+        accumulator = self.new_accumulator()
+        decisions = []
+        for step in range(self.plan.num_steps):
+            compute = step == 0 or self.forced(step, branch) or not self.can_reuse(accumulator, signals[step])
+            if compute:
+                accumulator = self.new_accumulator()
+            decisions.append(compute)
+        return decisions
+
+    def planned(self) -> ScheduleFigures | None:
+        if self.schedule is None:
+            return None
+        decisions = list(self.schedule.values())
+        return ScheduleFigures(
+            steps_total=self.plan.num_steps,
+            branches={branch: branch_figures(d) for branch, d in self.schedule.items()},
+            ideal_speedup=_ratio(sum(map(len, decisions)), sum(map(sum, decisions))),
+        )
+
+    def state_for(self, branch: str) -> BranchState:
+        state = self.states.get(branch)
+        if state is None:
+            if branch not in self.plan.branches:
+                raise RuntimeError(f"transformer called in cache context {branch!r}; planned {self.plan.branches}")
+            state = BranchState(self.plan.branches.index(branch), branch, self.new_accumulator())
+            self.states[branch] = state
+        return state
+
+    def should_compute(self, state: BranchState, unit_input: torch.Tensor) -> bool:
+        if self.schedule is not None:
+            return self.schedule[state.name][state.step]
+        signal = self.runtime_signal(state, unit_input)
+        if state.residual is None or self.forced(state.step, state.index) or signal is None:
+            return True
+        return not self.can_reuse(state.accumulator, signal)
+
+    def enter(self, state: BranchState, unit_input: torch.Tensor) -> torch.Tensor | None:
+        """Begin one call of the unit; returns the reused output when the call is skipped."""
+        compute = self.should_compute(state, unit_input)
+        state.decisions.append(compute)
+        state.computing = compute
+        if not compute:
+            return unit_input + state.residual
+        state.accumulator = self.new_accumulator()
+        state.unit_input = unit_input
+        state.timer_token = self.timer.start(unit_input.device)
+        return None
+
+    def exit(self, state: BranchState, unit_output: torch.Tensor) -> None:
+        if state.computing:
+            self.timer.stop(state.timer_token)
+            state.residual = unit_output - state.unit_input
+            self.after_compute(state, state.unit_input, unit_output)
+            state.unit_input = None
+        state.step += 1
+
+    def calls(self) -> tuple[int, int]:
+        """(computed, skipped) calls so far in this run."""
+        decisions = [d for state in self.states.values() for d in state.decisions]
+        return sum(decisions), len(decisions) - sum(decisions)
+
+    def report(self, denoise_seconds: float) -> CacheReport:
+        computed, skipped = self.calls()
+        per_call = self.timer.seconds() / computed if computed else 0.0
+        estimated_full = denoise_seconds + skipped * per_call
+        return CacheReport(
+            strategy=self.name,
+            params=self.params.model_dump(),
+            profile=self.profile.name if self.profile else None,
+            scheduled_ahead=self.schedule is not None,
+            steps_total=self.plan.num_steps,
+            branches={name: branch_figures(state.decisions) for name, state in self.states.items()},
+            denoise_seconds=denoise_seconds,
+            seconds_per_computed_call=per_call,
+            seconds_per_computed_step=_ratio(denoise_seconds * len(self.states), computed),
+            estimated_full_seconds=estimated_full,
+            speedup=_ratio(estimated_full, denoise_seconds),
+            ideal_speedup=_ratio(computed + skipped, computed),
+        )
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator else 0.0

@@ -1,0 +1,132 @@
+"""Calibration: uncached runs that record, per step and branch, what the strategies need.
+
+- MagCache: ``mean over tokens of ||r_t|| / ||r_(t-1)||`` of the block-stack residual ``r``.
+- TeaCache: pairs (relative L1 change of the compared timestep embedding, relative L1 change
+  of the model output) between consecutive steps, and the 4th-degree polynomial fitted to them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from core.caching.base import BranchState, RunPlan, TimestepCache
+from core.caching.profiles import Profile, transformer_signature
+from core.caching.teacache import relative_l1
+from core.errors import InvalidRequest
+from core.generation import run
+from core.models import LoadedModel
+from core.models.families import Shape
+from core.request import GenerationRequest
+
+COMPARED = ("temb", "timestep_proj")
+POLY_DEGREE = 4
+# A degree-4 fit needs five points from one prompt: six steps give five consecutive pairs.
+MIN_STEPS = POLY_DEGREE + 2
+
+
+class CalibrationRecorder(TimestepCache):
+    """Computes every step, recording residual-magnitude ratios and model outputs per branch."""
+
+    name = "calibration"
+
+    def prepare(self, plan: RunPlan) -> None:
+        super().prepare(plan)
+        self.mag_ratios: dict[str, list[float]] = {branch: [] for branch in plan.branches}
+        self.outputs: dict[str, list[torch.Tensor]] = {branch: [] for branch in plan.branches}
+        self._last_norms: dict[str, torch.Tensor] = {}
+        self._current: str | None = None
+
+    def signals(self) -> dict[str, Sequence[float]]:
+        return {branch: [0.0] * self.plan.num_steps for branch in self.plan.branches}
+
+    def after_compute(self, state: BranchState, unit_input: torch.Tensor, unit_output: torch.Tensor) -> None:
+        norms = torch.linalg.vector_norm((unit_output - unit_input).float(), dim=-1)
+        previous = self._last_norms.get(state.name)
+        ratio = 1.0 if previous is None else (norms / previous).mean().item()
+        self.mag_ratios[state.name].append(ratio)
+        self._last_norms[state.name] = norms
+        self._current = state.name
+
+    def record_output(self, _module: torch.nn.Module, _args: object, output: object) -> None:
+        sample = output[0] if isinstance(output, tuple) else output.sample
+        self.outputs[self._current].append(sample.detach().float().cpu())
+
+    def output_changes(self, branch: str) -> list[float]:
+        return relative_l1(torch.stack(self.outputs[branch]))[1:]
+
+
+def calibrate(
+    model: LoadedModel,
+    shape: Shape,
+    prompts: Sequence[str],
+    name: str | None = None,
+    guidance_scale: float = 5.0,
+    seed: int = 0,
+    on_prompt: Callable[[int, str], None] | None = None,
+) -> Profile:
+    """Run ``prompts`` uncached at ``shape`` and build a profile from what they record."""
+    if shape.num_inference_steps < MIN_STEPS:
+        raise InvalidRequest("num_inference_steps", f"calibration needs at least {MIN_STEPS} steps")
+    if not prompts:
+        raise InvalidRequest("prompts", "calibration needs at least one prompt")
+    ratios: dict[str, list[list[float]]] = {}
+    samples: dict[str, list[tuple[float, float]]] = {compared: [] for compared in COMPARED}
+    for index, prompt in enumerate(prompts):
+        if on_prompt is not None:
+            on_prompt(index, prompt)
+        request = GenerationRequest(
+            prompt=prompt,
+            width=shape.width,
+            height=shape.height,
+            num_frames=shape.num_frames,
+            num_inference_steps=shape.num_inference_steps,
+            guidance_scale=guidance_scale,
+            seed=seed + index,
+        )
+        recorder = CalibrationRecorder()
+        handle = model.transformer.register_forward_hook(recorder.record_output)
+        try:
+            run(model, request, request.shape(model.family, model.default_shape), recorder)
+        finally:
+            handle.remove()
+        embeddings = model.family.timestep_embeddings(model.transformer, recorder.plan.timesteps)
+        input_changes = {compared: relative_l1(embeddings[compared])[1:] for compared in COMPARED}
+        for branch in recorder.plan.branches:
+            ratios.setdefault(branch, []).append(recorder.mag_ratios[branch])
+            output_changes = recorder.output_changes(branch)
+            for compared in COMPARED:
+                samples[compared].extend(zip(input_changes[compared], output_changes, strict=True))
+
+    return Profile(
+        name=name or default_profile_name(model.name, shape),
+        model=model.name,
+        transformer=transformer_signature(model.transformer),
+        width=shape.width,
+        height=shape.height,
+        num_frames=shape.num_frames,
+        num_inference_steps=shape.num_inference_steps,
+        guidance_scale=guidance_scale,
+        source=f"skipstep calibrate: {len(prompts)} prompt(s), seeds from {seed}",
+        prompts=list(prompts),
+        magcache={branch: np.mean(runs, axis=0).tolist() for branch, runs in ratios.items()},
+        teacache={compared: fit_polynomial(pairs) for compared, pairs in samples.items()},
+        teacache_samples=samples,
+    )
+
+
+def fit_polynomial(pairs: Sequence[tuple[float, float]]) -> list[float]:
+    """Least-squares degree-4 fit of output change on input change, in np.poly1d order."""
+    x, y = np.array(pairs, dtype=np.float64).T
+    fitted = np.polynomial.Polynomial.fit(x, y, POLY_DEGREE).convert()
+    coefficients = np.zeros(POLY_DEGREE + 1)
+    coefficients[: len(fitted.coef)] = fitted.coef
+    return coefficients[::-1].tolist()
+
+
+def default_profile_name(model_name: str, shape: Shape) -> str:
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", model_name.rstrip("/").split("/")[-1]).strip("-.") or "model"
+    return f"{stem}-{shape.width}x{shape.height}x{shape.num_frames}-{shape.num_inference_steps}steps"

@@ -1,0 +1,122 @@
+"""Calibration profiles: what the strategies need to know about one model at one shape.
+
+A profile is a JSON document. The published Wan2.1-T2V-1.3B constants ship as the built-in
+profile; ``skipstep calibrate`` writes more into the profiles folder. A job names a profile
+or gets the nearest one for its model (transformer class and dimensions), size and steps.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, Field, ValidationError
+
+from core.errors import CacheConfigError
+from core.models.families import Shape
+
+BUILTIN_DIR = Path(__file__).parent / "profiles"
+
+# Transformer config keys that identify an architecture for calibration purposes.
+_SIGNATURE_KEYS = (
+    "num_layers",
+    "num_attention_heads",
+    "attention_head_dim",
+    "ffn_dim",
+    "in_channels",
+    "out_channels",
+    "text_dim",
+    "cross_attention_dim",
+    "caption_channels",
+    "patch_size",
+    "patch_size_t",
+)
+
+
+def transformer_signature(transformer: torch.nn.Module) -> dict[str, Any]:
+    config = transformer.config
+    signature: dict[str, Any] = {"class": type(transformer).__name__}
+    for key in _SIGNATURE_KEYS:
+        if key in config:
+            value = config[key]
+            signature[key] = list(value) if isinstance(value, tuple) else value
+    return signature
+
+
+class Profile(BaseModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+    model: str
+    transformer: dict[str, Any]
+    width: int
+    height: int
+    num_frames: int
+    num_inference_steps: int
+    guidance_scale: float
+    source: str
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    prompts: list[str] = []
+    # MagCache: per CFG branch, the residual-magnitude ratio of each step to the previous one.
+    magcache: dict[str, list[float]] | None = None
+    # TeaCache: per compared tensor (temb, timestep_proj), np.poly1d-ordered coefficients that map
+    # the relative L1 change of that tensor to the relative L1 change of the model output.
+    teacache: dict[str, list[float]] | None = None
+    # The measured (input change, output change) pairs the TeaCache polynomials were fitted to.
+    teacache_samples: dict[str, list[tuple[float, float]]] | None = None
+
+    def matches(self, signature: dict[str, Any]) -> bool:
+        return all(signature.get(key) == value for key, value in self.transformer.items())
+
+    def distance(self, shape: Shape) -> tuple[float, float]:
+        """How far this profile's calibration shape is from ``shape``: steps first, then tokens."""
+        steps = abs(math.log(shape.num_inference_steps / self.num_inference_steps))
+        volume = abs(
+            math.log(
+                (shape.width * shape.height * shape.num_frames) / (self.width * self.height * self.num_frames)
+            )
+        )
+        return steps, volume
+
+
+class ProfileStore:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def all(self) -> list[Profile]:
+        profiles = {}
+        for folder in (BUILTIN_DIR, self.directory):
+            for file in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+                profile = self._read(file)
+                profiles.setdefault(profile.name, profile)
+        return list(profiles.values())
+
+    def get(self, name: str) -> Profile:
+        for profile in self.all():
+            if profile.name == name:
+                return profile
+        known = ", ".join(p.name for p in self.all()) or "none"
+        raise CacheConfigError(f"cache.profile: unknown profile {name!r}; known profiles: {known}")
+
+    def nearest(self, signature: dict[str, Any], shape: Shape, needs: str) -> Profile | None:
+        """The closest profile for this transformer that carries the data ``needs`` names."""
+        candidates = [p for p in self.all() if p.matches(signature) and getattr(p, needs) is not None]
+        return min(candidates, key=lambda p: p.distance(shape), default=None)
+
+    def save(self, profile: Profile) -> Path:
+        if (BUILTIN_DIR / f"{profile.name}.json").exists():
+            raise CacheConfigError(f"profile name {profile.name!r} is taken by a built-in profile")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"{profile.name}.json"
+        staging = path.with_suffix(".json.tmp")
+        staging.write_text(profile.model_dump_json(indent=1))
+        staging.replace(path)
+        return path
+
+    @staticmethod
+    def _read(file: Path) -> Profile:
+        try:
+            return Profile.model_validate_json(file.read_text())
+        except (OSError, ValidationError) as exc:
+            raise CacheConfigError(f"profile file {file} is unreadable: {exc}") from None

@@ -1,0 +1,213 @@
+"""The ``skipstep`` command line: generate a video, calibrate a model, list profiles."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+from tqdm import tqdm
+
+from core.caching import CacheReport, ProfileStore, ScheduleFigures
+from core.caching.calibration import calibrate
+from core.errors import SkipstepError
+from core.generation import GenerationResult, Progress, generate
+from core.models import load_model
+from core.request import GenerationRequest
+from core.settings import Settings, get_settings
+from core.video import encode_mp4, to_uint8
+
+DEFAULT_CALIBRATION_PROMPTS = (
+    "a cat walking on a sunny street, cinematic",
+    "aerial view of a mountain river at dawn",
+    "a red car driving through a neon city at night",
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings = get_settings()
+    args = _parser(settings).parse_args(argv)
+    try:
+        return args.run(args, settings)
+    except ValidationError as exc:
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"]) or "request"
+            print(f"error: {field}: {error['msg']}", file=sys.stderr)
+    except SkipstepError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    return 2
+
+
+def _parser(settings: Settings) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="skipstep", description="Fast video generation with timestep caching.")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    gen = commands.add_parser("generate", help="generate one video")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--negative-prompt", default="")
+    _add_model_and_shape(gen, settings)
+    gen.add_argument("--guidance-scale", type=float, default=5.0)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--fps", type=int, default=16)
+    gen.add_argument("--cache", default="none", metavar="STRATEGY", help="none, teacache, magcache, easycache")
+    gen.add_argument(
+        "--cache-param", action="append", default=[], metavar="NAME=VALUE", help="a strategy parameter (repeatable)"
+    )
+    gen.add_argument("--profile", help="calibration profile (default: the nearest for the model and shape)")
+    gen.add_argument("--compare", action="store_true", help="also run uncached: PSNR, SSIM, measured speedup")
+    gen.add_argument("--out", type=Path, required=True, metavar="FILE.mp4")
+    gen.set_defaults(run=_generate)
+
+    cal = commands.add_parser("calibrate", help="record a calibration profile for a model and shape")
+    _add_model_and_shape(cal, settings)
+    cal.add_argument("--prompts", type=Path, metavar="FILE", help="one prompt per line (default: 3 built in)")
+    cal.add_argument("--name", help="profile name (default: MODEL-WxHxF-Nsteps)")
+    cal.add_argument("--guidance-scale", type=float, default=5.0)
+    cal.add_argument("--seed", type=int, default=0)
+    cal.set_defaults(run=_calibrate)
+
+    profiles = commands.add_parser("profiles", help="list calibration profiles")
+    profiles.set_defaults(run=_profiles)
+    return parser
+
+
+def _add_model_and_shape(parser: argparse.ArgumentParser, settings: Settings) -> None:
+    parser.add_argument("--model", default=settings.model, help=f"preset or model directory (default {settings.model})")
+    parser.add_argument("--width", type=int)
+    parser.add_argument("--height", type=int)
+    parser.add_argument("--num-frames", type=int)
+    parser.add_argument("--steps", type=int, dest="num_inference_steps")
+
+
+def _generate(args: argparse.Namespace, settings: Settings) -> int:
+    params = dict(_split_param(item) for item in args.cache_param)
+    request = GenerationRequest(
+        prompt=args.prompt,
+        negative_prompt=args.negative_prompt,
+        width=args.width,
+        height=args.height,
+        num_frames=args.num_frames,
+        num_inference_steps=args.num_inference_steps,
+        guidance_scale=args.guidance_scale,
+        seed=args.seed,
+        fps=args.fps,
+        cache={"strategy": args.cache, "params": params, "profile": args.profile},
+        compare=args.compare,
+    )
+    started = time.perf_counter()
+    model = load_model(args.model, settings)
+    loaded = time.perf_counter()
+    bar = tqdm(desc="denoising", unit="step", file=sys.stderr, delay=0.1)
+
+    def on_plan(planned: ScheduleFigures | None) -> None:
+        if planned is not None:
+            bar.write(_format_schedule("planned", planned.branches, planned.ideal_speedup), file=sys.stderr)
+
+    def on_step(progress: Progress) -> None:
+        bar.total = progress.total
+        bar.set_postfix(computed=progress.computed_calls, skipped=progress.skipped_calls, refresh=False)
+        bar.update(progress.step - bar.n)
+        if progress.step == progress.total:
+            bar.close()
+
+    try:
+        result = generate(model, request, ProfileStore(settings.profiles_dir), on_plan=on_plan, on_step=on_step)
+    finally:
+        bar.close()
+    encode_started = time.perf_counter()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    encode_mp4(to_uint8(result.frames), args.out, result.fps)
+    finished = time.perf_counter()
+    print(_format_report(result.cache))
+    if result.fidelity is not None:
+        f = result.fidelity
+        print(
+            f"fidelity vs uncached (same seed): PSNR {f.psnr:.2f} dB, SSIM {f.ssim:.4f}; "
+            f"measured speedup {f.measured_speedup:.2f}x ({f.baseline_denoise_seconds:.2f} s uncached)"
+        )
+    print(_summary(args.out, result, loaded - started, finished - encode_started, finished - started))
+    return 0
+
+
+def _calibrate(args: argparse.Namespace, settings: Settings) -> int:
+    prompts = DEFAULT_CALIBRATION_PROMPTS
+    if args.prompts is not None:
+        prompts = tuple(line.strip() for line in args.prompts.read_text().splitlines() if line.strip())
+    model = load_model(args.model, settings)
+    shape = GenerationRequest(
+        prompt=prompts[0] if prompts else "-",
+        width=args.width,
+        height=args.height,
+        num_frames=args.num_frames,
+        num_inference_steps=args.num_inference_steps,
+    ).shape(model.family, model.default_shape)
+    profile = calibrate(
+        model,
+        shape,
+        prompts,
+        name=args.name,
+        guidance_scale=args.guidance_scale,
+        seed=args.seed,
+        on_prompt=lambda index, prompt: print(f"[{index + 1}/{len(prompts)}] {prompt}", file=sys.stderr),
+    )
+    path = ProfileStore(settings.profiles_dir).save(profile)
+    for branch, ratios in profile.magcache.items():
+        print(f"magcache ratios ({branch}): " + " ".join(f"{r:.4f}" for r in ratios))
+    for compared, coefficients in profile.teacache.items():
+        print(f"teacache polynomial ({compared}): " + ", ".join(f"{c:.6g}" for c in coefficients))
+    print(f"wrote profile {profile.name} to {path}")
+    return 0
+
+
+def _profiles(args: argparse.Namespace, settings: Settings) -> int:
+    for profile in ProfileStore(settings.profiles_dir).all():
+        data = [name for name in ("magcache", "teacache") if getattr(profile, name) is not None]
+        print(
+            f"{profile.name}: {profile.model} {profile.width}x{profile.height}x{profile.num_frames}, "
+            f"{profile.num_inference_steps} steps [{', '.join(data)}]"
+        )
+    return 0
+
+
+def _split_param(item: str) -> tuple[str, str]:
+    name, sep, value = item.partition("=")
+    if not sep or not name:
+        raise SystemExit(f"error: --cache-param: expected NAME=VALUE, got {item!r}")
+    return name.strip(), value.strip()
+
+
+def _format_schedule(title: str, branches: dict, ideal_speedup: float) -> str:
+    lines = [f"{title} schedule (C computed, . reused), ideal speedup {ideal_speedup:.2f}x"]
+    width = max(map(len, branches))
+    for name, figures in branches.items():
+        lines.append(f"  {name:<{width}} {figures.schedule}  {figures.computed}/{figures.computed + figures.skipped}")
+    return "\n".join(lines)
+
+
+def _format_report(report: CacheReport) -> str:
+    header = f"cache {report.strategy} {report.params}" + (f" profile {report.profile}" if report.profile else "")
+    return "\n".join(
+        [
+            header,
+            _format_schedule("actual", report.branches, report.ideal_speedup),
+            f"denoise {report.denoise_seconds:.2f} s, {report.seconds_per_computed_call * 1000:.1f} ms per computed "
+            f"call, {report.seconds_per_computed_step:.3f} s per computed step; estimated full-compute "
+            f"{report.estimated_full_seconds:.2f} s, speedup {report.speedup:.2f}x",
+        ]
+    )
+
+
+def _summary(out: Path, result: GenerationResult, load: float, encode: float, total: float) -> str:
+    t, s = result.timings, result.shape
+    return (
+        f"wrote {out}: {s.num_frames} frames {s.width}x{s.height} at {result.fps} fps, {s.num_inference_steps} steps "
+        f"in {total:.1f} s (load {load:.1f} s, text {t.text_encoding:.2f} s, denoise {t.denoising:.2f} s, "
+        f"decode {t.vae_decode:.2f} s, encode {encode:.2f} s)"
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

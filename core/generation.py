@@ -1,0 +1,150 @@
+"""One generation: encode the prompt, denoise with the request's cache strategy, decode.
+
+Denoising runs through the model family's own diffusers pipeline (classifier-free guidance
+as that pipeline does it); the cache is hooked into its transformer for the call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from pydantic import BaseModel
+
+from core.caching import CacheReport, ProfileStore, RunPlan, ScheduleFigures, TimestepCache, attached
+from core.caching.none import NoCache
+from core.fidelity import psnr, ssim
+from core.models import LoadedModel
+from core.models.families import Shape
+from core.request import GenerationRequest
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int
+    total: int
+    computed_calls: int
+    skipped_calls: int
+
+
+class Timings(BaseModel):
+    text_encoding: float
+    denoising: float
+    vae_decode: float
+
+
+class Fidelity(BaseModel):
+    psnr: float
+    ssim: float
+    baseline_denoise_seconds: float
+    measured_speedup: float
+
+
+@dataclass
+class GenerationResult:
+    frames: np.ndarray  # float32 in [0, 1], (frames, height, width, 3)
+    shape: Shape
+    fps: int
+    timings: Timings
+    cache: CacheReport
+    fidelity: Fidelity | None = None
+
+
+ProgressCallback = Callable[[Progress], None]
+PlanCallback = Callable[[ScheduleFigures | None], None]
+
+
+def generate(
+    model: LoadedModel,
+    request: GenerationRequest,
+    profiles: ProfileStore,
+    on_plan: PlanCallback | None = None,
+    on_step: ProgressCallback | None = None,
+) -> GenerationResult:
+    shape = request.shape(model.family, model.default_shape)
+    cache = request.cache.build(model.transformer, shape, profiles)
+    result = run(model, request, shape, cache, on_plan, on_step)
+    if request.compare:
+        baseline = run(model, request, shape, NoCache(), None, None)
+        result.fidelity = Fidelity(
+            psnr=psnr(result.frames, baseline.frames),
+            ssim=ssim(result.frames, baseline.frames),
+            baseline_denoise_seconds=baseline.timings.denoising,
+            measured_speedup=baseline.timings.denoising / result.timings.denoising,
+        )
+    return result
+
+
+def run(
+    model: LoadedModel,
+    request: GenerationRequest,
+    shape: Shape,
+    cache: TimestepCache,
+    on_plan: PlanCallback | None = None,
+    on_step: ProgressCallback | None = None,
+) -> GenerationResult:
+    """One pipeline run with a ready cache; ``request.cache`` and ``request.compare`` are not read."""
+    pipe, family, device = model.pipeline, model.family, model.device
+    do_cfg = request.guidance_scale > 1.0
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+
+    started = time.perf_counter()
+    with torch.no_grad():
+        prompts = family.encode_prompt(pipe, request.prompt, request.negative_prompt, do_cfg, device)
+    synchronize()
+    encoded = time.perf_counter()
+
+    cache.prepare(
+        RunPlan(
+            num_steps=shape.num_inference_steps,
+            branches=tuple(family.branches(do_cfg)),
+            timesteps=family.timesteps(pipe, shape, device),
+            transformer=model.transformer,
+            family=family,
+        )
+    )
+    if on_plan is not None:
+        on_plan(cache.planned())
+
+    denoised_at: list[float] = []
+
+    def step_end(_pipe: object, index: int, _timestep: object, _tensors: dict) -> dict:
+        if index == shape.num_inference_steps - 1:
+            synchronize()
+            denoised_at.append(time.perf_counter())
+        if on_step is not None:
+            computed, skipped = cache.calls()
+            on_step(Progress(index + 1, shape.num_inference_steps, computed, skipped))
+        return {}
+
+    with attached(cache, model.transformer):
+        output = pipe(
+            **prompts,
+            width=shape.width,
+            height=shape.height,
+            num_frames=shape.num_frames,
+            num_inference_steps=shape.num_inference_steps,
+            guidance_scale=request.guidance_scale,
+            generator=torch.Generator("cpu").manual_seed(request.seed),
+            output_type="np",
+            callback_on_step_end=step_end,
+            **family.call_kwargs(request.fps),
+        )
+    synchronize()
+    finished = time.perf_counter()
+
+    timings = Timings(
+        text_encoding=encoded - started,
+        denoising=denoised_at[0] - encoded,
+        vae_decode=finished - denoised_at[0],
+    )
+    return GenerationResult(
+        frames=np.asarray(output.frames[0], dtype=np.float32),
+        shape=shape,
+        fps=request.fps,
+        timings=timings,
+        cache=cache.report(timings.denoising),
+    )

@@ -1,0 +1,105 @@
+"""Loading a video pipeline from a local diffusers-format directory, or from a preset."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import logging as diffusers_logging
+from transformers.utils import logging as transformers_logging
+
+from core.errors import ModelLoadError
+from core.models.families import ModelFamily, Shape, family_of
+from core.models.presets import PRESETS, ensure_preset
+from core.settings import Settings
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    path: Path
+    pipeline: DiffusionPipeline
+    family: ModelFamily
+    default_shape: Shape
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipeline.transformer.device
+
+    @property
+    def transformer(self) -> torch.nn.Module:
+        return self.pipeline.transformer
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_pipeline(path: Path, device: torch.device) -> DiffusionPipeline:
+    """Load a pipeline saved in diffusers format: bf16 on CUDA, float32 on CPU."""
+    _check_model_dir(path)
+    _quiet_loading()
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        pipeline = DiffusionPipeline.from_pretrained(path, dtype=dtype, local_files_only=True)
+    except Exception as exc:
+        raise ModelLoadError(f"model directory {path} could not be loaded: {type(exc).__name__}: {exc}") from exc
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline.to(device)
+
+
+def load_model(source: str, settings: Settings) -> LoadedModel:
+    """Load a preset by name (building it on first use) or a local model directory."""
+    device = resolve_device(settings.device)
+    _quiet_loading()
+    if source in PRESETS:
+        path = ensure_preset(source, settings.presets_dir)
+    else:
+        path = Path(source).expanduser()
+    pipeline = load_pipeline(path, device)
+    try:
+        family = family_of(pipeline.transformer)
+    except ValueError as exc:
+        raise ModelLoadError(f"model directory {path}: {exc}") from None
+    default_shape = PRESETS[source].default_shape if source in PRESETS else family.default_shape
+    return LoadedModel(name=source, path=path, pipeline=pipeline, family=family, default_shape=default_shape)
+
+
+def _quiet_loading() -> None:
+    """Loading and saving progress bars would interleave with the CLI's own and the workers' logs."""
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
+def _check_model_dir(path: Path) -> None:
+    if not path.is_dir():
+        raise ModelLoadError(f"model directory {path} does not exist")
+    index_file = path / "model_index.json"
+    try:
+        index = json.loads(index_file.read_text())
+    except FileNotFoundError:
+        raise ModelLoadError(f"model directory {path} has no model_index.json: not a diffusers pipeline") from None
+    except ValueError as exc:
+        raise ModelLoadError(f"{index_file} is not valid JSON: {exc}") from None
+    problems = []
+    for component, spec in index.items():
+        if component.startswith("_") or not isinstance(spec, list) or spec[0] is None:
+            continue
+        folder = path / component
+        if not folder.is_dir() or not any(folder.iterdir()):
+            problems.append(f"{component}/ is missing")
+        elif (folder / "config.json").exists() and not any(
+            f.name.endswith(_WEIGHT_SUFFIXES) or f.name.endswith(".index.json") for f in folder.iterdir()
+        ):
+            problems.append(f"{component}/ has no weights")
+    if "transformer" not in index:
+        problems.append("no transformer component")
+    if problems:
+        raise ModelLoadError(f"model directory {path} is incomplete: " + "; ".join(problems))

@@ -1,0 +1,187 @@
+"""Offline presets: small, randomly initialised video pipelines built from configs.
+
+A preset is built once, saved with ``save_pretrained`` into the presets folder, and from
+then on loaded through the same ``from_pretrained`` code as real weights. Its videos are
+noise; its shapes, timings and cache decisions are real.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKLLTXVideo,
+    AutoencoderKLWan,
+    DiffusionPipeline,
+    FlowMatchEulerDiscreteScheduler,
+    LTXPipeline,
+    LTXVideoTransformer3DModel,
+    UniPCMultistepScheduler,
+    WanPipeline,
+    WanTransformer3DModel,
+)
+from transformers import T5Config, T5EncoderModel, T5Tokenizer, UMT5Config, UMT5EncoderModel
+
+from core.models.families import Shape
+
+# Bump when a builder changes, so that stale builds on disk are rebuilt.
+PRESET_FORMAT = 1
+MARKER = "skipstep_preset.json"
+
+_WORDS = (
+    "a an the of in on at with and to from by over under through into near above below "
+    "cat dog fox bird horse fish person woman man child car train boat city street forest "
+    "river sea ocean beach mountain snow rain sun sky cloud night day light fire water tree "
+    "flower field road house room window red blue green yellow white black golden orange "
+    "small big tall old young slow fast running walking flying swimming jumping dancing "
+    "sitting standing looking camera shot close wide aerial view cinematic realistic video "
+    "scene motion neon glowing warm cold bright dark"
+).split()
+
+
+def offline_tokenizer() -> T5Tokenizer:
+    """A unigram T5 tokenizer made from an inline vocabulary: no file, no download."""
+    specials = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    words = [(f"\u2581{word}", -1.0 - i / 100) for i, word in enumerate(_WORDS)]
+    pieces = [(ch, -10.0) for ch in "abcdefghijklmnopqrstuvwxyz0123456789.,!?'-"]
+    pieces += [(f"\u2581{ch}", -9.0) for ch in "abcdefghijklmnopqrstuvwxyz0123456789"]
+    return T5Tokenizer(vocab=specials + words + pieces, extra_ids=0)
+
+
+def build_wan_tiny() -> DiffusionPipeline:
+    tokenizer = offline_tokenizer()
+    torch.manual_seed(0)
+    text_encoder = UMT5EncoderModel(
+        UMT5Config(
+            vocab_size=len(tokenizer),
+            d_model=256,
+            d_kv=32,
+            d_ff=512,
+            num_layers=2,
+            num_heads=8,
+            relative_attention_num_buckets=32,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    )
+    torch.manual_seed(1)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=8,
+        attention_head_dim=64,
+        in_channels=16,
+        out_channels=16,
+        text_dim=256,
+        freq_dim=256,
+        ffn_dim=2048,
+        num_layers=8,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=1024,
+    )
+    torch.manual_seed(2)
+    vae = AutoencoderKLWan(base_dim=32, z_dim=16, dim_mult=[1, 2, 2, 4], num_res_blocks=1)
+    scheduler = UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=5.0
+    )
+    return WanPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae, scheduler=scheduler
+    )
+
+
+def build_ltx_tiny() -> DiffusionPipeline:
+    tokenizer = offline_tokenizer()
+    torch.manual_seed(0)
+    text_encoder = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer),
+            d_model=128,
+            d_kv=32,
+            d_ff=256,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=32,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    )
+    torch.manual_seed(1)
+    transformer = LTXVideoTransformer3DModel(
+        in_channels=32,
+        out_channels=32,
+        num_attention_heads=8,
+        attention_head_dim=32,
+        cross_attention_dim=256,
+        num_layers=6,
+        caption_channels=128,
+    )
+    torch.manual_seed(2)
+    vae = AutoencoderKLLTXVideo(
+        latent_channels=32,
+        block_out_channels=(16, 16, 32, 32),
+        decoder_block_out_channels=(16, 16, 32, 32),
+        layers_per_block=(1, 1, 1, 1, 1),
+        decoder_layers_per_block=(1, 1, 1, 1, 1),
+        spatio_temporal_scaling=(True, True, True, False),
+        decoder_spatio_temporal_scaling=(True, True, True, False),
+        decoder_inject_noise=(False, False, False, False, False),
+        upsample_residual=(False, False, False, False),
+        upsample_factor=(1, 1, 1, 1),
+        patch_size=4,
+        patch_size_t=1,
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
+    return LTXPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae, scheduler=scheduler
+    )
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    build: Callable[[], DiffusionPipeline]
+    default_shape: Shape
+
+
+PRESETS: dict[str, Preset] = {
+    preset.name: preset
+    for preset in (
+        Preset("wan-tiny", build_wan_tiny, Shape(width=128, height=128, num_frames=17, num_inference_steps=20)),
+        Preset("ltx-tiny", build_ltx_tiny, Shape(width=128, height=128, num_frames=17, num_inference_steps=20)),
+    )
+}
+
+
+def ensure_preset(name: str, presets_dir: Path) -> Path:
+    """The preset's diffusers directory, built and saved first if it is not on disk yet."""
+    preset = PRESETS[name]
+    target = presets_dir / name
+    if _is_current(target):
+        return target
+    presets_dir.mkdir(parents=True, exist_ok=True)
+    # Build beside the target and rename into place, so a crash never leaves half a model.
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=presets_dir))
+    try:
+        preset.build().save_pretrained(staging)
+        (staging / MARKER).write_text(json.dumps({"preset": name, "format": PRESET_FORMAT}))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def _is_current(path: Path) -> bool:
+    try:
+        return json.loads((path / MARKER).read_text()).get("format") == PRESET_FORMAT
+    except (OSError, ValueError):
+        return False
