@@ -193,9 +193,11 @@ def _format_report(report: CacheReport) -> str:
         [
             header,
             _format_schedule("actual", report.branches, report.ideal_speedup),
-            f"denoise {report.denoise_seconds:.2f} s, {report.seconds_per_computed_call * 1000:.1f} ms per computed "
-            f"call, {report.seconds_per_computed_step:.3f} s per computed step; estimated full-compute "
-            f"{report.estimated_full_seconds:.2f} s, speedup {report.speedup:.2f}x",
+            (
+                f"denoise {report.denoise_seconds:.2f} s, {report.seconds_per_computed_call * 1000:.1f} ms per "
+                f"computed call, {report.seconds_per_computed_step:.3f} s per computed step; estimated "
+                f"full-compute {report.estimated_full_seconds:.2f} s, speedup {report.speedup:.2f}x"
+            ),
         ]
     )
 

@@ -177,9 +177,7 @@ class TimestepCache:
         signals = self.signals()
         self.schedule = None
         if signals is not None:
-            self.schedule = {
-                branch: self.replay(index, signals[branch]) for index, branch in enumerate(plan.branches)
-            }
+            self.schedule = {branch: self.replay(index, signals[branch]) for index, branch in enumerate(plan.branches)}
 
     def replay(self, branch: int, signals: Sequence[float]) -> list[bool]:
         """The compute (True) / reuse (False) decisions of one branch for its per-step signals."""

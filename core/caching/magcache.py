@@ -19,9 +19,7 @@ from core.errors import CacheConfigError
 class MagCacheParams(CacheParams):
     threshold: float = Field(default=0.12, ge=0, description="Accumulated error below which a step reuses.")
     max_skip_steps: int = Field(default=2, ge=1, description="K: most consecutive reused steps per branch.")
-    retention_ratio: float = Field(
-        default=0.2, ge=0, lt=1, description="Share of the first calls that always compute."
-    )
+    retention_ratio: float = Field(default=0.2, ge=0, lt=1, description="Share of the first calls that always compute.")
 
 
 @dataclass

@@ -73,9 +73,7 @@ class Profile(BaseModel):
         """How far this profile's calibration shape is from ``shape``: steps first, then tokens."""
         steps = abs(math.log(shape.num_inference_steps / self.num_inference_steps))
         volume = abs(
-            math.log(
-                (shape.width * shape.height * shape.num_frames) / (self.width * self.height * self.num_frames)
-            )
+            math.log((shape.width * shape.height * shape.num_frames) / (self.width * self.height * self.num_frames))
         )
         return steps, volume
 

@@ -33,20 +33,23 @@ class CacheSpec(BaseModel):
         try:
             STRATEGIES[self.strategy].Params.model_validate(self.params)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"params.{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in exc.errors()
-            )
+            problems = "; ".join(f"params.{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in exc.errors())
             raise ValueError(f"{self.strategy}: {problems}") from None
         return self
 
     def build(self, transformer: torch.nn.Module, shape: Shape, profiles: ProfileStore) -> TimestepCache:
         strategy = STRATEGIES[self.strategy]
         params = strategy.Params.model_validate(self.params)
+        signature = transformer_signature(transformer)
         profile = None
         if self.profile is not None:
             profile = profiles.get(self.profile)
+            if not profile.matches(signature):
+                raise CacheConfigError(
+                    f"cache.profile: profile {profile.name!r} was calibrated for {profile.transformer}, "
+                    f"not for this transformer ({signature})"
+                )
         elif strategy.needs is not None:
-            signature = transformer_signature(transformer)
             profile = profiles.nearest(signature, shape, strategy.needs)
             if profile is None:
                 raise CacheConfigError(
@@ -56,4 +59,3 @@ class CacheSpec(BaseModel):
         if profile is not None and strategy.needs is not None and getattr(profile, strategy.needs) is None:
             raise CacheConfigError(f"cache.profile: profile {profile.name!r} has no {strategy.needs} data")
         return strategy(params, profile)
-

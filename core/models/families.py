@@ -33,6 +33,8 @@ class ModelFamily:
     spatial_multiple: ClassVar[int]
     temporal_multiple: ClassVar[int]
     default_shape: ClassVar[Shape]
+    # Text tokens per prompt, as the family's pipeline pads them when it encodes prompts itself.
+    max_sequence_length: ClassVar[int]
 
     def blocks(self, transformer: torch.nn.Module) -> torch.nn.ModuleList:
         return getattr(transformer, self.blocks_attribute)
@@ -67,6 +69,7 @@ class WanFamily(ModelFamily):
     spatial_multiple = 16
     temporal_multiple = 4
     default_shape = Shape(width=832, height=480, num_frames=81, num_inference_steps=50)
+    max_sequence_length = 512
 
     @torch.no_grad()
     def timestep_embeddings(self, transformer: torch.nn.Module, timesteps: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -81,7 +84,11 @@ class WanFamily(ModelFamily):
         self, pipe: DiffusionPipeline, prompt: str, negative_prompt: str, do_cfg: bool, device: torch.device
     ) -> dict[str, Any]:
         prompt_embeds, negative_embeds = pipe.encode_prompt(
-            prompt=prompt, negative_prompt=negative_prompt, do_classifier_free_guidance=do_cfg, device=device
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            do_classifier_free_guidance=do_cfg,
+            max_sequence_length=self.max_sequence_length,
+            device=device,
         )
         return {"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_embeds}
 
@@ -93,6 +100,7 @@ class LTXFamily(ModelFamily):
     spatial_multiple = 32
     temporal_multiple = 8
     default_shape = Shape(width=704, height=480, num_frames=161, num_inference_steps=50)
+    max_sequence_length = 128
 
     def branches(self, do_cfg: bool) -> list[str]:
         # LTXPipeline runs CFG as one batched call: both branches share a cache context.
@@ -102,8 +110,10 @@ class LTXFamily(ModelFamily):
         # As LTXPipeline.__call__: linear sigmas, shifted by the latent sequence length.
         steps = shape.num_inference_steps
         latent_frames = (shape.num_frames - 1) // pipe.vae_temporal_compression_ratio + 1
-        tokens = latent_frames * (shape.height // pipe.vae_spatial_compression_ratio) * (
-            shape.width // pipe.vae_spatial_compression_ratio
+        tokens = (
+            latent_frames
+            * (shape.height // pipe.vae_spatial_compression_ratio)
+            * (shape.width // pipe.vae_spatial_compression_ratio)
         )
         config = pipe.scheduler.config
         mu = calculate_shift(
@@ -129,7 +139,11 @@ class LTXFamily(ModelFamily):
         self, pipe: DiffusionPipeline, prompt: str, negative_prompt: str, do_cfg: bool, device: torch.device
     ) -> dict[str, Any]:
         embeds, mask, negative_embeds, negative_mask = pipe.encode_prompt(
-            prompt=prompt, negative_prompt=negative_prompt, do_classifier_free_guidance=do_cfg, device=device
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            do_classifier_free_guidance=do_cfg,
+            max_sequence_length=self.max_sequence_length,
+            device=device,
         )
         return {
             "prompt_embeds": embeds,

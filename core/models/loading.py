@@ -64,6 +64,8 @@ def load_model(source: str, settings: Settings) -> LoadedModel:
     else:
         path = Path(source).expanduser()
     pipeline = load_pipeline(path, device)
+    if getattr(pipeline, "transformer_2", None) is not None:
+        raise ModelLoadError(f"model directory {path}: two-stage pipelines (transformer_2) are not supported yet")
     try:
         family = family_of(pipeline.transformer)
     except ValueError as exc:

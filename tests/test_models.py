@@ -1,0 +1,82 @@
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import WanPipeline
+
+from core.errors import ModelLoadError
+from core.models import load_model, load_pipeline
+from core.models.presets import MARKER, build_wan_tiny
+from core.settings import Settings
+
+
+def test_wan_tiny_is_built_saved_and_loaded_through_from_pretrained(wan_tiny, settings: Settings) -> None:
+    path = settings.presets_dir / "wan-tiny"
+    assert wan_tiny.path == path
+    index = json.loads((path / "model_index.json").read_text())
+    assert index["_class_name"] == "WanPipeline"
+    for component in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"):
+        assert (path / component).is_dir(), component
+    assert isinstance(wan_tiny.pipeline, WanPipeline)
+    assert wan_tiny.pipeline.transformer.dtype == torch.float32
+
+    # What was loaded is what the builder made, weight for weight.
+    built = build_wan_tiny().transformer.state_dict()
+    loaded = wan_tiny.transformer.state_dict()
+    assert built.keys() == loaded.keys()
+    assert all(torch.equal(built[key], loaded[key]) for key in built)
+
+
+def test_preset_is_built_once(wan_tiny, settings: Settings) -> None:
+    marker = settings.presets_dir / "wan-tiny" / MARKER
+    before = marker.stat().st_mtime_ns
+    again = load_model("wan-tiny", settings)
+    assert marker.stat().st_mtime_ns == before
+    assert again.path == wan_tiny.path
+
+
+def test_missing_model_directory_is_named(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(ModelLoadError, match=f"model directory {missing} does not exist"):
+        load_pipeline(missing, torch.device("cpu"))
+
+
+@pytest.fixture
+def model_copy(wan_tiny, tmp_path: Path) -> Path:
+    copy = tmp_path / "wan-copy"
+    shutil.copytree(wan_tiny.path, copy)
+    return copy
+
+
+def test_directory_without_model_index(model_copy: Path) -> None:
+    (model_copy / "model_index.json").unlink()
+    with pytest.raises(ModelLoadError, match="has no model_index.json"):
+        load_pipeline(model_copy, torch.device("cpu"))
+
+
+def test_missing_component_is_named(model_copy: Path) -> None:
+    shutil.rmtree(model_copy / "vae")
+    with pytest.raises(ModelLoadError, match=r"is incomplete: vae/ is missing"):
+        load_pipeline(model_copy, torch.device("cpu"))
+
+
+def test_missing_weights_are_named(model_copy: Path) -> None:
+    for weights in (model_copy / "transformer").glob("*.safetensors"):
+        weights.unlink()
+    with pytest.raises(ModelLoadError, match=r"transformer/ has no weights"):
+        load_pipeline(model_copy, torch.device("cpu"))
+
+
+def test_corrupt_weights_are_a_load_error_naming_the_directory(model_copy: Path) -> None:
+    weights = next((model_copy / "transformer").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ModelLoadError, match=f"model directory {model_copy} could not be loaded"):
+        load_pipeline(model_copy, torch.device("cpu"))
+
+
+def test_corrupt_model_index(model_copy: Path) -> None:
+    (model_copy / "model_index.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="is not valid JSON"):
+        load_pipeline(model_copy, torch.device("cpu"))
