@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from core.caching import CacheReport, ProfileStore, ScheduleFigures
-from core.caching.calibration import calibrate
+from core.caching.calibration import calibrate, default_profile_name
 from core.errors import SkipstepError
 from core.generation import GenerationResult, Progress, generate
 from core.models import load_model
@@ -144,16 +144,19 @@ def _calibrate(args: argparse.Namespace, settings: Settings) -> int:
         num_frames=args.num_frames,
         num_inference_steps=args.num_inference_steps,
     ).shape(model.family, model.default_shape)
+    store = ProfileStore(settings.profiles_dir)
+    name = args.name or default_profile_name(model.name, shape)
+    store.check_writable(name)
     profile = calibrate(
         model,
         shape,
         prompts,
-        name=args.name,
+        name=name,
         guidance_scale=args.guidance_scale,
         seed=args.seed,
         on_prompt=lambda index, prompt: print(f"[{index + 1}/{len(prompts)}] {prompt}", file=sys.stderr),
     )
-    path = ProfileStore(settings.profiles_dir).save(profile)
+    path = store.save(profile)
     for branch, ratios in profile.magcache.items():
         print(f"magcache ratios ({branch}): " + " ".join(f"{r:.4f}" for r in ratios))
     for compared, coefficients in profile.teacache.items():

@@ -239,13 +239,13 @@ def test_bad_cache_settings_name_the_field_and_rule(cache, message) -> None:
 
 
 def test_unknown_profile_is_named(wan_tiny, profiles, small_request) -> None:
-    with pytest.raises(CacheConfigError, match="unknown profile 'nope'; known profiles: .*wan2.1-t2v-1.3b"):
+    with pytest.raises(CacheConfigError, match=r"unknown profile 'nope'; known profiles: .*wan2\.1-t2v-1\.3b"):
         generate(wan_tiny, small_request(cache={"strategy": "magcache", "profile": "nope"}), profiles)
 
 
 def test_profile_of_another_architecture_is_refused(wan_tiny, profiles, small_request) -> None:
     with pytest.raises(
-        CacheConfigError, match="profile 'ltx-tiny-128x128x17-20steps' was calibrated for .*LTXVideoTransformer3DModel"
+        CacheConfigError, match=r"profile 'ltx-tiny-128x128x17-20steps' was calibrated for .*LTXVideoTransformer3DModel"
     ):
         generate(
             wan_tiny,

@@ -86,7 +86,8 @@ def test_magcache_branches_keep_separate_state() -> None:
     [(4, [0, 3, 6, 9]), (1, [9]), (10, list(range(10))), (3, [0, 4, 9]), (6, [0, 2, 4, 5, 7, 9])],
 )
 def test_nearest_interpolation(length, indices) -> None:
-    # scale 9/5 = 1.8 for length 6: 0, 1.8, 3.6, 5.4, 7.2, 9 -> 0, 2, 4, 5, 7, 9; length 3: 0, 4.5 -> 4 (half to even), 9
+    # length 6: scale 1.8 -> 0, 1.8, 3.6, 5.4, 7.2, 9 -> 0, 2, 4, 5, 7, 9
+    # length 3: scale 4.5 -> 0, 4.5, 9 -> 0, 4 (half to even), 9
     assert nearest_interp(list(range(10)), length) == indices
 
 

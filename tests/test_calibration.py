@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import numpy as np
@@ -117,7 +118,7 @@ def test_teacache_polynomial_is_fitted_to_the_recorded_pairs(wan_tiny) -> None:
 def test_fit_polynomial_recovers_a_known_polynomial() -> None:
     truth = [3.0, -2.0, 0.5, 1.5, 0.01]
     x = np.linspace(0.01, 0.3, 20)
-    assert fit_polynomial(list(zip(x, np.polyval(truth, x)))) == pytest.approx(truth, rel=1e-6, abs=1e-9)
+    assert fit_polynomial(list(zip(x, np.polyval(truth, x), strict=True))) == pytest.approx(truth, rel=1e-6, abs=1e-9)
 
 
 def test_calibration_needs_enough_steps(wan_tiny) -> None:
@@ -158,7 +159,14 @@ def test_builtin_profile_names_are_reserved(tmp_path: Path) -> None:
         ProfileStore(tmp_path).save(_profile("wan2.1-t2v-1.3b", 50))
 
 
+def test_cli_refuses_a_taken_profile_name_before_calibrating(cli, home: Path) -> None:
+    result = cli(home, "calibrate", "--model", "wan-tiny", "--name", "wan2.1-t2v-1.3b")
+    assert result.returncode == 2
+    assert "error: profile name 'wan2.1-t2v-1.3b' is taken by a built-in profile" in result.stderr
+    assert "[1/3]" not in result.stderr
+
+
 def test_unreadable_profile_file_is_named(tmp_path: Path) -> None:
     (tmp_path / "broken.json").write_text("{")
-    with pytest.raises(CacheConfigError, match=f"profile file {tmp_path / 'broken.json'} is unreadable"):
+    with pytest.raises(CacheConfigError, match=re.escape(f"profile file {tmp_path / 'broken.json'} is unreadable")):
         ProfileStore(tmp_path).all()

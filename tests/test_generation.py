@@ -8,46 +8,31 @@ from core.errors import InvalidRequest
 from core.generation import generate
 
 
-def test_uncached_output_equals_wan_pipeline(wan_tiny, profiles, small_request) -> None:
-    request = small_request()
-    ours = generate(wan_tiny, request, profiles)
+@pytest.mark.parametrize(("family", "pipeline_class"), [("wan", WanPipeline), ("ltx", LTXPipeline)])
+def test_uncached_output_equals_the_diffusers_pipeline(
+    request, profiles, small_request, family, pipeline_class
+) -> None:
+    model = request.getfixturevalue(f"{family}_tiny")
+    generation = small_request(family)
+    ours = generate(model, generation, profiles)
 
-    reference = WanPipeline(**wan_tiny.pipeline.components)
+    reference = pipeline_class(**model.pipeline.components)
     reference.set_progress_bar_config(disable=True)
     frames = reference(
-        prompt=request.prompt,
-        width=request.width,
-        height=request.height,
-        num_frames=request.num_frames,
-        num_inference_steps=request.num_inference_steps,
-        guidance_scale=request.guidance_scale,
-        generator=torch.Generator("cpu").manual_seed(request.seed),
+        prompt=generation.prompt,
+        width=generation.width,
+        height=generation.height,
+        num_frames=generation.num_frames,
+        num_inference_steps=generation.num_inference_steps,
+        guidance_scale=generation.guidance_scale,
+        generator=torch.Generator("cpu").manual_seed(generation.seed),
         output_type="np",
+        **model.family.call_kwargs(generation.fps),
     ).frames[0]
 
-    assert ours.frames.shape == (9, 64, 64, 3)
+    assert ours.frames.shape == (generation.num_frames, 64, 64, 3)
     assert np.array_equal(ours.frames, frames)
-    assert ours.cache.branches["cond"].computed == ours.cache.branches["uncond"].computed == 10
-
-
-def test_uncached_output_equals_ltx_pipeline(ltx_tiny, profiles, small_request) -> None:
-    request = small_request("ltx")
-    ours = generate(ltx_tiny, request, profiles)
-
-    reference = LTXPipeline(**ltx_tiny.pipeline.components)
-    reference.set_progress_bar_config(disable=True)
-    frames = reference(
-        prompt=request.prompt,
-        width=request.width,
-        height=request.height,
-        num_frames=request.num_frames,
-        num_inference_steps=request.num_inference_steps,
-        guidance_scale=request.guidance_scale,
-        frame_rate=request.fps,
-        generator=torch.Generator("cpu").manual_seed(request.seed),
-        output_type="np",
-    ).frames[0]
-    assert np.array_equal(ours.frames, frames)
+    assert all(branch.computed == 10 for branch in ours.cache.branches.values())
 
 
 def test_another_seed_gives_another_video(wan_tiny, profiles, small_request) -> None:

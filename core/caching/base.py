@@ -137,6 +137,8 @@ class TimestepCache:
     scope: ClassVar[Literal["blocks", "model"]] = "blocks"
     # The profile field this strategy reads (None: it needs no calibration).
     needs: ClassVar[str | None] = None
+    # Whether computed calls keep their residual; a cache that never reuses skips that work.
+    reuses: ClassVar[bool] = True
 
     def __init__(self, params: CacheParams | None = None, profile: Profile | None = None) -> None:
         self.params = params if params is not None else self.Params()
@@ -232,7 +234,8 @@ class TimestepCache:
     def exit(self, state: BranchState, unit_output: torch.Tensor) -> None:
         if state.computing:
             self.timer.stop(state.timer_token)
-            state.residual = unit_output - state.unit_input
+            if self.reuses:
+                state.residual = unit_output - state.unit_input
             self.after_compute(state, state.unit_input, unit_output)
             state.unit_input = None
         state.step += 1

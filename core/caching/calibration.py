@@ -32,6 +32,7 @@ class CalibrationRecorder(TimestepCache):
     """Computes every step, recording residual-magnitude ratios and model outputs per branch."""
 
     name = "calibration"
+    reuses = False
 
     def prepare(self, plan: RunPlan) -> None:
         super().prepare(plan)

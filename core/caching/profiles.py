@@ -8,6 +8,7 @@ or gets the nearest one for its model (transformer class and dimensions), size a
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from core.errors import CacheConfigError
 from core.models.families import Shape
 
 BUILTIN_DIR = Path(__file__).parent / "profiles"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 
 # Transformer config keys that identify an architecture for calibration purposes.
 _SIGNATURE_KEYS = (
@@ -47,7 +49,7 @@ def transformer_signature(transformer: torch.nn.Module) -> dict[str, Any]:
 
 
 class Profile(BaseModel):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+    name: str = Field(pattern=NAME_PATTERN)
     model: str
     transformer: dict[str, Any]
     width: int
@@ -102,9 +104,15 @@ class ProfileStore:
         candidates = [p for p in self.all() if p.matches(signature) and getattr(p, needs) is not None]
         return min(candidates, key=lambda p: p.distance(shape), default=None)
 
+    def check_writable(self, name: str) -> None:
+        """Refuse, before any work, a name that save() would refuse."""
+        if not re.match(NAME_PATTERN, name):
+            raise CacheConfigError(f"profile name {name!r}: letters, digits, '.', '_' and '-' only, at most 100")
+        if (BUILTIN_DIR / f"{name}.json").exists():
+            raise CacheConfigError(f"profile name {name!r} is taken by a built-in profile")
+
     def save(self, profile: Profile) -> Path:
-        if (BUILTIN_DIR / f"{profile.name}.json").exists():
-            raise CacheConfigError(f"profile name {profile.name!r} is taken by a built-in profile")
+        self.check_writable(profile.name)
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"{profile.name}.json"
         staging = path.with_suffix(".json.tmp")

@@ -59,10 +59,7 @@ def load_model(source: str, settings: Settings) -> LoadedModel:
     """Load a preset by name (building it on first use) or a local model directory."""
     device = resolve_device(settings.device)
     _quiet_loading()
-    if source in PRESETS:
-        path = ensure_preset(source, settings.presets_dir)
-    else:
-        path = Path(source).expanduser()
+    path = ensure_preset(source, settings.presets_dir) if source in PRESETS else Path(source).expanduser()
     pipeline = load_pipeline(path, device)
     if getattr(pipeline, "transformer_2", None) is not None:
         raise ModelLoadError(f"model directory {path}: two-stage pipelines (transformer_2) are not supported yet")
