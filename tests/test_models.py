@@ -5,11 +5,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerate import init_empty_weights
 from diffusers import WanPipeline
 
+from core.caching import ProfileStore, transformer_signature
 from core.errors import ModelLoadError
 from core.models import load_model, load_pipeline
-from core.models.presets import MARKER, build_wan_tiny
+from core.models.presets import MARKER, build_wan_13b_random, build_wan_tiny
 from core.settings import Settings
 
 
@@ -81,3 +83,12 @@ def test_corrupt_model_index(model_copy: Path) -> None:
     (model_copy / "model_index.json").write_text("{not json")
     with pytest.raises(ModelLoadError, match="is not valid JSON"):
         load_pipeline(model_copy, torch.device("cpu"))
+
+
+def test_full_size_preset_has_the_shapes_of_the_published_profile(tmp_path: Path) -> None:
+    with init_empty_weights():
+        pipeline = build_wan_13b_random()
+    params = sum(p.numel() for p in pipeline.transformer.parameters())
+    assert 1.41e9 < params < 1.43e9  # Wan2.1-T2V-1.3B
+    published = ProfileStore(tmp_path).get("wan2.1-t2v-1.3b")
+    assert published.matches(transformer_signature(pipeline.transformer))

@@ -29,7 +29,7 @@ from diffusers import (
 )
 from transformers import T5Config, T5EncoderModel, T5Tokenizer, UMT5Config, UMT5EncoderModel
 
-from core.models.families import Shape
+from core.models.families import Shape, WanFamily
 
 # Bump when a builder changes, so that stale builds on disk are rebuilt.
 PRESET_FORMAT = 1
@@ -55,63 +55,75 @@ def offline_tokenizer() -> T5Tokenizer:
     return T5Tokenizer(vocab=specials + words + pieces, extra_ids=0)
 
 
-def build_wan_tiny() -> DiffusionPipeline:
+def _text_config(tokenizer: T5Tokenizer, d_model: int, d_ff: int, num_heads: int) -> dict[str, int]:
+    return {
+        "vocab_size": len(tokenizer),
+        "d_model": d_model,
+        "d_kv": d_model // num_heads,
+        "d_ff": d_ff,
+        "num_layers": 2,
+        "num_heads": num_heads,
+        "relative_attention_num_buckets": 32,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+
+
+def _build_wan(text_dim: int, transformer: dict[str, object], vae: dict[str, object]) -> DiffusionPipeline:
     tokenizer = offline_tokenizer()
     torch.manual_seed(0)
-    text_encoder = UMT5EncoderModel(
-        UMT5Config(
-            vocab_size=len(tokenizer),
-            d_model=256,
-            d_kv=32,
-            d_ff=512,
-            num_layers=2,
-            num_heads=8,
-            relative_attention_num_buckets=32,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-    )
+    text_encoder = UMT5EncoderModel(UMT5Config(**_text_config(tokenizer, text_dim, 2 * text_dim, num_heads=8)))
     torch.manual_seed(1)
-    transformer = WanTransformer3DModel(
+    transformer_model = WanTransformer3DModel(
         patch_size=(1, 2, 2),
-        num_attention_heads=8,
-        attention_head_dim=64,
         in_channels=16,
         out_channels=16,
-        text_dim=256,
+        text_dim=text_dim,
         freq_dim=256,
-        ffn_dim=2048,
-        num_layers=8,
         cross_attn_norm=True,
         qk_norm="rms_norm_across_heads",
         rope_max_seq_len=1024,
+        **transformer,
     )
     torch.manual_seed(2)
-    vae = AutoencoderKLWan(base_dim=32, z_dim=16, dim_mult=[1, 2, 2, 4], num_res_blocks=1)
+    vae_model = AutoencoderKLWan(z_dim=16, **vae)
     scheduler = UniPCMultistepScheduler(
         prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=5.0
     )
     return WanPipeline(
-        tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vae=vae, scheduler=scheduler
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        transformer=transformer_model,
+        vae=vae_model,
+        scheduler=scheduler,
+    )
+
+
+def build_wan_tiny() -> DiffusionPipeline:
+    return _build_wan(
+        text_dim=256,
+        transformer={"num_attention_heads": 8, "attention_head_dim": 64, "ffn_dim": 2048, "num_layers": 8},
+        vae={"base_dim": 32, "dim_mult": [1, 2, 2, 4], "num_res_blocks": 1},
+    )
+
+
+def build_wan_13b_random() -> DiffusionPipeline:
+    """Wan2.1-T2V-1.3B's transformer and VAE shapes with random weights, for GPU benchmarks.
+
+    The text encoder is small (its output width is the real 4096): it runs once per job and
+    is not what the caches accelerate.
+    """
+    return _build_wan(
+        text_dim=4096,
+        transformer={"num_attention_heads": 12, "attention_head_dim": 128, "ffn_dim": 8960, "num_layers": 30},
+        vae={"base_dim": 96, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2},
     )
 
 
 def build_ltx_tiny() -> DiffusionPipeline:
     tokenizer = offline_tokenizer()
     torch.manual_seed(0)
-    text_encoder = T5EncoderModel(
-        T5Config(
-            vocab_size=len(tokenizer),
-            d_model=128,
-            d_kv=32,
-            d_ff=256,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=32,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-    )
+    text_encoder = T5EncoderModel(T5Config(**_text_config(tokenizer, 128, 256, num_heads=4)))
     torch.manual_seed(1)
     transformer = LTXVideoTransformer3DModel(
         in_channels=32,
@@ -155,6 +167,7 @@ PRESETS: dict[str, Preset] = {
     for preset in (
         Preset("wan-tiny", build_wan_tiny, Shape(width=128, height=128, num_frames=17, num_inference_steps=20)),
         Preset("ltx-tiny", build_ltx_tiny, Shape(width=128, height=128, num_frames=17, num_inference_steps=20)),
+        Preset("wan2.1-1.3b-random", build_wan_13b_random, WanFamily.default_shape),
     )
 }
 
