@@ -74,6 +74,10 @@ def calibrate(
         raise InvalidRequest("num_inference_steps", f"calibration needs at least {MIN_STEPS} steps")
     if not prompts:
         raise InvalidRequest("prompts", "calibration needs at least one prompt")
+    # The compared embeddings depend on the timesteps alone: the same for every prompt.
+    timesteps = model.family.timesteps(model.pipeline, shape, model.device)
+    embeddings = model.family.timestep_embeddings(model.transformer, timesteps)
+    input_changes = {compared: relative_l1(embeddings[compared])[1:] for compared in COMPARED}
     ratios: dict[str, list[list[float]]] = {}
     samples: dict[str, list[tuple[float, float]]] = {compared: [] for compared in COMPARED}
     for index, prompt in enumerate(prompts):
@@ -91,11 +95,9 @@ def calibrate(
         recorder = CalibrationRecorder()
         handle = model.transformer.register_forward_hook(recorder.record_output)
         try:
-            run(model, request, request.shape(model.family, model.default_shape), recorder)
+            run(model, request, shape, recorder)
         finally:
             handle.remove()
-        embeddings = model.family.timestep_embeddings(model.transformer, recorder.plan.timesteps)
-        input_changes = {compared: relative_l1(embeddings[compared])[1:] for compared in COMPARED}
         for branch in recorder.plan.branches:
             ratios.setdefault(branch, []).append(recorder.mag_ratios[branch])
             output_changes = recorder.output_changes(branch)
