@@ -17,6 +17,7 @@ from core.errors import SkipstepError
 from core.generation import GenerationResult, Progress, generate
 from core.models import load_model
 from core.request import GenerationRequest
+from core.service_cli import add_commands as add_service_commands
 from core.settings import Settings, get_settings
 from core.video import encode_mp4, to_uint8
 
@@ -71,6 +72,8 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
 
     profiles = commands.add_parser("profiles", help="list calibration profiles")
     profiles.set_defaults(run=_profiles)
+
+    add_service_commands(commands, settings)
     return parser
 
 

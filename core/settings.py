@@ -2,6 +2,7 @@
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -10,15 +11,44 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SKIPSTEP_", env_file=".env", extra="ignore")
 
+    # Model
     model: str = Field(
         default="wan-tiny",
         description="A preset name (wan-tiny, ltx-tiny) or a local diffusers-format model directory.",
     )
     home: Path = Field(
         default=Path.home() / ".cache" / "skipstep",
-        description="Where built presets and calibration profiles are kept.",
+        description="Where built presets, calibration profiles and the embedded default's data are kept.",
     )
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
+
+    # Service
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default: SQLite under home.")
+    broker_url: str | None = Field(
+        default=None, description="Celery broker (Redis) URL; unset: `skipstep up` starts an embedded Redis."
+    )
+    api_key: str | None = Field(default=None, description="The key `skipstep submit` sends.")
+    public_url: str = Field(default="http://127.0.0.1:8000", description="Base URL of the API, used in links.")
+    storage_backend: Literal["local", "s3"] = "local"
+    storage_dir: Path | None = Field(default=None, description="Local video directory; default: home/videos.")
+    s3_endpoint_url: str | None = None
+    s3_bucket: str = "skipstep"
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    s3_presign_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
+
+    # Workers
+    job_lease_seconds: float = Field(default=60, gt=0, description="A running job whose lease lapses is retaken.")
+    heartbeat_seconds: float = Field(default=10, gt=0, description="How often a worker renews its lease.")
+    progress_seconds: float = Field(default=0.5, ge=0, description="Least time between progress writes.")
+    max_job_attempts: int = Field(default=3, ge=1, description="Claims of one job before it fails as lost.")
+    max_job_seconds: int = Field(default=6 * 3600, ge=60, description="Longest job; the broker's redelivery bound.")
+
+    # Webhooks
+    webhook_allow_private: bool = Field(
+        default=False, description="Allow webhook URLs on private or loopback addresses (development, tests)."
+    )
 
     @property
     def presets_dir(self) -> Path:
@@ -27,6 +57,14 @@ class Settings(BaseSettings):
     @property
     def profiles_dir(self) -> Path:
         return self.home / "profiles"
+
+    @property
+    def database(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'skipstep.db'}"
+
+    @property
+    def videos_dir(self) -> Path:
+        return self.storage_dir or self.home / "videos"
 
 
 @lru_cache

@@ -20,6 +20,8 @@ from core.settings import Settings
 
 torch.set_num_threads(2)
 
+pytest_plugins = ["service"]
+
 
 @pytest.fixture(scope="session")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Path:

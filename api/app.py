@@ -1,0 +1,29 @@
+"""The FastAPI application."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from api import errors
+from api.routes import admin, health, jobs
+
+DESCRIPTION = """
+Submit text-to-video jobs, follow them, fetch the MP4. Each job names a timestep-cache
+strategy (`none`, `teacache`, `magcache`, `easycache`) and reports what it saved.
+
+Authenticate with `Authorization: Bearer <API key>` (create keys with `skipstep keys create`).
+"""
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(title="skipstep", version="0.1.0", description=DESCRIPTION)
+    errors.install(app)
+    app.include_router(jobs.router)
+    app.include_router(health.router)
+    app.include_router(admin.router)
+    app.mount("/admin/static", StaticFiles(directory=admin.STATIC_DIR), name="admin-static")
+    return app
+
+
+app = create_app()

@@ -1,0 +1,77 @@
+"""What routes receive by injection: settings, a database session, the caller's API key."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from sqlalchemy.orm import Session
+
+from core.db import ApiKey, sessions
+from core.keys import authenticate
+from core.settings import Settings, get_settings
+from core.storage import Storage, storage_from
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_session(settings: SettingsDep) -> Iterator[Session]:
+    """A session committed when the route returns; routes commit earlier where order matters."""
+    with sessions(settings.database)() as session:
+        yield session
+        session.commit()
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_storage(request: Request, settings: SettingsDep) -> Storage:
+    if not hasattr(request.app.state, "storage"):
+        request.app.state.storage = storage_from(settings)
+    return request.app.state.storage
+
+
+StorageDep = Annotated[Storage, Depends(get_storage)]
+
+
+def bearer_token(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+ADMIN_COOKIE = "skipstep_admin"
+
+
+def admin_cookie_key(request: Request, session: Session) -> ApiKey | None:
+    """The admin dashboard's session (an admin key in an HttpOnly cookie), honoured for reads only,
+    so that a ``<video src>`` on an admin page can load; writes still need the Bearer header."""
+    token = request.cookies.get(ADMIN_COOKIE)
+    if not token or request.method not in ("GET", "HEAD"):
+        return None
+    key = authenticate(session, token)
+    return key if key is not None and key.is_admin else None
+
+
+def current_key(request: Request, session: SessionDep) -> ApiKey:
+    token = bearer_token(request)
+    key = authenticate(session, token) if token else admin_cookie_key(request, session)
+    if key is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "a valid API key is required as 'Authorization: Bearer <key>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return key
+
+
+KeyDep = Annotated[ApiKey, Depends(current_key)]
+
+
+def admin_key(key: KeyDep) -> ApiKey:
+    if not key.is_admin:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "this route needs an admin API key")
+    return key
+
+
+AdminDep = Annotated[ApiKey, Depends(admin_key)]

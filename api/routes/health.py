@@ -1,0 +1,55 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from fastapi import APIRouter, Response, status
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from api.deps import SessionDep, SettingsDep, StorageDep
+from api.metrics import registry_for
+from core.storage import StorageError
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"description": "A dependency is unreachable; the body says which."}})
+def readyz(session: SessionDep, settings: SettingsDep, storage: StorageDep) -> Any:
+    """Database, broker and storage are all reachable."""
+    checks: dict[str, str] = {}
+    try:
+        session.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"unreachable: {exc.__class__.__name__}"
+    try:
+        if settings.broker_url is None:
+            raise ValueError("SKIPSTEP_BROKER_URL is not set")
+        redis.Redis.from_url(settings.broker_url, socket_connect_timeout=2, socket_timeout=2).ping()
+        checks["broker"] = "ok"
+    except (redis.RedisError, ValueError) as exc:
+        checks["broker"] = f"unreachable: {exc}"
+    try:
+        storage.check()
+        checks["storage"] = "ok"
+    except StorageError as exc:
+        checks["storage"] = f"unreachable: {exc}"
+    ready = all(value == "ok" for value in checks.values())
+    code = status.HTTP_200_OK if ready else status.HTTP_503_SERVICE_UNAVAILABLE
+    return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks}, status_code=code)
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(settings: SettingsDep) -> Response:
+    """Prometheus exposition: jobs by status, queue depth, step time and speedup by strategy."""
+    return Response(generate_latest(registry_for(settings.database)), media_type=CONTENT_TYPE_LATEST)

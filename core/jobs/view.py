@@ -1,0 +1,135 @@
+"""A job as clients see it: the body of ``GET /jobs/{id}`` and of webhook events."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from core.db import Job, JobStatus
+
+
+class CacheView(BaseModel):
+    strategy: str
+    params: dict[str, Any]
+    profile: str | None
+
+
+class JobInput(BaseModel):
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    num_frames: int
+    num_inference_steps: int
+    guidance_scale: float
+    seed: int
+    fps: int
+    cache: CacheView
+    compare: bool
+    webhook_url: str | None
+    webhook_events: list[str]
+
+
+class ProgressView(BaseModel):
+    step: int = Field(description="Denoising steps finished.")
+    total: int
+    percent: float
+    computed_calls: int = Field(description="Transformer calls (steps x CFG branches) that ran.")
+    skipped_calls: int = Field(description="Transformer calls the cache replaced by a cached residual.")
+
+
+class ResultView(BaseModel):
+    video_url: str
+    bytes: int
+    duration_seconds: float
+
+
+class ErrorView(BaseModel):
+    code: str
+    message: str
+
+
+class Links(BaseModel):
+    self: str
+    cancel: str
+    video: str | None
+    deliveries: str
+
+
+class JobView(BaseModel):
+    id: uuid.UUID
+    status: JobStatus
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    queue_position: int | None = Field(description="While queued: 1 means next to run.")
+    cancel_requested: bool
+    input: JobInput
+    progress: ProgressView | None
+    result: ResultView | None
+    metrics: dict[str, Any] | None = Field(
+        description="On success: denoise seconds, seconds per computed step, speedup, steps computed and "
+        "skipped per CFG branch with the skip schedule, stage timings, fidelity when measured."
+    )
+    error: ErrorView | None
+    worker: str | None
+    links: Links
+
+
+def job_view(job: Job, public_url: str, queue_position: int | None = None) -> JobView:
+    base = f"{public_url.rstrip('/')}/jobs/{job.id}"
+    progress = None
+    if job.progress_total:
+        progress = ProgressView(
+            step=job.progress_step,
+            total=job.progress_total,
+            percent=round(100 * job.progress_step / job.progress_total, 1),
+            computed_calls=job.computed_calls,
+            skipped_calls=job.skipped_calls,
+        )
+    result = None
+    if job.status == JobStatus.succeeded and job.video_key is not None:
+        result = ResultView(
+            video_url=f"{base}/video", bytes=job.video_bytes or 0, duration_seconds=job.video_seconds or 0.0
+        )
+    error = None
+    if job.error_code is not None:
+        error = ErrorView(code=job.error_code, message=job.error_message or "")
+    return JobView(
+        id=job.id,
+        status=job.status,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        queue_position=queue_position if job.status == JobStatus.queued else None,
+        cancel_requested=job.cancel_requested_at is not None,
+        input=JobInput(
+            prompt=job.prompt,
+            negative_prompt=job.negative_prompt,
+            width=job.width,
+            height=job.height,
+            num_frames=job.num_frames,
+            num_inference_steps=job.num_inference_steps,
+            guidance_scale=job.guidance_scale,
+            seed=job.seed,
+            fps=job.fps,
+            cache=CacheView(strategy=job.cache_strategy, params=job.cache_params, profile=job.cache_profile),
+            compare=job.compare,
+            webhook_url=job.webhook_url,
+            webhook_events=job.webhook_events,
+        ),
+        progress=progress,
+        result=result,
+        metrics=job.metrics,
+        error=error,
+        worker=job.worker_id,
+        links=Links(
+            self=base,
+            cancel=f"{base}/cancel",
+            video=f"{base}/video" if result is not None else None,
+            deliveries=f"{base}/deliveries",
+        ),
+    )

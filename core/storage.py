@@ -1,0 +1,125 @@
+"""Where finished videos go: an S3-compatible bucket (boto3), or a local directory."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Protocol
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from core.errors import SkipstepError
+from core.settings import Settings
+
+
+class StorageError(SkipstepError):
+    """The video store could not be reached or refused an operation."""
+
+
+class Storage(Protocol):
+    def put(self, key: str, path: Path) -> int:
+        """Store the file under ``key``; returns its size in bytes."""
+
+    def presigned_url(self, key: str) -> str | None:
+        """A time-limited URL a client can fetch directly, or None if videos are served by the API."""
+
+    def local_path(self, key: str) -> Path:
+        """The file of ``key`` on this machine (local storage only)."""
+
+    def check(self) -> None:
+        """Raise StorageError unless the store is reachable."""
+
+    def ensure(self) -> None:
+        """Create the directory or bucket if it does not exist yet."""
+
+
+class LocalStorage:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def local_path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise StorageError(f"storage key {key!r} leaves the storage directory")
+        return path
+
+    def put(self, key: str, path: Path) -> int:
+        target = self.local_path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(target.suffix + ".partial")
+        shutil.copyfile(path, partial)
+        partial.replace(target)
+        return target.stat().st_size
+
+    def presigned_url(self, key: str) -> str | None:
+        return None
+
+    def check(self) -> None:
+        if not self.root.is_dir():
+            raise StorageError(f"storage directory {self.root} does not exist")
+
+    def ensure(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"storage directory {self.root}: {exc.strerror}") from exc
+
+
+class S3Storage:
+    def __init__(self, settings: Settings) -> None:
+        self.bucket = settings.s3_bucket
+        self.expires = settings.s3_presign_seconds
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=settings.s3_endpoint_url,
+            region_name=settings.s3_region,
+            aws_access_key_id=settings.s3_access_key_id,
+            aws_secret_access_key=settings.s3_secret_access_key,
+            config=Config(signature_version="s3v4", connect_timeout=5, read_timeout=60, retries={"max_attempts": 3}),
+        )
+
+    def put(self, key: str, path: Path) -> int:
+        try:
+            self.client.upload_file(str(path), self.bucket, key, ExtraArgs={"ContentType": "video/mp4"})
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageError(f"upload of {key} to bucket {self.bucket}: {exc}") from exc
+        return path.stat().st_size
+
+    def presigned_url(self, key: str) -> str | None:
+        return self.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=self.expires
+        )
+
+    def local_path(self, key: str) -> Path:
+        raise StorageError("S3 storage keeps no local files")
+
+    def check(self) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageError(f"bucket {self.bucket}: {exc}") from exc
+
+    def ensure(self) -> None:
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket"):
+                raise StorageError(f"bucket {self.bucket}: {exc}") from exc
+            try:
+                self.client.create_bucket(Bucket=self.bucket)
+            except (BotoCoreError, ClientError) as create_exc:
+                raise StorageError(f"creating bucket {self.bucket}: {create_exc}") from create_exc
+        except BotoCoreError as exc:
+            raise StorageError(f"bucket {self.bucket}: {exc}") from exc
+
+
+def storage_from(settings: Settings) -> Storage:
+    if settings.storage_backend == "s3":
+        return S3Storage(settings)
+    return LocalStorage(settings.videos_dir)
+
+
+def video_key(job_id: object) -> str:
+    return f"videos/{job_id}.mp4"

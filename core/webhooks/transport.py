@@ -1,0 +1,134 @@
+"""One webhook attempt over HTTP(S), connecting only to the address the SSRF guard checked."""
+
+import ssl
+import time
+from dataclasses import dataclass
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+
+import httpx
+
+from core.webhooks.addresses import Target, UnresolvableHost, UnsafeWebhookURL, resolve_target
+
+MAX_RESPONSE_EXCERPT = 1024
+USER_AGENT = "skipstep-webhooks"
+
+
+@dataclass(frozen=True)
+class AttemptOutcome:
+    status_code: int | None
+    error: str | None
+    duration_seconds: float
+    retry_after_seconds: float | None = None
+    response_excerpt: bytes = b""  # the start of the response body, for diagnostics
+    refused: bool = False  # the URL broke the address rules: retrying cannot help
+
+
+def deliver(
+    url: str,
+    headers: dict[str, str],
+    body: bytes,
+    *,
+    allow_private: bool,
+    connect_timeout: float,
+    read_timeout: float,
+) -> AttemptOutcome:
+    """Checks the URL afresh (DNS may have changed since the last attempt) and posts to it."""
+    started = time.monotonic()
+    try:
+        target = resolve_target(url, allow_private)
+    except UnsafeWebhookURL as exc:
+        return AttemptOutcome(None, str(exc), time.monotonic() - started, refused=True)
+    except UnresolvableHost as exc:
+        return AttemptOutcome(None, str(exc), time.monotonic() - started)
+    return post(target, headers, body, connect_timeout, read_timeout)
+
+
+def post(
+    target: Target,
+    headers: dict[str, str],
+    body: bytes,
+    connect_timeout: float,
+    read_timeout: float,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+) -> AttemptOutcome:
+    """POSTs to target.connect_address with the original Host header, SNI and certificate host name.
+
+    Redirects are returned, never followed. The read timeout bounds each wait for data, not the whole response.
+    """
+    address = f"[{target.connect_address}]" if ":" in target.connect_address else target.connect_address
+    url = f"{target.scheme}://{address}:{target.port}{target.path}"
+    request_headers = httpx.Headers(headers)
+    request_headers.setdefault("user-agent", USER_AGENT)
+    request_headers["host"] = target.host_header
+    timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout)
+    started = time.monotonic()
+    try:
+        with (
+            httpx.Client(verify=ssl_context or True, trust_env=False, follow_redirects=False) as client,
+            client.stream(
+                "POST",
+                url,
+                content=body,
+                headers=request_headers,
+                timeout=timeout,
+                extensions={"sni_hostname": target.host},
+            ) as response,
+        ):
+            excerpt = b""
+            for chunk in response.iter_raw():
+                excerpt += chunk
+                if len(excerpt) >= MAX_RESPONSE_EXCERPT:
+                    break
+    except httpx.TransportError as exc:
+        return AttemptOutcome(None, _describe(exc), time.monotonic() - started)
+    return AttemptOutcome(
+        status_code=response.status_code,
+        error=None,
+        duration_seconds=time.monotonic() - started,
+        retry_after_seconds=parse_retry_after(response.headers.get("retry-after"), time.time()),
+        response_excerpt=excerpt[:MAX_RESPONSE_EXCERPT],
+    )
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a Retry-After header (delay seconds or HTTP-date); None if absent or invalid."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now)
+
+
+def _describe(exc: httpx.TransportError) -> str:
+    if isinstance(exc, httpx.ConnectTimeout):
+        return "connect timeout"
+    if isinstance(exc, httpx.ReadTimeout):
+        return "read timeout"
+    if isinstance(exc, httpx.WriteTimeout):
+        return "write timeout"
+    cause = _root_cause(exc)
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return f"TLS certificate verification failed: {cause.verify_message}"
+    if isinstance(cause, ssl.SSLError):
+        return f"TLS error: {cause.reason or cause}"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return f"protocol error: {exc}"
+    return f"connection error: {cause}"
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    # httpx and httpcore chain their wrappers implicitly (__context__) as well as explicitly (__cause__).
+    while (inner := exc.__cause__ or exc.__context__) is not None:
+        exc = inner
+    return exc

@@ -1,0 +1,196 @@
+"""Fixtures that run the service for real: PostgreSQL, Redis, an S3-protocol server (moto's
+server mode) on loopback, uvicorn serving the API and a Celery worker process running wan-tiny."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import redis
+from moto.server import ThreadedMotoServer
+
+from core.db import session_scope
+from core.db.migrate import upgrade
+from core.keys import create_key
+from core.settings import Settings
+
+POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+REDIS_URL = "redis://127.0.0.1:6379/7"
+FINISHED = ("succeeded", "failed", "canceled")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until(condition: Any, timeout: float, interval: float = 0.1, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped at the end."""
+    name = f"skipstep_test_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@dataclass
+class Service:
+    url: str
+    env: dict[str, str]
+    settings: Settings
+    worker_log: Path
+    keys: dict[str, str] = field(default_factory=dict)
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def client(self, key: str | None = "alice") -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.keys[key]}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+    def submit(self, key: str = "alice", **body: Any) -> dict[str, Any]:
+        fields = {"prompt": "a red fox running through snow", **SMALL_JOB} | body
+        with self.client(key) as client:
+            response = client.post("/jobs", json=fields)
+        assert response.status_code == 202, response.text
+        return response.json()
+
+    def get(self, job_id: str, key: str = "alice") -> dict[str, Any]:
+        with self.client(key) as client:
+            response = client.get(f"/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def wait(self, job_id: str, statuses: tuple[str, ...] = FINISHED, key: str = "alice", timeout: float = 120) -> dict:
+        def reached() -> dict[str, Any] | None:
+            job = self.get(job_id, key)
+            return job if job["status"] in statuses else None
+
+        return wait_until(reached, timeout, 0.1, f"job {job_id} to reach {statuses}")
+
+    def start_worker(self) -> subprocess.Popen[bytes]:
+        log = self.worker_log.open("ab")
+        command = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", "generate", "-c", "1"]
+        command += ["-l", "info", "-n", f"generate-{uuid.uuid4().hex[:6]}@%h"]
+        process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        self.processes.append(process)
+        wait_until(lambda: self.worker_log.read_text().count("ready."), 120, 0.2, "the worker to start")
+        return process
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+# Small enough that a job takes about a second on two CPU cores.
+SMALL_JOB = {"width": 64, "height": 64, "num_frames": 9, "num_inference_steps": 6}
+
+
+def service_env(settings: Settings, **values: str) -> dict[str, str]:
+    return (
+        os.environ
+        | {
+            "SKIPSTEP_HOME": str(settings.home),
+            "SKIPSTEP_DEVICE": "cpu",
+            "SKIPSTEP_HEARTBEAT_SECONDS": "1",
+            "SKIPSTEP_JOB_LEASE_SECONDS": "4",
+            "SKIPSTEP_PROGRESS_SECONDS": "0.1",
+            "SKIPSTEP_WEBHOOK_ALLOW_PRIVATE": "true",
+            "OMP_NUM_THREADS": "2",
+        }
+        | values
+    )
+
+
+@pytest.fixture(scope="session")
+def service(
+    settings: Settings, wan_tiny: object, postgres_url: str, redis_url: str, s3_endpoint: str, tmp_path_factory
+) -> Iterator[Service]:
+    """The whole service on PostgreSQL, Redis and S3, with users alice and bob and an admin key."""
+    port = free_port()
+    env = service_env(
+        settings,
+        SKIPSTEP_DATABASE_URL=postgres_url,
+        SKIPSTEP_BROKER_URL=redis_url,
+        SKIPSTEP_STORAGE_BACKEND="s3",
+        SKIPSTEP_S3_ENDPOINT_URL=s3_endpoint,
+        SKIPSTEP_S3_BUCKET="skipstep-test",
+        SKIPSTEP_S3_ACCESS_KEY_ID="test",
+        SKIPSTEP_S3_SECRET_ACCESS_KEY="test",
+        SKIPSTEP_PUBLIC_URL=f"http://127.0.0.1:{port}",
+    )
+    upgrade(postgres_url)
+    logs = tmp_path_factory.mktemp("service-logs")
+    service = Service(
+        url=f"http://127.0.0.1:{port}",
+        env=env,
+        settings=settings.model_copy(update={"database_url": postgres_url}),
+        worker_log=logs / "worker.log",
+    )
+    with session_scope(postgres_url) as session:
+        for name, admin in (("alice", False), ("bob", False), ("admin", True)):
+            service.keys[name] = create_key(session, name, is_admin=admin)[1]
+    api_log = (logs / "api.log").open("wb")
+    service.processes.append(
+        subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "api.app:app", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=api_log,
+            stderr=subprocess.STDOUT,
+        )
+    )
+    try:
+        service.start_worker()
+
+        def ready() -> bool:
+            try:
+                return httpx.get(f"{service.url}/readyz", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(ready, 60, 0.2, "the API to be ready")
+        yield service
+    finally:
+        service.stop()

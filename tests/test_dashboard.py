@@ -1,0 +1,223 @@
+"""The admin dashboard in a real headless Chromium against the real service (uvicorn, Celery worker,
+PostgreSQL, Redis, S3 server): log in, watch jobs change live, filter, open a job and its video."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+from service import Service, wait_until
+from sqlalchemy.orm import Session
+
+from core import dashboard
+from core.db import Base, Job, JobStatus, engine_for, session_scope, utcnow
+from core.keys import create_key
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+# Generous: the machine has two cores and other suites may run beside this one.
+TIMEOUT_MS = 45_000
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    context.set_default_timeout(TIMEOUT_MS)
+    yield context.new_page()
+    context.close()
+
+
+def log_in(page: Page, service: Service, key: str) -> None:
+    page.goto(f"{service.url}/admin?refresh=1")
+    assert "/admin/login" in page.url
+    page.fill("#key", service.keys[key])
+    page.click("form button[type=submit]")
+
+
+def row_statuses(page: Page, job_ids: list[str]) -> dict[str, str | None]:
+    return page.evaluate(
+        "ids => Object.fromEntries(ids.map(id => [id, "
+        "document.querySelector(`tr[data-job-id='${id}']`)?.dataset.status ?? null]))",
+        job_ids,
+    )
+
+
+def test_admin_key_required(page: Page, service: Service) -> None:
+    log_in(page, service, "alice")
+    assert page.locator("#login-error").inner_text().startswith("This API key is valid, but it is not an admin key")
+    assert not [c for c in page.context.cookies() if c["name"] == "skipstep_admin"]
+
+    with httpx.Client(base_url=service.url, timeout=30) as client:
+        assert client.get("/admin/api/overview").status_code == 401
+        assert client.get("/admin", follow_redirects=False).headers["location"].startswith("/admin/login")
+        alice = {"Authorization": f"Bearer {service.keys['alice']}"}
+        assert client.get("/admin/api/overview", headers=alice).status_code == 403
+        assert client.get("/admin", headers=alice).status_code == 403
+        admin = {"Authorization": f"Bearer {service.keys['admin']}"}
+        assert client.get("/admin/api/overview", headers=admin).json()["counters"]["queued"] >= 0
+
+
+def test_dashboard_live_filters_and_job_page(page: Page, service: Service) -> None:
+    log_in(page, service, "admin")
+    page.wait_for_selector("#dashboard")
+    cookie = next(c for c in page.context.cookies() if c["name"] == "skipstep_admin")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    page.evaluate("window.notReloaded = true")
+
+    # Jobs submitted after the page opened appear and move on without a reload. The worker runs one
+    # job at a time, so the later ones wait in the queue long enough to be seen there.
+    jobs = [
+        service.submit(cache={"strategy": "none"}),
+        service.submit(cache={"strategy": "magcache", "params": {"threshold": 0.24, "max_skip_steps": 3}}),
+        service.submit(cache={"strategy": "easycache", "params": {"threshold": 0.4}}),
+    ]
+    ids = [job["id"] for job in jobs]
+    seen: dict[str, list[str]] = {job_id: [] for job_id in ids}
+
+    def all_succeeded() -> bool:
+        for job_id, status in row_statuses(page, ids).items():
+            if status and (not seen[job_id] or seen[job_id][-1] != status):
+                seen[job_id].append(status)
+        return all(statuses[-1:] == ["succeeded"] for statuses in seen.values())
+
+    wait_until(all_succeeded, 120, 0.1, f"the dashboard to show the jobs succeeded (seen so far: {seen})")
+    assert page.evaluate("window.notReloaded") is True
+    assert any({"queued", "running"} & set(statuses[:-1]) for statuses in seen.values()), seen
+    per_hour = page.locator("[data-counter='per-hour'] .value")
+    wait_until(lambda: int(per_hour.inner_text()) >= len(ids), 30, 0.2, "the jobs-per-hour counter")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "dashboard.png", full_page=True)
+
+    # Filtering by strategy goes into the URL and leaves only that strategy's jobs.
+    magcache_id = ids[1]
+    page.select_option("select[name=strategy]", "magcache")
+    page.wait_for_function("location.search.includes('strategy=magcache')")
+    only_magcache = """id => {
+        const rows = [...document.querySelectorAll('tr[data-job-id]')];
+        return rows.some(row => row.dataset.jobId === id)
+            && rows.every(row => row.querySelector('td.strategy').dataset.strategy === 'magcache');
+    }"""
+    page.wait_for_function(only_magcache, arg=magcache_id)
+    assert page.locator(f"tr[data-job-id='{ids[0]}']").count() == 0
+    page.reload()
+    assert page.locator("select[name=strategy]").input_value() == "magcache"
+    page.wait_for_function(only_magcache, arg=magcache_id)
+    assert page.locator("table.summary tr[data-strategy='magcache']").count() == 1
+
+    # The job page: schedule strip (one cell per step and CFG branch) and the MP4 playing.
+    page.click(f"tr[data-job-id='{magcache_id}'] td.id a")
+    page.wait_for_url(f"**/admin/jobs/{magcache_id}")
+    job = service.get(magcache_id, key="admin")
+    steps = job["input"]["num_inference_steps"]
+    assert page.locator(".strip .cell").count() == steps * 2
+    assert page.locator(".strip .cell.computed").count() == job["progress"]["computed_calls"]
+    cond = page.locator(".strip-row[data-branch='cond'] .cell")
+    marks = "".join("C" if "computed" in (cond.nth(i).get_attribute("class") or "") else "." for i in range(steps))
+    assert marks == job["metrics"]["branches"]["cond"]["schedule"]
+    assert page.locator("svg rect.step").count() == steps
+    page.wait_for_function("document.getElementById('video').readyState > 0")
+    src = page.eval_on_selector("#video", "video => video.currentSrc")
+    video = page.request.get(src)
+    assert video.status == 200 and video.headers["content-type"] == "video/mp4"
+    assert video.body()[4:8] == b"ftyp"
+    page.screenshot(path=ARTIFACTS / "job.png", full_page=True)
+
+    # Logging out ends the session: the JSON refuses, the pages send to the login form.
+    page.click("text=Log out")
+    page.wait_for_url("**/admin/login")
+    assert page.evaluate("fetch('/admin/api/overview').then(r => r.status)") == 401
+    page.goto(f"{service.url}/admin")
+    assert "/admin/login" in page.url
+
+
+@pytest.fixture
+def filled(tmp_path: Path) -> Iterator[Session]:
+    """120 jobs a minute apart, newest first: every third one magcache, speedups 1.00 to 2.19."""
+    url = f"sqlite:///{tmp_path / 'dashboard.db'}"
+    Base.metadata.create_all(engine_for(url))
+    now = utcnow()
+    with session_scope(url) as session:
+        owner = create_key(session, "owner")[0]
+        for index in range(120):
+            session.add(
+                Job(
+                    owner_id=owner.id,
+                    status=JobStatus.succeeded,
+                    prompt=f"job number {index} " + ("lighthouse" if index % 10 == 0 else "fox"),
+                    width=64,
+                    height=64,
+                    num_frames=9,
+                    num_inference_steps=6,
+                    guidance_scale=5.0,
+                    seed=index,
+                    fps=16,
+                    cache_strategy="magcache" if index % 3 == 0 else "none",
+                    created_at=now - timedelta(minutes=index),
+                    finished_at=now - timedelta(minutes=index) + timedelta(seconds=5),
+                    speedup=1 + index / 100,
+                )
+            )
+    with session_scope(url) as session:
+        yield session
+
+
+def seeds(page: dashboard.JobPage) -> list[int]:
+    return [int(row.prompt.split()[2]) for row in page.rows]
+
+
+def test_keyset_pages_forward_and_back(filled: Session) -> None:
+    newest = dashboard.JobFilter()
+    first = dashboard.jobs_page(filled, newest, limit=50)
+    second = dashboard.jobs_page(filled, newest, after=first.next_cursor, limit=50)
+    third = dashboard.jobs_page(filled, newest, after=second.next_cursor, limit=50)
+    assert seeds(first) == list(range(50)) and first.prev_cursor is None
+    assert seeds(second) == list(range(50, 100))
+    assert seeds(third) == list(range(100, 120)) and third.next_cursor is None
+    assert seeds(dashboard.jobs_page(filled, newest, before=third.prev_cursor, limit=50)) == seeds(second)
+    # Walking back past the start shows the first page whole.
+    back = dashboard.jobs_page(filled, newest, before=dashboard.jobs_page(filled, newest, after=first.rows[9] and
+        dashboard.encode_cursor(first.rows[9], dashboard.Sort.created), limit=50).prev_cursor, limit=50)
+    assert seeds(back) == seeds(first) and back.prev_cursor is None
+
+    oldest = dashboard.JobFilter(descending=False)
+    assert seeds(dashboard.jobs_page(filled, oldest, limit=5)) == [119, 118, 117, 116, 115]
+    by_speedup = dashboard.JobFilter(sort=dashboard.Sort.speedup, strategy="magcache")
+    top = dashboard.jobs_page(filled, by_speedup, limit=3)
+    assert seeds(top) == [117, 114, 111] and top.window_applied is False
+    assert seeds(dashboard.jobs_page(filled, by_speedup, after=top.next_cursor, limit=2)) == [108, 105]
+
+
+def test_search_by_prompt_and_id(filled: Session) -> None:
+    found = dashboard.jobs_page(filled, dashboard.JobFilter(search="LightHouse"), limit=50)
+    assert seeds(found) == list(range(0, 120, 10))
+    some = found.rows[3]
+    by_id = dashboard.jobs_page(filled, dashboard.JobFilter(search=str(some.id)))
+    assert [row.id for row in by_id.rows] == [some.id]
+    by_prefix = dashboard.jobs_page(filled, dashboard.JobFilter(search=some.id.hex[:8]))
+    assert some.id in [row.id for row in by_prefix.rows]
+    with pytest.raises(dashboard.CursorError):
+        dashboard.jobs_page(filled, dashboard.JobFilter(), after="not-a-cursor")

@@ -1,0 +1,226 @@
+"""The job service end to end: real uvicorn, Celery worker, PostgreSQL, Redis and S3 server."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import uuid
+
+import av
+import httpx
+import pytest
+from service import SMALL_JOB, Service, wait_until
+from sqlalchemy import func, select
+
+from core.db import Job, session_scope
+
+
+def job_count(service: Service) -> int:
+    with session_scope(service.settings.database) as session:
+        return session.scalar(select(func.count()).select_from(Job)) or 0
+
+
+def test_submit_poll_download(service: Service) -> None:
+    submitted = service.submit(cache={"strategy": "magcache", "params": {"threshold": 0.24, "max_skip_steps": 3}})
+    assert submitted["status"] == "queued"
+    assert submitted["links"]["self"] == f"{service.url}/jobs/{submitted['id']}"
+    assert isinstance(submitted["input"]["seed"], int)  # random, and recorded
+
+    job = service.wait(submitted["id"])
+    assert job["status"] == "succeeded", job["error"]
+    assert job["progress"] == {
+        "step": 6,
+        "total": 6,
+        "percent": 100.0,
+        "computed_calls": job["progress"]["computed_calls"],
+        "skipped_calls": job["progress"]["skipped_calls"],
+    }
+    metrics = job["metrics"]
+    assert metrics["strategy"] == "magcache"
+    assert set(metrics["branches"]) == {"cond", "uncond"}
+    schedule = metrics["branches"]["cond"]["schedule"]
+    assert len(schedule) == 6 and set(schedule) <= {"C", "."}
+    computed = sum(b["computed"] for b in metrics["branches"].values())
+    assert job["progress"]["computed_calls"] == computed
+    assert metrics["denoise_seconds"] > 0 and metrics["speedup"] > 0
+    assert len(metrics["step_seconds"]) == 6
+    assert 0 < metrics["timings"]["submit_to_first_step"] < 60
+
+    with service.client() as client:
+        redirect = client.get(f"/jobs/{job['id']}/video")
+    assert redirect.status_code == 307
+    presigned = redirect.headers["location"]
+    assert presigned.startswith(service.env["SKIPSTEP_S3_ENDPOINT_URL"]) and "X-Amz-Signature" in presigned
+    video = httpx.get(presigned)
+    assert video.status_code == 200
+    assert len(video.content) == job["result"]["bytes"]
+    with av.open(io.BytesIO(video.content)) as container:
+        frames = list(container.decode(video=0))
+    assert len(frames) == SMALL_JOB["num_frames"]
+    assert (frames[0].width, frames[0].height) == (64, 64)
+
+
+def test_idempotency_key_replays_and_conflicts(service: Service) -> None:
+    key = f"order-{uuid.uuid4()}"
+    body = {"prompt": "idempotent fox", **SMALL_JOB, "seed": 3}
+    with service.client() as client:
+        first = client.post("/jobs", json=body, headers={"Idempotency-Key": key})
+        again = client.post("/jobs", json=body, headers={"Idempotency-Key": key})
+        other = client.post("/jobs", json=body | {"seed": 4}, headers={"Idempotency-Key": key})
+        bobs = service.client("bob").post("/jobs", json=body, headers={"Idempotency-Key": key})
+    assert first.status_code == 202 and again.status_code == 202
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers["idempotent-replayed"] == "true"
+    assert other.status_code == 409
+    assert other.json()["error"]["code"] == "conflict"
+    # Keys are scoped to their API key: bob's identical request is a job of his own.
+    assert bobs.status_code == 202 and bobs.json()["id"] != first.json()["id"]
+    service.wait(first.json()["id"])
+
+
+BAD_BODIES = [
+    ({"prompt": ""}, "prompt", "at least 1 character"),
+    ({"prompt": "   "}, "prompt", "must not be blank"),
+    ({"prompt": "x" * 2001}, "prompt", "at most 2000 characters"),
+    ({"width": 72}, "width", "multiple of 16"),
+    ({"height": 0}, "height", "greater than or equal to 16"),
+    ({"width": 4096}, "width", "less than or equal to 1920"),
+    ({"num_frames": 10}, "num_frames", "4k+1"),
+    ({"num_frames": 1001}, "num_frames", "less than or equal to 257"),
+    ({"num_inference_steps": 1}, "num_inference_steps", "greater than or equal to 2"),
+    ({"num_inference_steps": 500}, "num_inference_steps", "less than or equal to 200"),
+    ({"guidance_scale": -1}, "guidance_scale", "greater than or equal to 0"),
+    ({"seed": -5}, "seed", "greater than or equal to 0"),
+    ({"fps": 0}, "fps", "greater than or equal to 1"),
+    ({"cache": {"strategy": "fastcache"}}, "cache.strategy", "unknown strategy 'fastcache'"),
+    ({"cache": {"strategy": "magcache", "params": {"threshold": -1}}}, "cache", "params.threshold"),
+    ({"cache": {"strategy": "teacache", "params": {"bogus": 1}}}, "cache", "params.bogus"),
+    ({"cache": {"strategy": "none", "colour": "red"}}, "cache.colour", "Extra inputs are not permitted"),
+    ({"colour": "red"}, "colour", "Extra inputs are not permitted"),
+    ({"webhook_url": "ftp://example.com/hook"}, "webhook_url", "http"),
+    ({"webhook_events": ["job.succeeded"]}, "webhook_events", "needs webhook_url"),
+    ({"webhook_url": "https://example.com/h", "webhook_events": ["job.exploded"]}, "webhook_events.0", "job.succeeded"),
+]
+
+
+@pytest.mark.parametrize(("change", "field", "rule"), BAD_BODIES, ids=[f"{b[1]}-{i}" for i, b in enumerate(BAD_BODIES)])
+def test_every_rule_is_named_and_nothing_is_written(service: Service, change: dict, field: str, rule: str) -> None:
+    before = job_count(service)
+    with service.client() as client:
+        response = client.post("/jobs", json={"prompt": "a fox", **SMALL_JOB} | change)
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_request"
+    named = {f["field"]: f["rule"] for f in error["fields"]}
+    assert field in named, named
+    assert rule in named[field]
+    assert job_count(service) == before
+
+
+def test_auth_and_isolation(service: Service) -> None:
+    job = service.submit("alice")
+    with service.client(None) as anonymous:
+        assert anonymous.get(f"/jobs/{job['id']}").status_code == 401
+        wrong = anonymous.get("/jobs", headers={"Authorization": "Bearer sk_not-a-key"})
+        assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "unauthorized"
+    with service.client("bob") as bob:
+        for method, path in (("GET", ""), ("POST", "/cancel"), ("GET", "/video")):
+            response = bob.request(method, f"/jobs/{job['id']}{path}")
+            assert response.status_code == 404, (method, path, response.text)
+        assert job["id"] not in {j["id"] for j in bob.get("/jobs", params={"limit": 100}).json()["jobs"]}
+    with service.client("admin") as admin:
+        assert admin.get(f"/jobs/{job['id']}").status_code == 200
+    service.wait(job["id"])
+
+
+def test_list_filters_and_cursor_pagination(service: Service) -> None:
+    ids = [service.submit("bob", cache={"strategy": "easycache"}, seed=i)["id"] for i in range(3)]
+    for job_id in ids:
+        service.wait(job_id, key="bob")
+    with service.client("bob") as client:
+        first = client.get("/jobs", params={"strategy": "easycache", "limit": 2}).json()
+        second = client.get(
+            "/jobs", params={"strategy": "easycache", "limit": 2, "cursor": first["next_cursor"]}
+        ).json()
+        succeeded = client.get("/jobs", params={"status": "succeeded", "limit": 100}).json()
+        bad_cursor = client.get("/jobs", params={"cursor": "nonsense"})
+        bad_status = client.get("/jobs", params={"status": "exploded"})
+    listed = [j["id"] for j in first["jobs"] + second["jobs"]]
+    assert listed[:3] == ids[::-1]  # newest first, no job twice across pages
+    assert len(set(listed)) == len(listed)
+    assert all(j["status"] == "succeeded" for j in succeeded["jobs"])
+    assert bad_cursor.status_code == 422 and bad_cursor.json()["error"]["fields"][0]["field"] == "cursor"
+    assert bad_status.status_code == 422 and bad_status.json()["error"]["fields"][0]["field"] == "status"
+
+
+LONG_JOB = {"width": 128, "height": 128, "num_frames": 17, "num_inference_steps": 20}
+
+
+def test_cancel_running_and_queued(service: Service) -> None:
+    running = service.submit(**LONG_JOB)
+    queued = service.submit()
+    wait_until(lambda: (service.get(running["id"]).get("progress") or {}).get("step", 0) >= 1, 60, what="a step")
+    waiting = service.get(queued["id"])
+    assert waiting["status"] == "queued" and waiting["queue_position"] >= 1
+
+    with service.client() as client:
+        canceled = client.post(f"/jobs/{queued['id']}/cancel")
+        assert canceled.status_code == 202 and canceled.json()["status"] == "canceled"
+        stopping = client.post(f"/jobs/{running['id']}/cancel")
+        assert stopping.status_code == 202 and stopping.json()["cancel_requested"] is True
+
+    stopped = service.wait(running["id"], timeout=30)
+    assert stopped["status"] == "canceled"
+    assert stopped["progress"]["step"] < stopped["progress"]["total"]
+    # The worker is free again: a new job runs, and the queued job it was holding behind never ran.
+    after = service.wait(service.submit()["id"])
+    assert after["status"] == "succeeded"
+    never = service.get(queued["id"])
+    assert never["status"] == "canceled" and never["started_at"] is None
+    with service.client() as client:
+        finished = client.post(f"/jobs/{after['id']}/cancel")
+    assert finished.status_code == 409 and "succeeded" in finished.json()["error"]["message"]
+
+
+def test_model_loads_once_per_worker_process(service: Service) -> None:
+    jobs = [service.submit(seed=i)["id"] for i in range(3)]
+    workers = {service.wait(job_id)["worker"] for job_id in jobs}
+    assert len(workers) == 1
+    assert service.worker_log.read_text().count("loaded model wan-tiny on cpu") >= 1
+    assert service.worker_log.read_text().count(f"(worker {workers.pop()})") == 1
+
+
+def test_health_readiness_and_metrics(service: Service) -> None:
+    service.wait(service.submit()["id"])
+    assert httpx.get(f"{service.url}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{service.url}/readyz").json()
+    assert ready == {"status": "ready", "checks": {"database": "ok", "broker": "ok", "storage": "ok"}}
+    metrics = httpx.get(f"{service.url}/metrics").text
+    assert 'skipstep_jobs{status="succeeded"}' in metrics
+    assert "skipstep_queue_depth" in metrics
+    assert 'skipstep_recent_speedup{strategy="none"}' in metrics
+
+
+def test_unknown_job_is_404_and_openapi_documents_the_contract(service: Service) -> None:
+    with service.client() as client:
+        missing = client.get(f"/jobs/{uuid.uuid4()}")
+        spec = client.get("/openapi.json").json()
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    assert "/jobs/{job_id}/cancel" in spec["paths"]
+    example = spec["components"]["schemas"]["JobCreate"]["examples"][0]
+    assert example["cache"]["strategy"] == "magcache"
+
+
+def test_a_crashed_worker_loses_no_job(service: Service) -> None:
+    """Kill the worker process mid-job: the job is taken again once its lease lapses, and finishes."""
+    job = service.submit(**LONG_JOB)
+    running = service.wait(job["id"], ("running",))
+    wait_until(lambda: (service.get(job["id"]).get("progress") or {}).get("step", 0) >= 1, 60, what="a step")
+    os.kill(int(running["worker"].rpartition(":")[2]), signal.SIGKILL)
+
+    finished = service.wait(job["id"], timeout=180)
+    assert finished["status"] == "succeeded", finished["error"]
+    assert finished["worker"] != running["worker"]
+    with session_scope(service.settings.database) as session:
+        assert session.get(Job, uuid.UUID(job["id"])).attempts == 2
