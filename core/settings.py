@@ -45,9 +45,24 @@ class Settings(BaseSettings):
     max_job_attempts: int = Field(default=3, ge=1, description="Claims of one job before it fails as lost.")
     max_job_seconds: int = Field(default=6 * 3600, ge=60, description="Longest job; the broker's redelivery bound.")
 
+    # Dashboard
+    dashboard_refresh_seconds: float = Field(
+        default=5, ge=0, le=3600, description="Live refresh interval of /admin (0: off); ?refresh= overrides it."
+    )
+
     # Webhooks
     webhook_allow_private: bool = Field(
         default=False, description="Allow webhook URLs on private or loopback addresses (development, tests)."
+    )
+    webhook_connect_timeout: float = Field(default=5, gt=0, description="Seconds to connect to a webhook URL.")
+    webhook_read_timeout: float = Field(
+        default=10, gt=0, description="Seconds a webhook receiver may take for each read of its response."
+    )
+    webhook_retry_scale: float = Field(
+        default=1.0, gt=0, le=1, description="Multiplies every retry delay (tests shrink the schedule with it)."
+    )
+    webhook_sweep_seconds: float = Field(
+        default=1.0, gt=0, description="How often a webhooks worker sends deliveries that have come due."
     )
 
     @property

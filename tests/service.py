@@ -4,6 +4,7 @@ server mode) on loopback, uvicorn serving the API and a Celery worker process ru
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -26,7 +27,6 @@ from core.keys import create_key
 from core.settings import Settings
 
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
-REDIS_URL = "redis://127.0.0.1:6379/7"
 FINISHED = ("succeeded", "failed", "canceled")
 
 
@@ -59,8 +59,11 @@ def postgres_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def redis_url() -> str:
-    redis.Redis.from_url(REDIS_URL).flushdb()
-    return REDIS_URL
+    """One of the machine's Redis databases, picked at random and emptied: test sessions running at
+    the same time (two checkouts, say) must not take each other's queued tasks."""
+    url = f"redis://127.0.0.1:6379/{random.randint(1, 15)}"
+    redis.Redis.from_url(url).flushdb()
+    return url
 
 
 @pytest.fixture(scope="session")
@@ -79,6 +82,7 @@ class Service:
     settings: Settings
     worker_log: Path
     keys: dict[str, str] = field(default_factory=dict)
+    webhook_secrets: dict[str, str] = field(default_factory=dict)
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def client(self, key: str | None = "alice") -> httpx.Client:
@@ -114,6 +118,15 @@ class Service:
         wait_until(lambda: self.worker_log.read_text().count("ready."), 120, 0.2, "the worker to start")
         return process
 
+    def start_webhooks_worker(self) -> subprocess.Popen[bytes]:
+        path = self.worker_log.with_name("webhooks.log")
+        command = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", "webhooks", "-c", "2"]
+        command += ["-l", "info", "-n", f"webhooks-{uuid.uuid4().hex[:6]}@%h"]
+        process = subprocess.Popen(command, env=self.env, stdout=path.open("ab"), stderr=subprocess.STDOUT)
+        self.processes.append(process)
+        wait_until(lambda: "ready." in path.read_text(), 120, 0.2, "the webhooks worker to start")
+        return process
+
     def stop(self) -> None:
         for process in self.processes:
             process.terminate()
@@ -138,6 +151,8 @@ def service_env(settings: Settings, **values: str) -> dict[str, str]:
             "SKIPSTEP_JOB_LEASE_SECONDS": "4",
             "SKIPSTEP_PROGRESS_SECONDS": "0.1",
             "SKIPSTEP_WEBHOOK_ALLOW_PRIVATE": "true",
+            "SKIPSTEP_WEBHOOK_SWEEP_SECONDS": "0.2",
+            "SKIPSTEP_WEBHOOK_RETRY_SCALE": "0.0002",
             "OMP_NUM_THREADS": "2",
         }
         | values
@@ -171,7 +186,8 @@ def service(
     )
     with session_scope(postgres_url) as session:
         for name, admin in (("alice", False), ("bob", False), ("admin", True)):
-            service.keys[name] = create_key(session, name, is_admin=admin)[1]
+            key, service.keys[name] = create_key(session, name, is_admin=admin)
+            service.webhook_secrets[name] = key.webhook_secret
     api_log = (logs / "api.log").open("wb")
     service.processes.append(
         subprocess.Popen(
@@ -183,6 +199,7 @@ def service(
     )
     try:
         service.start_worker()
+        service.start_webhooks_worker()
 
         def ready() -> bool:
             try:

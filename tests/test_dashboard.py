@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
-from service import Service, wait_until
+from service import FINISHED, Service, wait_until
 from sqlalchemy.orm import Session
 
 from core import dashboard
@@ -89,28 +89,48 @@ def test_dashboard_live_filters_and_job_page(page: Page, service: Service) -> No
     page.evaluate("window.notReloaded = true")
 
     # Jobs submitted after the page opened appear and move on without a reload. The worker runs one
-    # job at a time, so the later ones wait in the queue long enough to be seen there.
+    # job at a time, so the later ones wait in the queue long enough to be seen there; the last one
+    # is made longer so that it is seen unfinished even where jobs run fast.
     jobs = [
         service.submit(cache={"strategy": "none"}),
         service.submit(cache={"strategy": "magcache", "params": {"threshold": 0.24, "max_skip_steps": 3}}),
-        service.submit(cache={"strategy": "easycache", "params": {"threshold": 0.4}}),
+        service.submit(cache={"strategy": "easycache", "params": {"threshold": 0.4}}, num_inference_steps=16),
     ]
     ids = [job["id"] for job in jobs]
     seen: dict[str, list[str]] = {job_id: [] for job_id in ids}
 
-    def all_succeeded() -> bool:
+    def all_finished() -> bool:
         for job_id, status in row_statuses(page, ids).items():
             if status and (not seen[job_id] or seen[job_id][-1] != status):
                 seen[job_id].append(status)
-        return all(statuses[-1:] == ["succeeded"] for statuses in seen.values())
+        return all(statuses[-1:] and statuses[-1] in FINISHED for statuses in seen.values())
 
-    wait_until(all_succeeded, 120, 0.1, f"the dashboard to show the jobs succeeded (seen so far: {seen})")
+    wait_until(all_finished, 180, 0.1, f"the dashboard to show the jobs finished (seen so far: {seen})")
+    errors = {job_id: service.get(job_id)["error"] for job_id in ids}
+    assert all(statuses[-1] == "succeeded" for statuses in seen.values()), (seen, errors)
     assert page.evaluate("window.notReloaded") is True
     assert any({"queued", "running"} & set(statuses[:-1]) for statuses in seen.values()), seen
     per_hour = page.locator("[data-counter='per-hour'] .value")
     wait_until(lambda: int(per_hour.inner_text()) >= len(ids), 30, 0.2, "the jobs-per-hour counter")
+    page.reload()  # for the screenshot: the strategy summary refreshes less often than the table
+    page.wait_for_selector("table.summary")
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=ARTIFACTS / "dashboard.png", full_page=True)
+
+    # A hidden tab stops refreshing, and catches up as soon as it is shown again.
+    refreshes: list[str] = []
+    page.on("request", lambda request: refreshes.append(request.url) if "/admin/api/overview" in request.url else None)
+    set_visibility = """state => {
+        Object.defineProperty(document, 'visibilityState', {configurable: true, get: () => state});
+        document.dispatchEvent(new Event('visibilitychange'));
+    }"""
+    page.evaluate(set_visibility, "hidden")
+    before_pause = len(refreshes)
+    page.wait_for_timeout(3000)
+    assert len(refreshes) == before_pause
+    assert page.locator("#live-state").inner_text().startswith("Paused")
+    with page.expect_request(lambda request: "/admin/api/overview" in request.url, timeout=10_000):
+        page.evaluate(set_visibility, "visible")
 
     # Filtering by strategy goes into the URL and leaves only that strategy's jobs.
     magcache_id = ids[1]
@@ -199,8 +219,11 @@ def test_keyset_pages_forward_and_back(filled: Session) -> None:
     assert seeds(third) == list(range(100, 120)) and third.next_cursor is None
     assert seeds(dashboard.jobs_page(filled, newest, before=third.prev_cursor, limit=50)) == seeds(second)
     # Walking back past the start shows the first page whole.
-    back = dashboard.jobs_page(filled, newest, before=dashboard.jobs_page(filled, newest, after=first.rows[9] and
-        dashboard.encode_cursor(first.rows[9], dashboard.Sort.created), limit=50).prev_cursor, limit=50)
+    shifted = dashboard.jobs_page(
+        filled, newest, after=dashboard.encode_cursor(first.rows[9], dashboard.Sort.created), limit=50
+    )
+    assert seeds(shifted)[0] == 10
+    back = dashboard.jobs_page(filled, newest, before=shifted.prev_cursor, limit=50)
     assert seeds(back) == seeds(first) and back.prev_cursor is None
 
     oldest = dashboard.JobFilter(descending=False)

@@ -45,7 +45,7 @@ def test_submit_poll_download(service: Service) -> None:
     assert job["progress"]["computed_calls"] == computed
     assert metrics["denoise_seconds"] > 0 and metrics["speedup"] > 0
     assert len(metrics["step_seconds"]) == 6
-    assert 0 < metrics["timings"]["submit_to_first_step"] < 60
+    assert 0 < metrics["timings"]["submit_to_denoising"] < 60
 
     with service.client() as client:
         redirect = client.get(f"/jobs/{job['id']}/video")
@@ -100,6 +100,7 @@ BAD_BODIES = [
     ({"colour": "red"}, "colour", "Extra inputs are not permitted"),
     ({"webhook_url": "ftp://example.com/hook"}, "webhook_url", "http"),
     ({"webhook_events": ["job.succeeded"]}, "webhook_events", "needs webhook_url"),
+    ({"webhook_url": "https://no-such-host.invalid/hook"}, "webhook_url", "could not resolve no-such-host.invalid"),
     ({"webhook_url": "https://example.com/h", "webhook_events": ["job.exploded"]}, "webhook_events.0", "job.succeeded"),
 ]
 
@@ -224,3 +225,28 @@ def test_a_crashed_worker_loses_no_job(service: Service) -> None:
     assert finished["worker"] != running["worker"]
     with session_scope(service.settings.database) as session:
         assert session.get(Job, uuid.UUID(job["id"])).attempts == 2
+
+
+def test_compare_records_fidelity_and_the_measured_speedup(service: Service) -> None:
+    cached = service.wait(
+        service.submit(cache={"strategy": "easycache", "params": {"threshold": 0.4}}, compare=True)["id"]
+    )
+    same = service.wait(service.submit(compare=True)["id"])
+    assert cached["status"] == same["status"] == "succeeded"
+    fidelity = cached["metrics"]["fidelity"]
+    assert cached["metrics"]["speedup_basis"] == "measured"
+    assert cached["metrics"]["speedup"] == fidelity["measured_speedup"]
+    assert 0 < fidelity["ssim"] <= 1 and fidelity["psnr"] > 0
+    # Uncached against uncached: identical frames, an infinite PSNR, stored as null.
+    assert same["metrics"]["fidelity"]["psnr"] is None and same["metrics"]["fidelity"]["ssim"] == 1.0
+
+
+def test_workers_report_themselves(service: Service) -> None:
+    job = service.wait(service.submit()["id"])
+    with service.client("admin") as admin:
+        listed = admin.get("/workers").json()
+    with service.client("alice") as alice:
+        assert alice.get("/workers").status_code == 403
+    [mine] = [worker for worker in listed if worker["id"] == job["worker"]]
+    assert mine["alive"] and mine["model"] == "wan-tiny" and mine["device"] == "cpu"
+    assert mine["jobs_done"] >= 1 and mine["pid"] == int(job["worker"].rpartition(":")[2])

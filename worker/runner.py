@@ -5,6 +5,7 @@ reports the worker and sweeps up jobs that a crash or a broker outage left behin
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import tempfile
@@ -28,7 +29,8 @@ from core.request import GenerationRequest
 from core.settings import Settings
 from core.storage import StorageError, storage_from, video_key
 from core.video import encode_mp4, to_uint8
-from worker.app import enqueue_job
+from core.webhooks.events import STARTED, event_for, record_event
+from worker.app import enqueue_delivery, enqueue_job
 
 log = logging.getLogger("skipstep.worker")
 
@@ -76,6 +78,8 @@ class JobRunner:
                 log.info("job %s: not claimable (finished, canceled or held by a live worker); skipped", job_id)
                 return
             workers.set_current(session, self.worker_id, job_id)
+            started = record_event(session, job, STARTED, self.settings.public_url)
+        enqueue_delivery(started)
         self.current = job_id
         log.info("job %s: claimed (attempt %d)", job_id, job.attempts)
         try:
@@ -144,6 +148,8 @@ class JobRunner:
     def _finish(self, job: Job, status: JobStatus, **values: Any) -> None:
         with session_scope(self.settings.database) as session:
             finished = repository.finish(session, job.id, self.worker_id, status, **values)
+            event = record_event(session, finished, event_for(status), self.settings.public_url) if finished else None
+        enqueue_delivery(event)
         if finished is None:
             log.warning("job %s: lost the claim before finishing; its result is dropped", job.id)
         else:
@@ -164,20 +170,27 @@ class JobRunner:
         """Queue what was never queued, and retake or end jobs whose worker died."""
         with session_scope(self.settings.database) as session:
             requeue = list(repository.unsent(session, older_than=timedelta(seconds=self.settings.heartbeat_seconds)))
+            events = []
             for job in repository.lapsed(session):
                 if job.cancel_requested_at is not None:
-                    repository.end_lapsed(session, job.id, JobStatus.canceled)
+                    if repository.end_lapsed(session, job.id, JobStatus.canceled):
+                        events.append(
+                            record_event(session, job, event_for(JobStatus.canceled), self.settings.public_url)
+                        )
                 elif job.attempts >= self.settings.max_job_attempts:
-                    repository.end_lapsed(
+                    if repository.end_lapsed(
                         session,
                         job.id,
                         JobStatus.failed,
                         error_code="worker_lost",
                         error_message=f"the worker running this job stopped responding {job.attempts} times",
-                    )
+                    ):
+                        events.append(record_event(session, job, event_for(JobStatus.failed), self.settings.public_url))
                 elif repository.requeue_lapsed(session, job.id):
                     log.warning("job %s: worker %s stopped responding; requeued", job.id, job.worker_id)
                     requeue.append(job.id)
+        for delivery_id in events:
+            enqueue_delivery(delivery_id)
         for job_id in requeue:
             enqueue_job(job_id)
             with session_scope(self.settings.database) as session:
@@ -190,11 +203,12 @@ class Steps:
     def __init__(self, runner: JobRunner, job: Job) -> None:
         self.runner, self.job = runner, job
         self.cuda = runner.model.device.type == "cuda"
-        self.first_step_at: datetime | None = None
+        self.denoising_at: datetime | None = None
         self.step_seconds: list[float] = []
         self._last_step = self._last_write = time.perf_counter()
 
     def planned(self, _figures: ScheduleFigures | None) -> None:
+        self.denoising_at = utcnow()
         self._last_step = time.perf_counter()
         self._write(progress_step=0, progress_total=self.job.num_inference_steps, computed_calls=0, skipped_calls=0)
 
@@ -205,8 +219,6 @@ class Steps:
         now = time.perf_counter()
         self.step_seconds.append(now - self._last_step)
         self._last_step = now
-        if self.first_step_at is None:
-            self.first_step_at = utcnow()
         if progress.step == progress.total:
             return
         with session_scope(self.runner.settings.database) as session:
@@ -231,7 +243,7 @@ class Steps:
 def _metrics(job: Job, result: GenerationResult, steps: Steps, encode: float, upload: float) -> dict[str, Any]:
     report = result.cache
     fidelity = result.fidelity
-    first_step = (steps.first_step_at - job.created_at).total_seconds() if steps.first_step_at else None
+    to_denoising = (steps.denoising_at - job.created_at).total_seconds() if steps.denoising_at else None
     return {
         "strategy": report.strategy,
         "params": report.params,
@@ -247,11 +259,12 @@ def _metrics(job: Job, result: GenerationResult, steps: Steps, encode: float, up
         "speedup_basis": "measured" if fidelity else "estimated",
         "estimated_speedup": report.speedup,
         "ideal_speedup": report.ideal_speedup,
-        "fidelity": fidelity.model_dump() if fidelity else None,
+        "fidelity": _json_safe(fidelity.model_dump()) if fidelity else None,
         "step_seconds": [round(seconds, 4) for seconds in steps.step_seconds],
         "timings": {
             "queued": (job.started_at - job.created_at).total_seconds() if job.started_at else None,
-            "submit_to_first_step": first_step,
+            # From POST /jobs to the first denoising step starting (prompt encoded, schedule planned).
+            "submit_to_denoising": to_denoising,
             "text_encoding": result.timings.text_encoding,
             "denoising": result.timings.denoising,
             "vae_decode": result.timings.vae_decode,
@@ -259,6 +272,11 @@ def _metrics(job: Job, result: GenerationResult, steps: Steps, encode: float, up
             "upload": upload,
         },
     }
+
+
+def _json_safe(values: dict[str, float]) -> dict[str, float | None]:
+    """Identical frames have an infinite PSNR, which JSON (and PostgreSQL's json type) cannot hold: null."""
+    return {name: value if math.isfinite(value) else None for name, value in values.items()}
 
 
 def _describe(exc: BaseException) -> str:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery.signals import worker_process_init, worker_process_shutdown
 
 from core.settings import get_settings
-from worker.app import RUN_JOB, celery_app
-from worker.runner import JobRunner
+from worker.app import GENERATE_QUEUE, RUN_JOB, celery_app, consumes
+
+if TYPE_CHECKING:
+    from worker.runner import JobRunner
 
 _runner: JobRunner | None = None
 
@@ -17,13 +19,17 @@ _runner: JobRunner | None = None
 def runner() -> JobRunner:
     global _runner
     if _runner is None:
+        # Imported here: the webhooks worker loads this module too, and needs neither torch nor the model.
+        from worker.runner import JobRunner
+
         _runner = JobRunner(get_settings())
     return _runner
 
 
 @worker_process_init.connect
 def _load_model(**_: Any) -> None:
-    runner()
+    if consumes(GENERATE_QUEUE):  # the webhooks worker shares this app but runs no model
+        runner()
 
 
 @worker_process_shutdown.connect

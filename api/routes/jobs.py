@@ -17,8 +17,9 @@ from core.db import ApiKey, Job, JobStatus
 from core.jobs import repository
 from core.jobs.view import JobView, job_view
 from core.models.loading import default_shape
-from core.webhooks.addresses import UnsafeWebhookURL, resolve_target
-from worker.app import enqueue_job
+from core.webhooks.addresses import UnresolvableHost, UnsafeWebhookURL, resolve_target
+from core.webhooks.events import event_for, record_event
+from worker.app import enqueue_delivery, enqueue_job
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -59,7 +60,7 @@ def submit(
     if body.webhook_url is not None:
         try:
             resolve_target(body.webhook_url, settings.webhook_allow_private)
-        except UnsafeWebhookURL as exc:
+        except (UnsafeWebhookURL, UnresolvableHost) as exc:
             fields = [FieldError(field="webhook_url", rule=str(exc))]
             return error_response(status.HTTP_422_UNPROCESSABLE_CONTENT, f"webhook_url: {exc}", fields)
 
@@ -142,10 +143,12 @@ def cancel(job_id: uuid.UUID, key: KeyDep, session: SessionDep, settings: Settin
     """A queued job is canceled at once; a running job stops at its next denoising step."""
     job = _found(session, job_id, key)
     canceled_now = job.status == JobStatus.queued and repository.cancel_queued(session, job.id)
+    event = record_event(session, job, event_for(JobStatus.canceled), settings.public_url) if canceled_now else None
     if not canceled_now and job.status in (JobStatus.queued, JobStatus.running):
         # Still running, or claimed by a worker since it was read as queued.
         repository.request_cancel_running(session, job.id)
     session.commit()
+    enqueue_delivery(event)
     session.refresh(job)
     if job.status.finished and not canceled_now:
         raise HTTPException(status.HTTP_409_CONFLICT, f"job {job.id} has already finished ({job.status.value})")

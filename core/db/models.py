@@ -1,4 +1,4 @@
-"""The database tables: API keys, jobs and workers. The job row is the source of truth for a job."""
+"""The database tables: API keys, jobs, workers and webhook deliveries. The job row is the source of truth for a job."""
 
 from __future__ import annotations
 
@@ -143,3 +143,60 @@ class Worker(Base):
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
     stopped_at: Mapped[datetime | None]
+
+
+class DeliveryStatus(StrEnum):
+    pending = "pending"  # waiting for next_attempt_at
+    delivering = "delivering"  # an attempt is in flight; next_attempt_at is when it may be retaken
+    succeeded = "succeeded"
+    failed = "failed"
+    gone = "gone"  # the receiver answered 410
+
+    @property
+    def finished(self) -> bool:
+        return self in (DeliveryStatus.succeeded, DeliveryStatus.failed, DeliveryStatus.gone)
+
+
+class WebhookDelivery(Base):
+    """One event on its way to one URL. A manual resend is a new delivery of the same event (same event_id)."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_webhook_deliveries_job", "job_id", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id"))
+    event_type: Mapped[str] = mapped_column(String(32))
+    # The Standard Webhooks `webhook-id`: receivers dedupe on it.
+    event_id: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str] = mapped_column(Text)
+    # The request body, serialized once when the event happened so that every attempt sends the same bytes.
+    body: Mapped[str] = mapped_column(Text)
+    status: Mapped[DeliveryStatus] = mapped_column(
+        Enum(DeliveryStatus, native_enum=False, length=16, validate_strings=True), default=DeliveryStatus.pending
+    )
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime | None]
+    # When a task for the delivery was last sent to the broker; the sweep sends again if that message is lost.
+    dispatched_at: Mapped[datetime | None]
+    resend_of: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("webhook_deliveries.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+
+class WebhookAttempt(Base):
+    __tablename__ = "webhook_attempts"
+    __table_args__ = (Index("ix_webhook_attempts_delivery", "delivery_id", "number"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    delivery_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("webhook_deliveries.id"))
+    number: Mapped[int]
+    attempted_at: Mapped[datetime]
+    status_code: Mapped[int | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[float] = mapped_column(Float)
+    outcome: Mapped[str] = mapped_column(String(16))  # a core.webhooks.retry.Verdict
+    reason: Mapped[str] = mapped_column(Text)
+    next_attempt_at: Mapped[datetime | None]

@@ -32,6 +32,7 @@ def deliver(
     allow_private: bool,
     connect_timeout: float,
     read_timeout: float,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AttemptOutcome:
     """Checks the URL afresh (DNS may have changed since the last attempt) and posts to it."""
     started = time.monotonic()
@@ -41,7 +42,7 @@ def deliver(
         return AttemptOutcome(None, str(exc), time.monotonic() - started, refused=True)
     except UnresolvableHost as exc:
         return AttemptOutcome(None, str(exc), time.monotonic() - started)
-    return post(target, headers, body, connect_timeout, read_timeout)
+    return post(target, headers, body, connect_timeout, read_timeout, ssl_context=ssl_context)
 
 
 def post(

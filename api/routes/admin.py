@@ -1,0 +1,352 @@
+"""The admin dashboard: server-rendered pages under /admin and the JSON their script refreshes from.
+
+Pages accept an admin key as a Bearer header or as the session cookie set by the login form; without
+one they send the browser to the login page, and a key that is not an admin key gets a 403 page.
+"""
+
+from __future__ import annotations
+
+import uuid
+import zlib
+from dataclasses import asdict, dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import parse_qs, urlencode
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from jinja2 import Undefined
+from sqlalchemy.orm import Session
+
+from api.deps import ADMIN_COOKIE, AdminDep, SessionDep, SettingsDep, bearer_token
+from core import dashboard
+from core.caching.registry import STRATEGIES
+from core.db import ApiKey, Job, JobStatus, utcnow
+from core.jobs import repository
+from core.keys import authenticate
+from core.settings import Settings
+from core.webhooks.events import history
+
+API_DIR = Path(__file__).resolve().parents[1]
+STATIC_DIR = API_DIR / "static" / "admin"
+templates = Jinja2Templates(directory=API_DIR / "templates")
+
+REFRESH_CHOICES = (0.0, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+SESSION_SECONDS = 12 * 3600
+PAGE_SIZE = 50
+FRAGMENTS = ("counters", "jobs", "workers", "queue")
+PALETTE = ("#2563eb", "#ea580c", "#16a34a", "#9333ea", "#db2777", "#0891b2", "#ca8a04")
+KNOWN_COLORS = {"none": "#64748b", "teacache": PALETTE[0], "magcache": PALETTE[1], "easycache": PALETTE[2]}
+
+router = APIRouter(prefix="/admin", include_in_schema=False)
+
+
+# Template helpers
+
+
+def strategy_color(name: str) -> str:
+    return KNOWN_COLORS.get(name) or PALETTE[zlib.crc32(name.encode()) % len(PALETTE)]
+
+
+def ago(moment: datetime | None, now: datetime) -> str:
+    if moment is None:
+        return "—"
+    seconds = max(0.0, (now - moment).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit} ago"
+    return f"{seconds:.0f} s ago"
+
+
+def utc(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else "—"
+
+
+def short_utc(moment: datetime | None) -> str:
+    return moment.strftime("%m-%d %H:%M:%S") if moment else "—"
+
+
+def number(value: float | Undefined | None, digits: int = 2, suffix: str = "") -> str:
+    if value is None or isinstance(value, Undefined):
+        return "—"
+    return f"{value:.{digits}f}{suffix}"
+
+
+def duration(span: timedelta) -> str:
+    seconds = span.total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g} {unit}"
+    return f"{seconds:g} s"
+
+
+def params_text(params: dict[str, Any]) -> str:
+    def show(value: Any) -> str:
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    return " · ".join(f"{name}={show(value)}" for name, value in params.items())
+
+
+templates.env.globals |= {"strategy_color": strategy_color, "ago": ago, "number": number}
+templates.env.filters |= {"utc": utc, "short_utc": short_utc, "params": params_text, "duration": duration}
+
+
+# Query string
+
+
+@dataclass(frozen=True)
+class DashboardQuery:
+    """The dashboard's state as it stands in the URL."""
+
+    job_filter: dashboard.JobFilter
+    values: dict[str, str]
+    after: str | None
+    before: str | None
+    refresh: float
+
+    def link(self, **changes: str) -> str:
+        """This view's query string with ``changes``; cursors are dropped unless given again."""
+        values = {name: value for name, value in (self.values | changes).items() if value}
+        return "?" + urlencode(values) if values else "?"
+
+    def sort_link(self, sort: str) -> str:
+        current = self.job_filter.sort == sort
+        order = "asc" if current and self.job_filter.descending else "desc"
+        return self.link(sort=sort, order=order)
+
+    def sort_mark(self, sort: str) -> str:
+        if self.job_filter.sort != sort:
+            return ""
+        return "▼" if self.job_filter.descending else "▲"
+
+
+def _day(value: str, field: str) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.combine(date.fromisoformat(value), time(), tzinfo=UTC)
+    except ValueError:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{field}: not a date (YYYY-MM-DD)") from None
+
+
+def dashboard_query(
+    settings: SettingsDep,
+    status_: Annotated[str, Query(alias="status", pattern="^(|queued|running|succeeded|failed|canceled)$")] = "",
+    strategy: Annotated[str, Query(max_length=32)] = "",
+    from_: Annotated[str, Query(alias="from")] = "",
+    to: str = "",
+    q: Annotated[str, Query(max_length=200)] = "",
+    sort: Annotated[str, Query(pattern="^(created|finished|speedup|denoise)$")] = "created",
+    order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
+    after: str = "",
+    before: str = "",
+    refresh: Annotated[float | None, Query(ge=0, le=3600)] = None,
+) -> DashboardQuery:
+    until = _day(to, "to")
+    job_filter = dashboard.JobFilter(
+        status=JobStatus(status_) if status_ else None,
+        strategy=strategy or None,
+        created_from=_day(from_, "from"),
+        created_before=until + timedelta(days=1) if until else None,
+        search=q.strip(),
+        sort=dashboard.Sort(sort),
+        descending=order == "desc",
+    )
+    values = {"status": status_, "strategy": strategy, "from": from_, "to": to, "q": q.strip()}
+    values |= {"sort": "" if sort == "created" else sort, "order": "" if order == "desc" else order}
+    values["refresh"] = "" if refresh is None else f"{refresh:g}"
+    return DashboardQuery(
+        job_filter=job_filter,
+        values=values,
+        after=after or None,
+        before=before or None,
+        refresh=settings.dashboard_refresh_seconds if refresh is None else refresh,
+    )
+
+
+QueryDep = Annotated[DashboardQuery, Depends(dashboard_query)]
+
+
+# Authentication
+
+NOT_ADMIN = "This API key is valid, but it is not an admin key. The dashboard needs an admin key."
+NOT_A_KEY = "This is not a valid API key (or it has been revoked)."
+
+
+def _denied(request: Request, session: Session) -> Response | None:
+    """None for an admin; otherwise the login page (no key, or a bad one) or a 403 page (not admin)."""
+    token = bearer_token(request) or request.cookies.get(ADMIN_COOKIE)
+    key = authenticate(session, token) if token else None
+    if key is None:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(
+            f"{_base(request)}/admin/login?{urlencode({'next': target})}", status.HTTP_303_SEE_OTHER
+        )
+    if not key.is_admin:
+        return _login_page(request, status.HTTP_403_FORBIDDEN, NOT_ADMIN)
+    return None
+
+
+def _base(request: Request) -> str:
+    return str(request.scope.get("root_path", "")).rstrip("/")
+
+
+def _safe_next(target: str) -> str:
+    # Only paths of this dashboard: anything else would make the login page an open redirect.
+    return target if target.startswith("/admin") and not target.startswith("/admin/login") else "/admin"
+
+
+def _login_page(request: Request, code: int = 200, error: str | None = None, target: str = "/admin") -> Response:
+    context = {"base": _base(request), "error": error, "next": _safe_next(target)}
+    return templates.TemplateResponse(request, "admin/login.html", context, status_code=code)
+
+
+async def login_form(request: Request) -> dict[str, str]:
+    body = (await request.body()).decode(errors="replace")
+    return {name: values[-1] for name, values in parse_qs(body).items()}
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_page(request: Request, next_: Annotated[str, Query(alias="next")] = "/admin") -> Response:
+    return _login_page(request, target=next_)
+
+
+@router.post("/login", response_class=HTMLResponse)
+def login(request: Request, session: SessionDep, form: Annotated[dict[str, str], Depends(login_form)]) -> Response:
+    raw = form.get("key", "").strip()
+    target = form.get("next", "/admin")
+    key = authenticate(session, raw) if raw else None
+    if key is None:
+        return _login_page(request, status.HTTP_401_UNAUTHORIZED, NOT_A_KEY, target)
+    if not key.is_admin:
+        return _login_page(request, status.HTTP_403_FORBIDDEN, NOT_ADMIN, target)
+    response = RedirectResponse(_base(request) + _safe_next(target), status.HTTP_303_SEE_OTHER)
+    response.set_cookie(
+        ADMIN_COOKIE,
+        raw,
+        max_age=SESSION_SECONDS,
+        path="/",
+        secure=request.url.scheme == "https",
+        httponly=True,
+        samesite="strict",
+    )
+    return response
+
+
+@router.api_route("/logout", methods=["GET", "POST"])
+def logout(request: Request) -> Response:
+    response = RedirectResponse(f"{_base(request)}/admin/login", status.HTTP_303_SEE_OTHER)
+    response.delete_cookie(
+        ADMIN_COOKIE, path="/", secure=request.url.scheme == "https", httponly=True, samesite="strict"
+    )
+    return response
+
+
+# Pages and their JSON
+
+
+def _overview(session: Session, settings: Settings, query: DashboardQuery) -> dict[str, Any]:
+    now = utcnow()
+    counters = dashboard.counters(session, now)
+    try:
+        page = dashboard.jobs_page(session, query.job_filter, query.after, query.before, PAGE_SIZE)
+    except dashboard.CursorError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"after/before: {exc}") from None
+    return {
+        "now": now,
+        "query": query,
+        "counters": counters,
+        "page": page,
+        "queue": dashboard.queue_state(session, counters.queued),
+        "workers": dashboard.worker_rows(session, settings.heartbeat_seconds),
+        "heartbeat_seconds": settings.heartbeat_seconds,
+        "scan_limit": dashboard.SCAN_LIMIT,
+        "counter_hours": dashboard.COUNTER_WINDOW.total_seconds() / 3600,
+    }
+
+
+def _summary_context(session: Session) -> dict[str, Any]:
+    return {"summary": dashboard.summary(session), "summary_limit": dashboard.SUMMARY_LIMIT}
+
+
+def _render(name: str, context: dict[str, Any]) -> str:
+    return templates.get_template(f"admin/_{name}.html").render(context)
+
+
+@router.get("", response_class=HTMLResponse)
+def dashboard_page(request: Request, session: SessionDep, settings: SettingsDep, query: QueryDep) -> Response:
+    denied = _denied(request, session)
+    if denied is not None:
+        return denied
+    strategies = sorted(set(STRATEGIES) | ({query.job_filter.strategy} - {None}))
+    refresh_choices = sorted(set(REFRESH_CHOICES) | {query.refresh})
+    context = _overview(session, settings, query) | _summary_context(session)
+    context |= {"base": _base(request), "strategies": strategies, "statuses": list(JobStatus)}
+    context |= {"refresh_choices": refresh_choices}
+    return templates.TemplateResponse(request, "admin/dashboard.html", context)
+
+
+@router.get("/api/overview")
+def overview_json(
+    request: Request, _admin: AdminDep, session: SessionDep, settings: SettingsDep, query: QueryDep
+) -> Any:
+    """Counters, one page of jobs, queue and workers, as data and as the page's HTML fragments."""
+    context = _overview(session, settings, query) | {"base": _base(request)}
+    page: dashboard.JobPage = context["page"]
+    body = {
+        "generated_at": context["now"],
+        "counters": asdict(context["counters"]),
+        "queue": asdict(context["queue"]),
+        "workers": [asdict(worker) for worker in context["workers"]],
+        "jobs": [asdict(row) for row in page.rows],
+        "next_cursor": page.next_cursor,
+        "prev_cursor": page.prev_cursor,
+        "window_applied": page.window_applied,
+        "html": {name: _render(name, context) for name in FRAGMENTS},
+    }
+    return JSONResponse(jsonable_encoder(body))
+
+
+@router.get("/api/summary")
+def summary_json(_admin: AdminDep, session: SessionDep) -> Any:
+    """The per-strategy summary and its charts (as the page's HTML fragment)."""
+    context = _summary_context(session)
+    body = {"summary": asdict(context["summary"]), "html": {"summary": _render("summary", context)}}
+    return JSONResponse(jsonable_encoder(body))
+
+
+@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+def job_page(
+    request: Request,
+    job_id: uuid.UUID,
+    session: SessionDep,
+    settings: SettingsDep,
+    refresh: Annotated[float | None, Query(ge=0, le=3600)] = None,
+) -> Response:
+    denied = _denied(request, session)
+    if denied is not None:
+        return denied
+    job = session.get(Job, job_id)
+    if job is None:
+        context = {"base": _base(request), "title": "Job not found", "message": f"There is no job {job_id}."}
+        return templates.TemplateResponse(request, "admin/message.html", context, status_code=404)
+    owner = session.get(ApiKey, job.owner_id)
+    metrics = job.metrics or {}
+    context = {
+        "base": _base(request),
+        "now": utcnow(),
+        "job": job,
+        "row": dashboard.JobRow.of(job),
+        "owner": owner.name if owner else None,
+        "queue_position": repository.queue_position(session, job) if job.status == JobStatus.queued else None,
+        "metrics": metrics,
+        "branches": metrics.get("branches") or {},
+        "step_seconds": metrics.get("step_seconds") or [],
+        "deliveries": history(session, job.id),
+        # A finished job does not change any more: only an unfinished one reloads.
+        "refresh": 0 if job.status.finished else settings.dashboard_refresh_seconds if refresh is None else refresh,
+    }
+    return templates.TemplateResponse(request, "admin/job.html", context)

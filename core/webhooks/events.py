@@ -1,0 +1,96 @@
+"""Webhook events of a job, recorded as deliveries in the transaction that changes the job's status,
+so that an event is written exactly when its status change is, and sent only after both are committed."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from pydantic import BaseModel
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core.db import Job, JobStatus, WebhookAttempt, WebhookDelivery, utcnow
+from core.jobs.view import JobView, job_view
+
+STARTED = "job.started"
+
+
+class WebhookEvent(BaseModel):
+    """The request body (Standard Webhooks envelope): `data` is the job as GET /jobs/{id} showed it then."""
+
+    type: str
+    timestamp: datetime
+    data: JobView
+
+
+@dataclass(frozen=True)
+class DeliveryHistory:
+    delivery: WebhookDelivery
+    attempts: Sequence[WebhookAttempt]
+
+
+def event_for(status: JobStatus) -> str:
+    return f"job.{status.value}"
+
+
+def record_event(session: Session, job: Job, event_type: str, public_url: str) -> uuid.UUID | None:
+    """Adds a delivery of the event to the caller's transaction; the caller sends its id to the webhooks
+    queue once committed. None if the job does not subscribe to the event or has already recorded it
+    (a job taken over after its worker died is claimed again, but starts only once)."""
+    if job.webhook_url is None or event_type not in job.webhook_events:
+        return None
+    recorded = select(WebhookDelivery.id).where(
+        WebhookDelivery.job_id == job.id, WebhookDelivery.event_type == event_type
+    )
+    if session.scalar(recorded.limit(1)) is not None:
+        return None
+    # Callers change the job with bulk UPDATEs, which leave loaded objects as they were.
+    session.refresh(job)
+    now = utcnow()
+    body = WebhookEvent(type=event_type, timestamp=now, data=job_view(job, public_url)).model_dump_json()
+    delivery = WebhookDelivery(
+        job_id=job.id,
+        event_type=event_type,
+        event_id=f"msg_{uuid.uuid4().hex}",
+        url=job.webhook_url,
+        body=body,
+        next_attempt_at=now,
+        dispatched_at=now,
+    )
+    session.add(delivery)
+    session.flush()
+    return delivery.id
+
+
+def resend(session: Session, original: WebhookDelivery) -> WebhookDelivery:
+    """A new delivery of the same message: same webhook-id and body, so a receiver that got it already can
+    drop it (Standard Webhooks keeps the id of a resent message); fresh timestamp and signatures per attempt."""
+    now = utcnow()
+    delivery = WebhookDelivery(
+        job_id=original.job_id,
+        event_type=original.event_type,
+        event_id=original.event_id,
+        url=original.url,
+        body=original.body,
+        next_attempt_at=now,
+        dispatched_at=now,
+        resend_of=original.id,
+    )
+    session.add(delivery)
+    session.flush()
+    return delivery
+
+
+def history(session: Session, job_id: uuid.UUID) -> list[DeliveryHistory]:
+    """The job's deliveries, oldest first, each with its attempts in order."""
+    query = select(WebhookDelivery).where(WebhookDelivery.job_id == job_id)
+    deliveries = session.scalars(query.order_by(WebhookDelivery.created_at, WebhookDelivery.id)).all()
+    attempts: dict[uuid.UUID, list[WebhookAttempt]] = {delivery.id: [] for delivery in deliveries}
+    if deliveries:
+        rows = select(WebhookAttempt).where(WebhookAttempt.delivery_id.in_(attempts))
+        for attempt in session.scalars(rows.order_by(WebhookAttempt.number)):
+            attempts[attempt.delivery_id].append(attempt)
+    return [DeliveryHistory(delivery, attempts[delivery.id]) for delivery in deliveries]
