@@ -487,7 +487,8 @@ def _strategy_stats(name: str, groups: Sequence[Any], speedups: list[float]) -> 
         mean_speedup=statistics.fmean(speedups) if speedups else None,
         median_speedup=statistics.median(speedups) if speedups else None,
         mean_denoise_seconds=_ratio(total("denoise_seconds_sum"), total("denoise_seconds_count")),
-        measured=total("psnr_count"),
+        # SSIM, not PSNR: identical frames have no finite PSNR (stored as null) but do have an SSIM.
+        measured=total("ssim_count"),
         mean_psnr=_ratio(total("psnr_sum"), total("psnr_count")),
         mean_ssim=_ratio(total("ssim_sum"), total("ssim_count")),
     )
