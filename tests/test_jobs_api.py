@@ -6,6 +6,7 @@ import io
 import os
 import signal
 import uuid
+from datetime import timedelta
 
 import av
 import httpx
@@ -13,7 +14,7 @@ import pytest
 from service import SMALL_JOB, Service, wait_until
 from sqlalchemy import func, select
 
-from core.db import Job, session_scope
+from core.db import ApiKey, Job, JobStatus, session_scope, utcnow
 
 
 def job_count(service: Service) -> int:
@@ -250,3 +251,20 @@ def test_workers_report_themselves(service: Service) -> None:
     [mine] = [worker for worker in listed if worker["id"] == job["worker"]]
     assert mine["alive"] and mine["model"] == "wan-tiny" and mine["device"] == "cpu"
     assert mine["jobs_done"] >= 1 and mine["pid"] == int(job["worker"].rpartition(":")[2])
+
+
+def test_jobs_of_a_dead_worker_end_as_lost_or_canceled(service: Service) -> None:
+    """Rows left running by a worker that died for good: a live worker's sweep ends them."""
+    past = utcnow() - timedelta(minutes=5)
+    fields = {"prompt": "orphan", "negative_prompt": "", "guidance_scale": 5.0, "seed": 1, "fps": 16, **SMALL_JOB}
+    with session_scope(service.settings.database) as session:
+        alice = session.scalar(select(ApiKey).where(ApiKey.name == "alice"))
+        common = {"owner_id": alice.id, "status": JobStatus.running, "worker_id": "gone:1", "lease_expires_at": past}
+        lost = Job(**fields, **common, cache_strategy="none", attempts=3, started_at=past)
+        canceled = Job(**fields, **common, cache_strategy="none", attempts=1, started_at=past, cancel_requested_at=past)
+        session.add_all([lost, canceled])
+    assert service.wait(str(lost.id), timeout=30)["error"] == {
+        "code": "worker_lost",
+        "message": "the worker running this job stopped responding 3 times",
+    }
+    assert service.wait(str(canceled.id), timeout=30)["status"] == "canceled"

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from sqlalchemy.orm import Session
 
 from core.caching import ProfileStore, ScheduleFigures
 from core.caching.spec import CacheSpec
@@ -173,19 +174,12 @@ class JobRunner:
             events = []
             for job in repository.lapsed(session):
                 if job.cancel_requested_at is not None:
-                    if repository.end_lapsed(session, job.id, JobStatus.canceled):
-                        events.append(
-                            record_event(session, job, event_for(JobStatus.canceled), self.settings.public_url)
-                        )
+                    events.append(self._end_lapsed(session, job, JobStatus.canceled))
                 elif job.attempts >= self.settings.max_job_attempts:
-                    if repository.end_lapsed(
-                        session,
-                        job.id,
-                        JobStatus.failed,
-                        error_code="worker_lost",
-                        error_message=f"the worker running this job stopped responding {job.attempts} times",
-                    ):
-                        events.append(record_event(session, job, event_for(JobStatus.failed), self.settings.public_url))
+                    lost = f"the worker running this job stopped responding {job.attempts} times"
+                    events.append(
+                        self._end_lapsed(session, job, JobStatus.failed, error_code="worker_lost", error_message=lost)
+                    )
                 elif repository.requeue_lapsed(session, job.id):
                     log.warning("job %s: worker %s stopped responding; requeued", job.id, job.worker_id)
                     requeue.append(job.id)
@@ -195,6 +189,12 @@ class JobRunner:
             enqueue_job(job_id)
             with session_scope(self.settings.database) as session:
                 repository.mark_enqueued(session, job_id)
+
+    def _end_lapsed(self, session: Session, job: Job, status: JobStatus, **values: Any) -> uuid.UUID | None:
+        """End a job whose worker died; the id of its webhook delivery, if it has one."""
+        if not repository.end_lapsed(session, job.id, status, **values):
+            return None
+        return record_event(session, job, event_for(status), self.settings.public_url)
 
 
 class Steps:
