@@ -1,9 +1,9 @@
 """Alembic environment: the URL comes from skipstep's settings unless a caller set one."""
 
 from alembic import context
-from sqlalchemy import engine_from_config, pool
 
 from core.db.models import Base
+from core.db.session import engine_for
 from core.settings import get_settings
 
 config = context.config
@@ -18,10 +18,8 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
-    engine = engine_from_config(
-        config.get_section(config.config_ini_section, {}), prefix="sqlalchemy.", poolclass=pool.NullPool
-    )
-    with engine.connect() as connection:
+    # The application's engine: same SQLite settings, and the database's directory created if missing.
+    with engine_for(config.get_main_option("sqlalchemy.url")).connect() as connection:
         # render_as_batch: SQLite cannot ALTER most things in place; batch mode copies the table instead.
         context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
         with context.begin_transaction():
