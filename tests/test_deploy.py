@@ -1,0 +1,50 @@
+"""docker-compose.yml and deploy/ are checked here (no Docker engine runs on these machines):
+every role runs a command this code base has, on the queues the app routes to, with known settings."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import yaml
+
+from core.settings import Settings
+from worker.app import GENERATE_QUEUE, WEBHOOKS_QUEUE
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_compose_runs_every_role_against_postgres_redis_and_minio() -> None:
+    services = compose()["services"]
+    assert {"postgres", "redis", "minio", "migrate", "api", "worker", "webhooks"} <= set(services)
+    assert services["migrate"]["command"] == ["skipstep", "migrate"]
+
+    api = services["api"]["command"]
+    module, _, attribute = api[api.index("uvicorn") + 1].partition(":")
+    assert hasattr(importlib.import_module(module), attribute)
+
+    for role, queue in (("worker", GENERATE_QUEUE), ("webhooks", WEBHOOKS_QUEUE)):
+        command = services[role]["command"]
+        assert command[:3] == ["celery", "-A", "worker.app"]
+        assert command[command.index("-Q") + 1] == queue
+    assert services["worker"]["command"][services["worker"]["command"].index("-c") + 1] == "1"
+    gpu = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["capabilities"] == ["gpu"]
+    for role in ("api", "worker", "webhooks"):
+        assert services[role]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+
+
+def test_example_environment_names_only_real_settings() -> None:
+    lines = (ROOT / "deploy" / "skipstep.env.example").read_text().splitlines()
+    values = dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+    fields = {f"SKIPSTEP_{name.upper()}" for name in Settings.model_fields}
+    assert set(values) <= fields
+    settings = Settings(**{name.removeprefix("SKIPSTEP_").lower(): value for name, value in values.items()})
+    assert settings.storage_backend == "s3" and settings.database.startswith("postgresql+psycopg://")
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    for copied in ("core", "api", "worker", "migrations", "alembic.ini"):
+        assert copied in dockerfile
