@@ -251,6 +251,26 @@ def test_gone_redirects_and_client_errors_stop_retries(service: Service, receive
     assert "redirects are not followed" in listed[1]["attempts"][0]["reason"]
 
 
+def test_after_a_410_the_endpoint_gets_no_more_events(service: Service, receiver: Receiver) -> None:
+    path = new_path()
+    receiver.script(path, 410)
+    first = submit(service, receiver.url(path))
+    service.wait(first["id"])
+    receiver.wait_for(path, 1)
+    wait_until(lambda: deliveries(service, first["id"])[0]["status"] == "gone", 30, what="the delivery to end gone")
+
+    later = submit(service, receiver.url(path))
+    service.wait(later["id"])
+    settle()
+    assert len(receiver.on(path)) == 1  # nothing sent after the 410
+    [kept] = deliveries(service, later["id"])
+    assert (kept["status"], kept["attempts"]) == ("gone", [])
+    # Another key's jobs to the same URL are not affected.
+    other = submit(service, receiver.url(path), key="bob")
+    service.wait(other["id"], key="bob")
+    receiver.wait_for(path, 2)
+
+
 def test_canceling_a_job_sends_job_canceled(service: Service, receiver: Receiver) -> None:
     path = new_path()
     job = submit(service, receiver.url(path), webhook_events=["job.canceled"])

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.db import Job, JobStatus, WebhookAttempt, WebhookDelivery, utcnow
+from core.db import DeliveryStatus, Job, JobStatus, WebhookAttempt, WebhookDelivery, utcnow
 from core.jobs.view import JobView, job_view
 
 STARTED = "job.started"
@@ -51,18 +51,33 @@ def record_event(session: Session, job: Job, event_type: str, public_url: str) -
     session.refresh(job)
     now = utcnow()
     body = WebhookEvent(type=event_type, timestamp=now, data=job_view(job, public_url)).model_dump_json()
+    disabled = endpoint_gone(session, job.owner_id, job.webhook_url)
     delivery = WebhookDelivery(
         job_id=job.id,
         event_type=event_type,
         event_id=f"msg_{uuid.uuid4().hex}",
         url=job.webhook_url,
         body=body,
-        next_attempt_at=now,
+        # Kept, but never sent: the receiver said 410 Gone to this key before (an admin resend still sends it).
+        status=DeliveryStatus.gone if disabled else DeliveryStatus.pending,
+        next_attempt_at=None if disabled else now,
         dispatched_at=now,
+        finished_at=now if disabled else None,
     )
     session.add(delivery)
     session.flush()
-    return delivery.id
+    return None if disabled else delivery.id
+
+
+def endpoint_gone(session: Session, owner_id: uuid.UUID, url: str) -> bool:
+    """Whether a receiver at ``url`` answered 410 Gone to one of this key's deliveries (Standard Webhooks:
+    410 disables the endpoint). Gone deliveries are few, so the status index keeps this cheap."""
+    gone = (
+        select(WebhookDelivery.id)
+        .join(Job, Job.id == WebhookDelivery.job_id)
+        .where(WebhookDelivery.status == DeliveryStatus.gone, WebhookDelivery.url == url, Job.owner_id == owner_id)
+    )
+    return session.scalar(gone.limit(1)) is not None
 
 
 def resend(session: Session, original: WebhookDelivery) -> WebhookDelivery:
