@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from core.caching import CacheReport, ProfileStore, ScheduleFigures
 from core.caching.calibration import calibrate, default_profile_name
+from core.caching.spec import parse_param
 from core.errors import SkipstepError
 from core.generation import GenerationResult, Progress, generate
 from core.models import load_model
@@ -86,7 +87,7 @@ def _add_model_and_shape(parser: argparse.ArgumentParser, settings: Settings) ->
 
 
 def _generate(args: argparse.Namespace, settings: Settings) -> int:
-    params = dict(_split_param(item) for item in args.cache_param)
+    params = dict(parse_param(item) for item in args.cache_param)
     request = GenerationRequest(
         prompt=args.prompt,
         negative_prompt=args.negative_prompt,
@@ -176,13 +177,6 @@ def _profiles(args: argparse.Namespace, settings: Settings) -> int:
             f"{profile.num_inference_steps} steps [{', '.join(data)}]"
         )
     return 0
-
-
-def _split_param(item: str) -> tuple[str, str]:
-    name, sep, value = item.partition("=")
-    if not sep or not name:
-        raise SystemExit(f"error: --cache-param: expected NAME=VALUE, got {item!r}")
-    return name.strip(), value.strip()
 
 
 def _format_schedule(title: str, branches: dict, ideal_speedup: float) -> str:

@@ -10,7 +10,6 @@ the same with a hundred jobs or a hundred thousand:
 
 from __future__ import annotations
 
-import base64
 import math
 import re
 import statistics
@@ -22,11 +21,11 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import BigInteger, ColumnElement, String, and_, case, cast, extract, func, or_, select
+from sqlalchemy import BigInteger, ColumnElement, String, case, cast, extract, func, or_, select
 from sqlalchemy.orm import Session
 
 from core.db import Job, JobStatus, utcnow
-from core.jobs import workers
+from core.jobs import repository
 
 COUNTER_WINDOW = timedelta(hours=24)
 RATE_WINDOW = timedelta(hours=1)
@@ -55,10 +54,6 @@ SORT_COLUMNS: dict[Sort, Any] = {
     Sort.denoise: Job.denoise_seconds,
 }
 INDEXED_SORTS = {Sort.created, Sort.finished}
-
-
-class CursorError(ValueError):
-    """A page cursor that the dashboard did not issue."""
 
 
 @dataclass(frozen=True)
@@ -159,21 +154,6 @@ class QueueState:
 
 
 @dataclass(frozen=True)
-class WorkerRow:
-    id: str
-    hostname: str
-    pid: int
-    device: str
-    model: str
-    current_job_id: uuid.UUID | None
-    jobs_done: int
-    started_at: datetime
-    last_seen_at: datetime
-    stopped_at: datetime | None
-    alive: bool
-
-
-@dataclass(frozen=True)
 class StrategyStats:
     strategy: str
     jobs: int
@@ -251,7 +231,7 @@ def jobs_page(
     cursor = decode_cursor(token, job_filter.sort) if token else None
     descending = job_filter.descending != backwards
     if cursor is not None:
-        conditions.append(_beyond(column, cursor, descending))
+        conditions.append(repository.beyond(column, cursor, descending))
     order = (column.desc(), Job.id.desc()) if descending else (column.asc(), Job.id.asc())
     jobs = list(session.scalars(select(Job).where(*conditions).order_by(*order).limit(limit + 1)))
     more = len(jobs) > limit
@@ -316,14 +296,6 @@ def _search(text: str) -> ColumnElement[bool]:
     return match
 
 
-def _beyond(column: Any, cursor: tuple[Any, uuid.UUID], descending: bool) -> ColumnElement[bool]:
-    # The first conjunct alone is what an index range serves; the second breaks ties by id.
-    value, job_id = cursor
-    if descending:
-        return and_(column <= value, or_(column < value, Job.id < job_id))
-    return and_(column >= value, or_(column > value, Job.id > job_id))
-
-
 def encode_cursor(row: JobRow, sort: Sort) -> str:
     value = {
         Sort.created: row.created_at,
@@ -331,17 +303,11 @@ def encode_cursor(row: JobRow, sort: Sort) -> str:
         Sort.speedup: row.speedup,
         Sort.denoise: row.denoise_seconds,
     }[sort]
-    text = value.isoformat() if isinstance(value, datetime) else repr(value)
-    return base64.urlsafe_b64encode(f"{text}|{row.id}".encode()).decode()
+    return repository.encode_cursor(value, row.id)
 
 
 def decode_cursor(token: str, sort: Sort) -> tuple[Any, uuid.UUID]:
-    try:
-        text, job_id = base64.urlsafe_b64decode(token.encode()).decode().split("|")
-        value: Any = datetime.fromisoformat(text) if sort in INDEXED_SORTS else float(text)
-        return value, uuid.UUID(job_id)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CursorError("not a page cursor issued by the dashboard for this sort order") from exc
+    return repository.decode_cursor(token, datetime.fromisoformat if sort in INDEXED_SORTS else float)
 
 
 # Counters, queue, workers
@@ -374,27 +340,6 @@ def queue_state(session: Session, depth: int) -> QueueState:
         .limit(1)
     ).first()
     return QueueState(depth, *(oldest or (None, None)))
-
-
-def worker_rows(session: Session, heartbeat_seconds: float) -> list[WorkerRow]:
-    # A worker renews its heartbeat every heartbeat_seconds; three missed beats mean it is gone.
-    listing = workers.listing(session, timedelta(seconds=3 * heartbeat_seconds), limit=WORKERS_SHOWN)
-    return [
-        WorkerRow(
-            id=worker.id,
-            hostname=worker.hostname,
-            pid=worker.pid,
-            device=worker.device,
-            model=worker.model,
-            current_job_id=worker.current_job_id,
-            jobs_done=worker.jobs_done,
-            started_at=worker.started_at,
-            last_seen_at=worker.last_seen_at,
-            stopped_at=worker.stopped_at,
-            alive=alive,
-        )
-        for worker, alive in listing
-    ]
 
 
 # Per-strategy summary

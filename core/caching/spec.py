@@ -59,3 +59,16 @@ class CacheSpec(BaseModel):
         if profile is not None and strategy.needs is not None and getattr(profile, strategy.needs) is None:
             raise CacheConfigError(f"cache.profile: profile {profile.name!r} has no {strategy.needs} data")
         return strategy(params, profile)
+
+
+def parse_param(item: str) -> tuple[str, Any]:
+    """A command line's ``NAME=VALUE`` strategy parameter; numbers become numbers, the rest stays text."""
+    name, sep, value = item.partition("=")
+    if not sep or not name.strip():
+        raise CacheConfigError(f"--cache-param: expected NAME=VALUE, got {item!r}")
+    for parse in (int, float):
+        try:
+            return name.strip(), parse(value)
+        except ValueError:
+            continue
+    return name.strip(), value.strip()

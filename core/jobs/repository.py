@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -39,16 +39,27 @@ def by_idempotency_key(session: Session, owner: ApiKey, idempotency_key: str) ->
     return session.scalar(select(Job).where(Job.owner_id == owner.id, Job.idempotency_key == idempotency_key))
 
 
-def encode_cursor(job: Job) -> str:
-    return base64.urlsafe_b64encode(f"{job.created_at.isoformat()}|{job.id}".encode()).decode()
+def encode_cursor(value: datetime | float, job_id: uuid.UUID) -> str:
+    """A keyset cursor: the sort value and the id of the last job shown."""
+    text = value.isoformat() if isinstance(value, datetime) else repr(value)
+    return base64.urlsafe_b64encode(f"{text}|{job_id}".encode()).decode()
 
 
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+def decode_cursor(cursor: str, parse: Callable[[str], Any] = datetime.fromisoformat) -> tuple[Any, uuid.UUID]:
     try:
-        created, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
-        return datetime.fromisoformat(created), uuid.UUID(job_id)
-    except ValueError as exc:
-        raise CursorError("cursor: not a cursor returned by this API") from exc
+        text, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+        return parse(text), uuid.UUID(job_id)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CursorError("not a cursor returned by this API for this order") from exc
+
+
+def beyond(column: Any, cursor: tuple[Any, uuid.UUID], descending: bool) -> Any:
+    """The jobs after the cursor in (column, id) order."""
+    # The first conjunct alone is what an index range serves; the second breaks ties by id.
+    value, job_id = cursor
+    if descending:
+        return and_(column <= value, or_(column < value, Job.id < job_id))
+    return and_(column >= value, or_(column > value, Job.id > job_id))
 
 
 def page(
@@ -67,12 +78,11 @@ def page(
     if strategy is not None:
         query = query.where(Job.cache_strategy == strategy)
     if cursor is not None:
-        created, job_id = decode_cursor(cursor)
-        query = query.where(or_(Job.created_at < created, and_(Job.created_at == created, Job.id < job_id)))
+        query = query.where(beyond(Job.created_at, decode_cursor(cursor), descending=True))
     jobs = session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)).all()
     more = len(jobs) > limit
     jobs = jobs[:limit]
-    return Page(jobs, encode_cursor(jobs[-1]) if more else None)
+    return Page(jobs, encode_cursor(jobs[-1].created_at, jobs[-1].id) if more else None)
 
 
 def queue_position(session: Session, job: Job) -> int:

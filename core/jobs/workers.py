@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -36,8 +36,42 @@ def stopped(session: Session, worker_id: str) -> None:
     session.execute(update(Worker).where(Worker.id == worker_id).values(stopped_at=utcnow(), current_job_id=None))
 
 
-def listing(session: Session, alive_within: timedelta, limit: int = 100) -> Sequence[tuple[Worker, bool]]:
+# A worker renews last_seen_at every heartbeat; this many missed beats and it counts as gone.
+ALIVE_HEARTBEATS = 3
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    id: str
+    hostname: str
+    pid: int
+    model: str
+    device: str
+    current_job_id: uuid.UUID | None
+    jobs_done: int
+    started_at: datetime
+    last_seen_at: datetime
+    stopped_at: datetime | None
+    alive: bool
+
+
+def statuses(session: Session, heartbeat_seconds: float, limit: int = 100) -> list[WorkerStatus]:
     """Workers seen most recently first, each with whether it is alive now."""
-    cutoff = utcnow() - alive_within
-    workers = session.scalars(select(Worker).order_by(Worker.last_seen_at.desc()).limit(limit)).all()
-    return [(worker, worker.stopped_at is None and worker.last_seen_at >= cutoff) for worker in workers]
+    cutoff = utcnow() - ALIVE_HEARTBEATS * timedelta(seconds=heartbeat_seconds)
+    rows = session.scalars(select(Worker).order_by(Worker.last_seen_at.desc()).limit(limit))
+    return [
+        WorkerStatus(
+            id=worker.id,
+            hostname=worker.hostname,
+            pid=worker.pid,
+            model=worker.model,
+            device=worker.device,
+            current_job_id=worker.current_job_id,
+            jobs_done=worker.jobs_done,
+            started_at=worker.started_at,
+            last_seen_at=worker.last_seen_at,
+            stopped_at=worker.stopped_at,
+            alive=worker.stopped_at is None and worker.last_seen_at >= cutoff,
+        )
+        for worker in rows
+    ]
