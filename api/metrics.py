@@ -11,6 +11,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
+from core import dashboard
 from core.db import Job, JobStatus, session_scope, utcnow
 from core.jobs import repository
 
@@ -24,7 +25,7 @@ class JobCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         with session_scope(self.database) as session:
             counts = repository.counts_by_status(session)
-            oldest = session.scalar(select(func.min(Job.created_at)).where(Job.status == JobStatus.queued))
+            oldest = dashboard.queue_state(session, counts[JobStatus.queued]).oldest_created_at
             since = utcnow() - WINDOW
             recent = session.execute(
                 select(
