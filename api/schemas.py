@@ -9,9 +9,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from core.caching.spec import CacheSpec
+from core.contract.shapes import Shape
+from core.contract.strategies import CacheSpec
 from core.jobs.view import JobView
-from core.models.families import Shape
 from core.webhooks.addresses import check_url_syntax
 
 WebhookEvent = Literal["job.started", "job.succeeded", "job.failed", "job.canceled"]

@@ -17,11 +17,11 @@ import time
 
 import torch
 
-from core.caching import ProfileStore
+from core.caching.profiles import ProfileStore
+from core.contract.request import GenerationRequest
 from core.fidelity import psnr, ssim
 from core.generation import GenerationResult, generate
 from core.models import load_model
-from core.request import GenerationRequest
 from core.settings import get_settings
 
 DEFAULT_CONFIGS = (
@@ -69,7 +69,7 @@ def main() -> None:
 
     warmup = request().model_copy(update={"num_inference_steps": 2})
     generate(model, warmup, profiles)
-    shape = request().shape(model.family, model.default_shape)
+    shape = request().shape(model.family.rules, model.default_shape)
     print(
         f"# {model.name} on {model.device} ({torch.get_num_threads()} threads), {shape.width}x{shape.height}, "
         f"{shape.num_frames} frames, {shape.num_inference_steps} steps, {args.repeats} repeat(s), "

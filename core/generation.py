@@ -14,12 +14,15 @@ import numpy as np
 import torch
 from pydantic import BaseModel
 
-from core.caching import CacheReport, ProfileStore, RunPlan, ScheduleFigures, TimestepCache, attached
+from core.caching.base import CacheReport, RunPlan, ScheduleFigures, TimestepCache
+from core.caching.hooks import attached
 from core.caching.none import NoCache
+from core.caching.profiles import ProfileStore
+from core.caching.registry import build_cache
+from core.contract.request import GenerationRequest
+from core.contract.shapes import Shape
 from core.fidelity import psnr, ssim
 from core.models import LoadedModel
-from core.models.families import Shape
-from core.request import GenerationRequest
 
 
 @dataclass(frozen=True)
@@ -64,8 +67,8 @@ def generate(
     on_plan: PlanCallback | None = None,
     on_step: ProgressCallback | None = None,
 ) -> GenerationResult:
-    shape = request.shape(model.family, model.default_shape)
-    cache = request.cache.build(model.transformer, shape, profiles)
+    shape = request.shape(model.family.rules, model.default_shape)
+    cache = build_cache(request.cache, model.transformer, shape, profiles)
     result = run(model, request, shape, cache, on_plan, on_step)
     if request.compare:
         baseline = run(model, request, shape, NoCache(), None, None)

@@ -1,20 +1,31 @@
 """All runtime settings, read once from the environment (prefix ``SKIPSTEP_``)."""
 
+from __future__ import annotations
+
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SKIPSTEP_", env_file=".env", extra="ignore")
 
-    # Model
+    # Models
     model: str = Field(
         default="wan-tiny",
-        description="A preset name (wan-tiny, ltx-tiny) or a local diffusers-format model directory.",
+        description="A preset name (wan-tiny, ltx-tiny), a local diffusers-format model directory or a hub id: "
+        "the one model served when SKIPSTEP_MODELS is empty, and what `skipstep generate` loads by default.",
+    )
+    models: str = Field(
+        default="",
+        description="The models the service serves, comma-separated NAME=SOURCE (SOURCE as for SKIPSTEP_MODEL); "
+        "a bare preset name is its own NAME. The first is the default. Empty: SKIPSTEP_MODEL alone.",
     )
     home: Path = Field(
         default=Path.home() / ".cache" / "skipstep",
@@ -65,6 +76,37 @@ class Settings(BaseSettings):
         default=1.0, gt=0, description="How often a webhooks worker sends deliveries that have come due."
     )
 
+    @model_validator(mode="after")
+    def _model_names(self) -> Settings:
+        for name in self.model_sources:
+            if not MODEL_NAME.fullmatch(name):
+                raise ValueError(
+                    f"SKIPSTEP_MODELS: model name {name!r} must be lowercase letters, digits, '.', '_' or '-' "
+                    "(it names the model's queue)"
+                )
+        return self
+
+    @property
+    def model_sources(self) -> dict[str, str]:
+        """Model name -> source, in the configured order (the first is the default)."""
+        entries = [entry.strip() for entry in self.models.split(",") if entry.strip()] or [self.model]
+        sources: dict[str, str] = {}
+        for entry in entries:
+            name, sep, source = entry.partition("=")
+            if not sep:
+                name, source = model_name(entry), entry
+            sources[name.strip()] = source.strip()
+        return sources
+
+    @property
+    def default_model(self) -> str:
+        return next(iter(self.model_sources))
+
+    @property
+    def api_key_file(self) -> Path:
+        """Where `skipstep up` keeps the embedded default's admin key, and `skipstep submit` finds it."""
+        return self.home / "api-key"
+
     @property
     def presets_dir(self) -> Path:
         return self.home / "models"
@@ -80,6 +122,12 @@ class Settings(BaseSettings):
     @property
     def videos_dir(self) -> Path:
         return self.storage_dir or self.home / "videos"
+
+
+def model_name(source: str) -> str:
+    """The name a model goes by when none is given: a preset's name, else the last part of its
+    directory or hub id, lowercased (``Wan-AI/Wan2.1-T2V-1.3B-Diffusers`` -> ``wan2.1-t2v-1.3b-diffusers``)."""
+    return source.rstrip("/").rsplit("/", 1)[-1].lower()
 
 
 @lru_cache

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.caching import ProfileStore
+from core.caching.profiles import ProfileStore
+from core.contract.request import GenerationRequest
+from core.contract.shapes import Shape
 from core.models import LoadedModel, load_model
-from core.models.families import Shape
-from core.request import GenerationRequest
 from core.settings import Settings
 
 torch.set_num_threads(2)

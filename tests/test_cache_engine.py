@@ -7,8 +7,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from core.caching import CacheSpec
+from core.caching.registry import build_cache
 from core.caching.teacache import RETENTION_STEPS
+from core.contract.strategies import CacheSpec
 from core.errors import CacheConfigError
 from core.generation import generate, run
 
@@ -140,8 +141,8 @@ def test_teacache_schedule_equals_the_reference_loop(wan_tiny, profiles, small_r
 
 def test_planned_timesteps_are_the_pipelines_own(ltx_tiny, profiles, small_request) -> None:
     request = small_request("ltx", cache={"strategy": "teacache"})
-    shape = request.shape(ltx_tiny.family, ltx_tiny.default_shape)
-    cache = request.cache.build(ltx_tiny.transformer, shape, profiles)
+    shape = request.shape(ltx_tiny.family.rules, ltx_tiny.default_shape)
+    cache = build_cache(request.cache, ltx_tiny.transformer, shape, profiles)
     seen = []
     handle = ltx_tiny.transformer.register_forward_pre_hook(
         lambda _m, _args, kwargs: seen.append(kwargs["timestep"][0].item()), with_kwargs=True
@@ -155,8 +156,8 @@ def test_planned_timesteps_are_the_pipelines_own(ltx_tiny, profiles, small_reque
 
 def test_cfg_branches_keep_their_own_residuals(wan_tiny, profiles, small_request) -> None:
     request = small_request(cache={"strategy": "magcache"})
-    shape = request.shape(wan_tiny.family, wan_tiny.default_shape)
-    cache = request.cache.build(wan_tiny.transformer, shape, profiles)
+    shape = request.shape(wan_tiny.family.rules, wan_tiny.default_shape)
+    cache = build_cache(request.cache, wan_tiny.transformer, shape, profiles)
     run(wan_tiny, request, shape, cache)
     cond, uncond = cache.states["cond"], cache.states["uncond"]
     assert cond.residual is not None and uncond.residual is not None

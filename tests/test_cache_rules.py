@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.caching import ProfileStore, RunPlan
+from core.caching.base import RunPlan
 from core.caching.easycache import EasyCache, EasyCacheParams
 from core.caching.magcache import MagCache, MagCacheParams, nearest_interp
-from core.caching.profiles import Profile
+from core.caching.profiles import Profile, ProfileStore
 from core.caching.teacache import TeaCache, TeaCacheParams
 from core.models.families import WanFamily
 

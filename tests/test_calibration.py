@@ -5,13 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from core.caching import ProfileStore
-from core.caching.calibration import calibrate, fit_polynomial
-from core.caching.profiles import Profile
+from core.caching.profiles import Profile, ProfileStore
+from core.calibration import calibrate, fit_polynomial
+from core.contract.request import GenerationRequest
+from core.contract.shapes import Shape
 from core.errors import CacheConfigError, InvalidRequest
 from core.generation import generate
-from core.models.families import Shape
-from core.request import GenerationRequest
 
 SHAPE = Shape(width=64, height=64, num_frames=9, num_inference_steps=8)
 

@@ -187,6 +187,7 @@ def filled(tmp_path: Path) -> Iterator[Session]:
             session.add(
                 Job(
                     owner_id=owner.id,
+                    model="wan-tiny",
                     status=JobStatus.succeeded,
                     prompt=f"job number {index} " + ("lighthouse" if index % 10 == 0 else "fox"),
                     width=64,

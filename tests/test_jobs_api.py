@@ -259,7 +259,13 @@ def test_jobs_of_a_dead_worker_end_as_lost_or_canceled(service: Service) -> None
     fields = {"prompt": "orphan", "negative_prompt": "", "guidance_scale": 5.0, "seed": 1, "fps": 16, **SMALL_JOB}
     with session_scope(service.settings.database) as session:
         alice = session.scalar(select(ApiKey).where(ApiKey.name == "alice"))
-        common = {"owner_id": alice.id, "status": JobStatus.running, "worker_id": "gone:1", "lease_expires_at": past}
+        common = {
+            "owner_id": alice.id,
+            "model": "wan-tiny",
+            "status": JobStatus.running,
+            "worker_id": "gone:1",
+            "lease_expires_at": past,
+        }
         lost = Job(**fields, **common, cache_strategy="none", attempts=3, started_at=past)
         canceled = Job(**fields, **common, cache_strategy="none", attempts=1, started_at=past, cancel_requested_at=past)
         session.add_all([lost, canceled])

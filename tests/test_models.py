@@ -8,7 +8,7 @@ import torch
 from accelerate import init_empty_weights
 from diffusers import WanPipeline
 
-from core.caching import ProfileStore, transformer_signature
+from core.caching.profiles import ProfileStore, transformer_signature
 from core.errors import ModelLoadError
 from core.models import load_model, load_pipeline
 from core.models.presets import MARKER, build_wan_13b_random, build_wan_tiny

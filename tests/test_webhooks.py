@@ -361,6 +361,7 @@ def test_private_webhook_urls_are_refused_at_submit(strict: Settings) -> None:
 def add_job(session: Any, owner_id: uuid.UUID, url: str | None, events: list[str]) -> Job:
     job = Job(
         owner_id=owner_id,
+        model="wan-tiny",
         status=JobStatus.succeeded,
         prompt="a fox",
         width=64,

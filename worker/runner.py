@@ -19,14 +19,15 @@ from typing import Any
 import torch
 from sqlalchemy.orm import Session
 
-from core.caching import ProfileStore, ScheduleFigures
-from core.caching.spec import CacheSpec
+from core.caching.base import ScheduleFigures
+from core.caching.profiles import ProfileStore
+from core.contract.request import GenerationRequest
+from core.contract.strategies import CacheSpec
 from core.db import Job, JobStatus, session_scope, utcnow
 from core.errors import CacheConfigError, InvalidRequest
 from core.generation import GenerationResult, Progress, generate
 from core.jobs import repository, workers
 from core.models import load_model
-from core.request import GenerationRequest
 from core.settings import Settings
 from core.storage import StorageError, storage_from, video_key
 from core.video import encode_mp4, to_uint8

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from api.deps import ADMIN_COOKIE, AdminDep, SessionDep, SettingsDep, bearer_token
 from core import dashboard
-from core.caching.registry import STRATEGIES
+from core.contract.strategies import STRATEGIES
 from core.db import ApiKey, Job, JobStatus, utcnow
 from core.jobs import repository, workers
 from core.keys import authenticate

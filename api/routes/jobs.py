@@ -13,10 +13,10 @@ from sqlalchemy.exc import IntegrityError
 from api.deps import KeyDep, SessionDep, SettingsDep, StorageDep
 from api.errors import ErrorResponse, FieldError, error_response
 from api.schemas import JobCreate, JobPage
+from core.contract.models import default_shape
 from core.db import ApiKey, Job, JobStatus
 from core.jobs import repository
 from core.jobs.view import JobView, job_view
-from core.models.loading import default_shape
 from core.webhooks.addresses import UnresolvableHost, UnsafeWebhookURL, resolve_target
 from core.webhooks.events import event_for, record_event
 from worker.app import enqueue_delivery, enqueue_job
@@ -72,6 +72,7 @@ def submit(
 
     job = Job(
         owner_id=key.id,
+        model=settings.default_model,
         idempotency_key=idempotency_key,
         request_hash=fingerprint,
         **body.job_fields(default_shape(settings.model)),

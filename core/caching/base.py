@@ -24,16 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
 from core.caching.profiles import Profile
+from core.contract.strategies import STRATEGIES, CacheParams
 from core.models.families import ModelFamily
-
-
-class CacheParams(BaseModel):
-    """Base of every strategy's parameter schema."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 @dataclass(frozen=True)
@@ -133,12 +128,19 @@ class CacheReport(BaseModel):
 
 class TimestepCache:
     name: ClassVar[str]
+    # From the strategy's entry in the request contract (core.contract.strategies.STRATEGIES).
     Params: ClassVar[type[CacheParams]] = CacheParams
-    scope: ClassVar[Literal["blocks", "model"]] = "blocks"
     # The profile field this strategy reads (None: it needs no calibration).
     needs: ClassVar[str | None] = None
+    scope: ClassVar[Literal["blocks", "model"]] = "blocks"
     # Whether computed calls keep their residual; a cache that never reuses skips that work.
     reuses: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        info = STRATEGIES.get(getattr(cls, "name", ""))
+        if info is not None:
+            cls.Params, cls.needs = info.Params, info.needs
 
     def __init__(self, params: CacheParams | None = None, profile: Profile | None = None) -> None:
         self.params = params if params is not None else self.Params()

@@ -13,16 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from pydantic import Field
 
-from core.caching.base import BranchState, CacheParams, RunPlan, TimestepCache
-
-
-class EasyCacheParams(CacheParams):
-    threshold: float = Field(
-        default=0.05, ge=0, description="Accumulated predicted change below which a step reuses (0.1 ~2x, 0.2 ~3x)."
-    )
-    warmup_ratio: float = Field(default=0.2, ge=0, lt=1, description="Share of the first steps that always compute.")
+from core.caching.base import BranchState, RunPlan, TimestepCache
+from core.contract.strategies import EasyCacheParams
 
 
 @dataclass
@@ -44,7 +37,6 @@ def _mean_abs(tensor: torch.Tensor) -> torch.Tensor:
 
 class EasyCache(TimestepCache):
     name = "easycache"
-    Params = EasyCacheParams
     scope = "model"
     params: EasyCacheParams
 

@@ -10,16 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pydantic import Field
-
-from core.caching.base import CacheParams, TimestepCache
+from core.caching.base import TimestepCache
+from core.contract.strategies import MagCacheParams
 from core.errors import CacheConfigError
-
-
-class MagCacheParams(CacheParams):
-    threshold: float = Field(default=0.12, ge=0, description="Accumulated error below which a step reuses.")
-    max_skip_steps: int = Field(default=2, ge=1, description="K: most consecutive reused steps per branch.")
-    retention_ratio: float = Field(default=0.2, ge=0, lt=1, description="Share of the first calls that always compute.")
 
 
 @dataclass
@@ -40,8 +33,6 @@ def nearest_interp(values: Sequence[float], length: int) -> list[float]:
 
 class MagCache(TimestepCache):
     name = "magcache"
-    Params = MagCacheParams
-    needs = "magcache"
     params: MagCacheParams
 
     def new_accumulator(self) -> _Accumulator:

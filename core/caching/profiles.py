@@ -1,8 +1,9 @@
 """Calibration profiles: what the strategies need to know about one model at one shape.
 
-A profile is a JSON document. The published Wan2.1-T2V-1.3B constants ship as the built-in
-profile; ``skipstep calibrate`` writes more into the profiles folder. A job names a profile
-or gets the nearest one for its model (transformer class and dimensions), size and steps.
+A profile is a JSON document (this module imports no torch). The published Wan2.1-T2V-1.3B
+constants ship as the built-in profile; ``skipstep calibrate`` writes more into the profiles
+folder. A job names a profile or gets the nearest one for its model (transformer class and
+dimensions), size and steps.
 """
 
 from __future__ import annotations
@@ -13,11 +14,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import torch
 from pydantic import BaseModel, Field, ValidationError
 
+from core.contract.shapes import Shape
 from core.errors import CacheConfigError
-from core.models.families import Shape
 
 BUILTIN_DIR = Path(__file__).parent / "profiles"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
@@ -38,7 +38,8 @@ _SIGNATURE_KEYS = (
 )
 
 
-def transformer_signature(transformer: torch.nn.Module) -> dict[str, Any]:
+def transformer_signature(transformer: Any) -> dict[str, Any]:
+    """A diffusers transformer's class and dimensions, from its config (no torch needed to read it)."""
     config = transformer.config
     signature: dict[str, Any] = {"class": type(transformer).__name__}
     for key in _SIGNATURE_KEYS:

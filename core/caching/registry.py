@@ -1,11 +1,47 @@
-"""Strategies by name. Adding a strategy is one module and one line here."""
+"""Strategies by name, and how a request's ``cache`` becomes a ready TimestepCache.
+
+Adding a strategy is one module, one line here and its entry in ``core.contract.strategies``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 from core.caching.base import TimestepCache
 from core.caching.easycache import EasyCache
 from core.caching.magcache import MagCache
 from core.caching.none import NoCache
+from core.caching.profiles import ProfileStore, transformer_signature
 from core.caching.teacache import TeaCache
+from core.contract.shapes import Shape
+from core.contract.strategies import CacheSpec
+from core.errors import CacheConfigError
 
-STRATEGIES: dict[str, type[TimestepCache]] = {
+CACHES: dict[str, type[TimestepCache]] = {
     strategy.name: strategy for strategy in (NoCache, TeaCache, MagCache, EasyCache)
 }
+
+
+def build_cache(spec: CacheSpec, transformer: Any, shape: Shape, profiles: ProfileStore) -> TimestepCache:
+    """The spec's strategy with its parameters and calibration profile (named, or the nearest that fits)."""
+    strategy = CACHES[spec.strategy]
+    params = spec.parsed_params()
+    signature = transformer_signature(transformer)
+    profile = None
+    if spec.profile is not None:
+        profile = profiles.get(spec.profile)
+        if not profile.matches(signature):
+            raise CacheConfigError(
+                f"cache.profile: profile {profile.name!r} was calibrated for {profile.transformer}, "
+                f"not for this transformer ({signature})"
+            )
+    elif strategy.needs is not None:
+        profile = profiles.nearest(signature, shape, strategy.needs)
+        if profile is None:
+            raise CacheConfigError(
+                f"cache.profile: {spec.strategy} needs a calibration profile and none matches this "
+                f"transformer ({signature}); create one with `skipstep calibrate`"
+            )
+    if profile is not None and strategy.needs is not None and getattr(profile, strategy.needs) is None:
+        raise CacheConfigError(f"cache.profile: profile {profile.name!r} has no {strategy.needs} data")
+    return strategy(params, profile)

@@ -14,19 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from pydantic import Field
 
-from core.caching.base import CacheParams, TimestepCache
+from core.caching.base import TimestepCache
+from core.contract.strategies import TeaCacheParams
 from core.errors import CacheConfigError
 
 RETENTION_STEPS = 5
-
-
-class TeaCacheParams(CacheParams):
-    threshold: float = Field(default=0.08, ge=0, description="Accumulated rescaled change below which a step reuses.")
-    use_ret_steps: bool = Field(
-        default=True, description="Compare timestep_proj and always compute the first 5 steps (else temb, first/last)."
-    )
 
 
 @dataclass
@@ -43,8 +36,6 @@ def relative_l1(embeddings: torch.Tensor) -> list[float]:
 
 class TeaCache(TimestepCache):
     name = "teacache"
-    Params = TeaCacheParams
-    needs = "teacache"
     params: TeaCacheParams
 
     @property

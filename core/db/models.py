@@ -11,6 +11,8 @@ from sqlalchemy import JSON, BigInteger, DateTime, Enum, Float, ForeignKey, Inde
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from core.contract.jobs import JobStatus
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -38,18 +40,6 @@ class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime, dict[str, Any]: JSON, list[str]: JSON}
 
 
-class JobStatus(StrEnum):
-    queued = "queued"
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
-    canceled = "canceled"
-
-    @property
-    def finished(self) -> bool:
-        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.canceled)
-
-
 class ApiKey(Base):
     __tablename__ = "api_keys"
 
@@ -70,6 +60,8 @@ class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
         Index("ix_jobs_owner_created", "owner_id", "created_at", "id"),
+        # What the dispatcher reads: a model's queued jobs, each key's in priority and submission order.
+        Index("ix_jobs_model_status_owner", "model", "status", "owner_id", "priority", "created_at"),
         Index("ix_jobs_status_created", "status", "created_at", "id"),
         Index("ix_jobs_strategy_created", "cache_strategy", "created_at", "id"),
         Index("ix_jobs_created", "created_at", "id"),
@@ -82,6 +74,11 @@ class Job(Base):
     status: Mapped[JobStatus] = mapped_column(
         Enum(JobStatus, native_enum=False, length=16, validate_strings=True), default=JobStatus.queued
     )
+
+    # The configured model (core.settings.Settings.model_sources) that runs the job, on its own queue.
+    model: Mapped[str] = mapped_column(String(100))
+    # Within one API key's jobs, higher runs first; across keys, jobs are taken round-robin.
+    priority: Mapped[int] = mapped_column(default=0)
 
     prompt: Mapped[str] = mapped_column(Text)
     negative_prompt: Mapped[str] = mapped_column(Text, default="")
@@ -103,7 +100,8 @@ class Job(Base):
     request_hash: Mapped[str | None] = mapped_column(String(64))
 
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    enqueued_at: Mapped[datetime | None]
+    # When the job's id was last sent to its model's queue; null: not sent since it was (re)queued.
+    dispatched_at: Mapped[datetime | None]
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     cancel_requested_at: Mapped[datetime | None]
@@ -113,6 +111,8 @@ class Job(Base):
     lease_expires_at: Mapped[datetime | None]
     attempts: Mapped[int] = mapped_column(default=0)
 
+    # When the running job last finished a denoising step (a job that stops making progress is stopped).
+    progress_at: Mapped[datetime | None]
     progress_step: Mapped[int] = mapped_column(default=0)
     progress_total: Mapped[int] = mapped_column(default=0)
     computed_calls: Mapped[int] = mapped_column(default=0)
@@ -125,6 +125,8 @@ class Job(Base):
     denoise_seconds: Mapped[float | None] = mapped_column(Float)
     speedup: Mapped[float | None] = mapped_column(Float)
     metrics: Mapped[dict[str, Any] | None]
+    # What the job is expected to save, known at submit for strategies whose schedule is known ahead.
+    expected: Mapped[dict[str, Any] | None]
 
     error_code: Mapped[str | None] = mapped_column(String(50))
     error_message: Mapped[str | None] = mapped_column(Text)
@@ -143,6 +145,24 @@ class Worker(Base):
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
     stopped_at: Mapped[datetime | None]
+    # Why it stopped: "shutdown" (it said so), "gone" (it stopped answering and another worker noticed).
+    stop_reason: Mapped[str | None] = mapped_column(String(20))
+
+
+class JobRun(Base):
+    """One claim of a job by a worker, start to end: a job taken over after a crash has several."""
+
+    __tablename__ = "job_runs"
+    __table_args__ = (Index("ix_job_runs_job", "job_id", "attempt"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id"))
+    attempt: Mapped[int]
+    worker_id: Mapped[str] = mapped_column(String(200))
+    claimed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ended_at: Mapped[datetime | None]
+    # succeeded, failed, canceled (as the job), requeued (lease lost), handed_back (shutdown), lost (lease lost mid-run)
+    outcome: Mapped[str | None] = mapped_column(String(20))
 
 
 class DeliveryStatus(StrEnum):

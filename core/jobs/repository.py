@@ -92,7 +92,7 @@ def queue_position(session: Session, job: Job) -> int:
 
 
 def mark_enqueued(session: Session, job_id: uuid.UUID) -> None:
-    session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
+    session.execute(update(Job).where(Job.id == job_id).values(dispatched_at=utcnow()))
 
 
 def cancel_queued(session: Session, job_id: uuid.UUID) -> bool:
@@ -176,7 +176,7 @@ def finish(session: Session, job_id: uuid.UUID, worker_id: str, status: JobStatu
 def unsent(session: Session, older_than: timedelta) -> Sequence[uuid.UUID]:
     """Queued jobs whose queue message was never sent (the broker was down when they were submitted)."""
     cutoff = utcnow() - older_than
-    query = select(Job.id).where(Job.status == JobStatus.queued, Job.enqueued_at.is_(None), Job.created_at < cutoff)
+    query = select(Job.id).where(Job.status == JobStatus.queued, Job.dispatched_at.is_(None), Job.created_at < cutoff)
     return session.scalars(query.limit(100)).all()
 
 
@@ -190,7 +190,7 @@ def requeue_lapsed(session: Session, job_id: uuid.UUID) -> bool:
     result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.running, Job.lease_expires_at < utcnow())
-        .values(status=JobStatus.queued, worker_id=None, lease_expires_at=None, enqueued_at=None)
+        .values(status=JobStatus.queued, worker_id=None, lease_expires_at=None, dispatched_at=None)
     )
     return result.rowcount == 1
 

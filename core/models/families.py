@@ -2,12 +2,11 @@
 
 A family adapter names the transformer's block stack, computes the timestep embeddings
 that TeaCache compares, says how the family's pipeline names its CFG branches, encodes
-prompts, and carries the size rules of the family's VAE and patching.
+prompts; its size rules live in the request contract (``core.contract.shapes``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -15,26 +14,20 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift, retrieve_timesteps
 
-
-@dataclass(frozen=True)
-class Shape:
-    width: int
-    height: int
-    num_frames: int
-    num_inference_steps: int
+from core.contract.shapes import LTX, WAN, FamilyRules, Shape, family_for_transformer
 
 
 class ModelFamily:
-    name: ClassVar[str]
-    transformer_class: ClassVar[str]
+    """The engine side of a family; its size rules and default shape are ``rules`` (the request contract)."""
+
+    rules: ClassVar[FamilyRules]
     blocks_attribute: ClassVar[str]
-    # Pixels per latent token side (VAE downsampling x patch size), and the temporal rule
-    # num_frames % temporal_multiple == 1.
-    spatial_multiple: ClassVar[int]
-    temporal_multiple: ClassVar[int]
-    default_shape: ClassVar[Shape]
     # Text tokens per prompt, as the family's pipeline pads them when it encodes prompts itself.
     max_sequence_length: ClassVar[int]
+
+    @property
+    def name(self) -> str:
+        return self.rules.name
 
     def blocks(self, transformer: torch.nn.Module) -> torch.nn.ModuleList:
         return getattr(transformer, self.blocks_attribute)
@@ -63,12 +56,8 @@ class ModelFamily:
 
 
 class WanFamily(ModelFamily):
-    name = "wan"
-    transformer_class = "WanTransformer3DModel"
+    rules = WAN
     blocks_attribute = "blocks"
-    spatial_multiple = 16
-    temporal_multiple = 4
-    default_shape = Shape(width=832, height=480, num_frames=81, num_inference_steps=50)
     max_sequence_length = 512
 
     @torch.no_grad()
@@ -94,12 +83,8 @@ class WanFamily(ModelFamily):
 
 
 class LTXFamily(ModelFamily):
-    name = "ltx"
-    transformer_class = "LTXVideoTransformer3DModel"
+    rules = LTX
     blocks_attribute = "transformer_blocks"
-    spatial_multiple = 32
-    temporal_multiple = 8
-    default_shape = Shape(width=704, height=480, num_frames=161, num_inference_steps=50)
     max_sequence_length = 128
 
     def branches(self, do_cfg: bool) -> list[str]:
@@ -156,13 +141,8 @@ class LTXFamily(ModelFamily):
         return {"frame_rate": fps}
 
 
-FAMILIES: dict[str, ModelFamily] = {family.transformer_class: family for family in (WanFamily(), LTXFamily())}
+ENGINES: dict[str, ModelFamily] = {family.name: family for family in (WanFamily(), LTXFamily())}
 
 
 def family_of(transformer: torch.nn.Module) -> ModelFamily:
-    name = type(transformer).__name__
-    try:
-        return FAMILIES[name]
-    except KeyError:
-        known = ", ".join(sorted(FAMILIES))
-        raise ValueError(f"unsupported transformer {name}; supported: {known}") from None
+    return ENGINES[family_for_transformer(type(transformer).__name__).name]

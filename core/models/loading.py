@@ -11,8 +11,9 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
+from core.contract.shapes import Shape
 from core.errors import ModelLoadError
-from core.models.families import ModelFamily, Shape, WanFamily, family_of
+from core.models.families import ModelFamily, family_of
 from core.models.presets import PRESETS, ensure_preset
 from core.settings import Settings
 
@@ -67,13 +68,8 @@ def load_model(source: str, settings: Settings) -> LoadedModel:
         family = family_of(pipeline.transformer)
     except ValueError as exc:
         raise ModelLoadError(f"model directory {path}: {exc}") from None
-    default_shape = PRESETS[source].default_shape if source in PRESETS else family.default_shape
+    default_shape = PRESETS[source].default_shape if source in PRESETS else family.rules.default_shape
     return LoadedModel(name=source, path=path, pipeline=pipeline, family=family, default_shape=default_shape)
-
-
-def default_shape(source: str) -> Shape:
-    """The shape a job gets when it names none, known without loading the model."""
-    return PRESETS[source].default_shape if source in PRESETS else WanFamily.default_shape
 
 
 def _quiet_loading() -> None:

@@ -12,7 +12,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,7 +28,8 @@ from diffusers import (
 )
 from transformers import T5Config, T5EncoderModel, T5Tokenizer, UMT5Config, UMT5EncoderModel
 
-from core.models.families import Shape, WanFamily
+from core.contract.models import PRESETS as PRESET_INFO
+from core.contract.models import PresetInfo
 
 # Bump when a builder changes, so that stale builds on disk are rebuilt.
 PRESET_FORMAT = 1
@@ -155,26 +155,17 @@ def build_ltx_tiny() -> DiffusionPipeline:
     )
 
 
-@dataclass(frozen=True)
-class Preset:
-    name: str
-    build: Callable[[], DiffusionPipeline]
-    default_shape: Shape
-
-
-PRESETS: dict[str, Preset] = {
-    preset.name: preset
-    for preset in (
-        Preset("wan-tiny", build_wan_tiny, Shape(width=128, height=128, num_frames=17, num_inference_steps=20)),
-        Preset("ltx-tiny", build_ltx_tiny, Shape(width=128, height=128, num_frames=17, num_inference_steps=20)),
-        Preset("wan2.1-1.3b-random", build_wan_13b_random, WanFamily.default_shape),
-    )
+BUILDERS: dict[str, Callable[[], DiffusionPipeline]] = {
+    "wan-tiny": build_wan_tiny,
+    "ltx-tiny": build_ltx_tiny,
+    "wan2.1-1.3b-random": build_wan_13b_random,
 }
+# What clients see of each preset (family, default shape) is in the request contract.
+PRESETS: dict[str, PresetInfo] = {name: PRESET_INFO[name] for name in BUILDERS}
 
 
 def ensure_preset(name: str, presets_dir: Path) -> Path:
     """The preset's diffusers directory, built and saved first if it is not on disk yet."""
-    preset = PRESETS[name]
     target = presets_dir / name
     if _is_current(target):
         return target
@@ -182,7 +173,7 @@ def ensure_preset(name: str, presets_dir: Path) -> Path:
     # Build beside the target and rename into place, so a crash never leaves half a model.
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=presets_dir))
     try:
-        preset.build().save_pretrained(staging)
+        BUILDERS[name]().save_pretrained(staging)
         (staging / MARKER).write_text(json.dumps({"preset": name, "format": PRESET_FORMAT}))
         if target.exists():
             shutil.rmtree(target)

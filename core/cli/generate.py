@@ -1,26 +1,21 @@
-"""The ``skipstep`` command line: generate a video, calibrate a model, list profiles."""
+"""``skipstep generate | calibrate | profiles``: the engine, without the service. The engine
+(torch, diffusers) is imported inside each command, never when the command line starts."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-from tqdm import tqdm
+from core.contract.request import GenerationRequest
+from core.contract.strategies import STRATEGIES, parse_param
+from core.settings import Settings
 
-from core.caching import CacheReport, ProfileStore, ScheduleFigures
-from core.caching.calibration import calibrate, default_profile_name
-from core.caching.spec import parse_param
-from core.errors import SkipstepError
-from core.generation import GenerationResult, Progress, generate
-from core.models import load_model
-from core.request import GenerationRequest
-from core.service_cli import add_commands as add_service_commands
-from core.settings import Settings, get_settings
-from core.video import encode_mp4, to_uint8
+if TYPE_CHECKING:
+    from core.caching.base import CacheReport
+    from core.generation import GenerationResult
 
 DEFAULT_CALIBRATION_PROMPTS = (
     "a cat walking on a sunny street, cinematic",
@@ -29,24 +24,7 @@ DEFAULT_CALIBRATION_PROMPTS = (
 )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    settings = get_settings()
-    args = _parser(settings).parse_args(argv)
-    try:
-        return args.run(args, settings)
-    except ValidationError as exc:
-        for error in exc.errors():
-            field = ".".join(str(part) for part in error["loc"]) or "request"
-            print(f"error: {field}: {error['msg']}", file=sys.stderr)
-    except SkipstepError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-    return 2
-
-
-def _parser(settings: Settings) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="skipstep", description="Fast video generation with timestep caching.")
-    commands = parser.add_subparsers(required=True, metavar="COMMAND")
-
+def add_commands(commands: Any, settings: Settings) -> None:
     gen = commands.add_parser("generate", help="generate one video")
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--negative-prompt", default="")
@@ -54,7 +32,7 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     gen.add_argument("--guidance-scale", type=float, default=5.0)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--fps", type=int, default=16)
-    gen.add_argument("--cache", default="none", metavar="STRATEGY", help="none, teacache, magcache, easycache")
+    gen.add_argument("--cache", default="none", metavar="STRATEGY", help=", ".join(STRATEGIES))
     gen.add_argument(
         "--cache-param", action="append", default=[], metavar="NAME=VALUE", help="a strategy parameter (repeatable)"
     )
@@ -74,9 +52,6 @@ def _parser(settings: Settings) -> argparse.ArgumentParser:
     profiles = commands.add_parser("profiles", help="list calibration profiles")
     profiles.set_defaults(run=_profiles)
 
-    add_service_commands(commands, settings)
-    return parser
-
 
 def _add_model_and_shape(parser: argparse.ArgumentParser, settings: Settings) -> None:
     parser.add_argument("--model", default=settings.model, help=f"preset or model directory (default {settings.model})")
@@ -87,6 +62,14 @@ def _add_model_and_shape(parser: argparse.ArgumentParser, settings: Settings) ->
 
 
 def _generate(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from core.caching.base import ScheduleFigures
+    from core.caching.profiles import ProfileStore
+    from core.generation import Progress, generate
+    from core.models import load_model
+    from core.video import encode_mp4, to_uint8
+
     params = dict(parse_param(item) for item in args.cache_param)
     request = GenerationRequest(
         prompt=args.prompt,
@@ -137,6 +120,10 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _calibrate(args: argparse.Namespace, settings: Settings) -> int:
+    from core.caching.profiles import ProfileStore
+    from core.calibration import calibrate, default_profile_name
+    from core.models import load_model
+
     prompts = DEFAULT_CALIBRATION_PROMPTS
     if args.prompts is not None:
         prompts = tuple(line.strip() for line in args.prompts.read_text().splitlines() if line.strip())
@@ -147,7 +134,7 @@ def _calibrate(args: argparse.Namespace, settings: Settings) -> int:
         height=args.height,
         num_frames=args.num_frames,
         num_inference_steps=args.num_inference_steps,
-    ).shape(model.family, model.default_shape)
+    ).shape(model.family.rules, model.default_shape)
     store = ProfileStore(settings.profiles_dir)
     name = args.name or default_profile_name(model.name, shape)
     store.check_writable(name)
@@ -170,6 +157,8 @@ def _calibrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _profiles(args: argparse.Namespace, settings: Settings) -> int:
+    from core.caching.profiles import ProfileStore
+
     for profile in ProfileStore(settings.profiles_dir).all():
         data = [name for name in ("magcache", "teacache") if getattr(profile, name) is not None]
         print(
@@ -209,7 +198,3 @@ def _summary(out: Path, result: GenerationResult, load: float, encode: float, to
         f"in {total:.1f} s (load {load:.1f} s, text {t.text_encoding:.2f} s, denoise {t.denoising:.2f} s, "
         f"decode {t.vae_decode:.2f} s, encode {encode:.2f} s)"
     )
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

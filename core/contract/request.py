@@ -1,12 +1,12 @@
-"""A generation request: the fields every entry point (CLI, later the API) validates."""
+"""A generation request: the fields every entry point (CLI, API, worker) validates."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.caching.spec import CacheSpec
+from core.contract.shapes import FamilyRules, Shape
+from core.contract.strategies import CacheSpec
 from core.errors import InvalidRequest
-from core.models.families import ModelFamily, Shape
 
 
 class GenerationRequest(BaseModel):
@@ -25,7 +25,7 @@ class GenerationRequest(BaseModel):
     cache: CacheSpec = Field(default_factory=CacheSpec)
     compare: bool = Field(default=False, description="Also run uncached with the same seed and report fidelity.")
 
-    def shape(self, family: ModelFamily, default: Shape) -> Shape:
+    def shape(self, family: FamilyRules, default: Shape) -> Shape:
         """The concrete shape, checked against the family's size rules."""
         shape = Shape(
             width=self.width or default.width,
@@ -33,11 +33,6 @@ class GenerationRequest(BaseModel):
             num_frames=self.num_frames or default.num_frames,
             num_inference_steps=self.num_inference_steps or default.num_inference_steps,
         )
-        for field in ("width", "height"):
-            if getattr(shape, field) % family.spatial_multiple:
-                raise InvalidRequest(field, f"must be a multiple of {family.spatial_multiple} for {family.name} models")
-        if shape.num_frames % family.temporal_multiple != 1:
-            raise InvalidRequest(
-                "num_frames", f"must be {family.temporal_multiple}k+1 (e.g. 17, 33, 81) for {family.name} models"
-            )
+        for field, rule in family.violations(shape):
+            raise InvalidRequest(field, rule)
         return shape

@@ -16,11 +16,11 @@ import torch
 from core.caching.base import BranchState, RunPlan, TimestepCache
 from core.caching.profiles import Profile, transformer_signature
 from core.caching.teacache import relative_l1
+from core.contract.request import GenerationRequest
+from core.contract.shapes import Shape
 from core.errors import InvalidRequest
 from core.generation import run
 from core.models import LoadedModel
-from core.models.families import Shape
-from core.request import GenerationRequest
 
 COMPARED = ("temb", "timestep_proj")
 POLY_DEGREE = 4

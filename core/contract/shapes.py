@@ -1,0 +1,66 @@
+"""Video shapes and each model family's size rules, known without loading a model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Shape:
+    width: int
+    height: int
+    num_frames: int
+    num_inference_steps: int
+
+
+@dataclass(frozen=True)
+class FamilyRules:
+    """What a family's VAE and patching allow: width and height are multiples of ``spatial_multiple``
+    (VAE downsampling x patch size), and ``num_frames % temporal_multiple == 1``."""
+
+    name: str
+    # The diffusers transformer class that identifies the family in a model directory's config.
+    transformer_class: str
+    spatial_multiple: int
+    temporal_multiple: int
+    default_shape: Shape
+
+    def violations(self, shape: Shape) -> list[tuple[str, str]]:
+        """(field, rule) for every size rule ``shape`` breaks."""
+        problems = [
+            (field, f"must be a multiple of {self.spatial_multiple} for {self.name} models")
+            for field in ("width", "height")
+            if getattr(shape, field) % self.spatial_multiple
+        ]
+        if shape.num_frames % self.temporal_multiple != 1:
+            examples = ", ".join(str(self.temporal_multiple * k + 1) for k in (2, 4, 8))
+            problems.append(
+                ("num_frames", f"must be {self.temporal_multiple}k+1 (e.g. {examples}) for {self.name} models")
+            )
+        return problems
+
+
+WAN = FamilyRules(
+    name="wan",
+    transformer_class="WanTransformer3DModel",
+    spatial_multiple=16,
+    temporal_multiple=4,
+    default_shape=Shape(width=832, height=480, num_frames=81, num_inference_steps=50),
+)
+LTX = FamilyRules(
+    name="ltx",
+    transformer_class="LTXVideoTransformer3DModel",
+    spatial_multiple=32,
+    temporal_multiple=8,
+    default_shape=Shape(width=704, height=480, num_frames=161, num_inference_steps=50),
+)
+
+FAMILIES: dict[str, FamilyRules] = {rules.name: rules for rules in (WAN, LTX)}
+
+
+def family_for_transformer(class_name: str) -> FamilyRules:
+    for rules in FAMILIES.values():
+        if rules.transformer_class == class_name:
+            return rules
+    known = ", ".join(sorted(rules.transformer_class for rules in FAMILIES.values()))
+    raise ValueError(f"unsupported transformer {class_name}; supported: {known}")
