@@ -10,6 +10,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
+from core.db.session import UNREACHABLE
+
 CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -59,6 +61,13 @@ def install(app: FastAPI) -> None:
         fields = [FieldError(field=_field_name(tuple(e["loc"])), rule=_rule(e)) for e in exc.errors()]
         message = "; ".join(f"{f.field}: {f.rule}" for f in fields)
         return error_response(status.HTTP_422_UNPROCESSABLE_CONTENT, message, fields)
+
+    @app.exception_handler(UNREACHABLE[0])
+    @app.exception_handler(UNREACHABLE[1])
+    async def database_down(_request: Request, _exc: Exception) -> Any:
+        # The pool reconnects by itself once the database is back; clients retry.
+        message = "the database is unreachable right now; retry shortly"
+        return error_response(status.HTTP_503_SERVICE_UNAVAILABLE, message, **{"Retry-After": "5"})
 
     @app.exception_handler(HTTPException)
     async def http_error(_request: Request, exc: HTTPException) -> Any:

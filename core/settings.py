@@ -50,11 +50,38 @@ class Settings(BaseSettings):
     s3_presign_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
 
     # Workers
-    job_lease_seconds: float = Field(default=60, gt=0, description="A running job whose lease lapses is retaken.")
-    heartbeat_seconds: float = Field(default=10, gt=0, description="How often a worker renews its lease.")
+    worker_model: str | None = Field(
+        default=None, description="The model a GPU worker serves (`skipstep worker --model`); default: the first."
+    )
+    job_lease_seconds: float = Field(
+        default=30, gt=0, description="A running job whose worker stops renewing its lease this long is retaken."
+    )
+    heartbeat_seconds: float = Field(
+        default=10, gt=0, description="How often a worker renews its lease, reports itself and sweeps."
+    )
     progress_seconds: float = Field(default=0.5, ge=0, description="Least time between progress writes.")
-    max_job_attempts: int = Field(default=3, ge=1, description="Claims of one job before it fails as lost.")
-    max_job_seconds: int = Field(default=6 * 3600, ge=60, description="Longest job; the broker's redelivery bound.")
+    max_job_attempts: int = Field(default=3, ge=1, description="Claims of one job before it fails as worker_lost.")
+    max_job_seconds: float = Field(
+        default=6 * 3600, gt=0, description="A running job is stopped as `timeout` after this long."
+    )
+    stall_seconds: float = Field(
+        default=600,
+        gt=0,
+        description="A job that shows no progress (a step, a stage) this long is stopped as `timeout` and its "
+        "worker restarts.",
+    )
+    shutdown_grace_seconds: float = Field(
+        default=60,
+        ge=0,
+        description="On SIGTERM a running job may finish within this; past it, it is handed back to the queue.",
+    )
+    redispatch_seconds: float = Field(
+        default=20, gt=0, description="A queued job sent to its queue this long ago and never claimed is sent again."
+    )
+    storage_attempts: int = Field(default=4, ge=1, description="Tries to store a video before the job fails.")
+    storage_retry_seconds: float = Field(
+        default=1.0, ge=0, description="Wait before the second try to store a video; doubled for each further one."
+    )
 
     # Dashboard
     dashboard_refresh_seconds: float = Field(
@@ -101,6 +128,11 @@ class Settings(BaseSettings):
     @property
     def default_model(self) -> str:
         return next(iter(self.model_sources))
+
+    @property
+    def served_model(self) -> str:
+        """The model a GPU worker serves."""
+        return self.worker_model or self.default_model
 
     @property
     def api_key_file(self) -> Path:

@@ -22,6 +22,9 @@ class Storage(Protocol):
     def put(self, key: str, path: Path) -> int:
         """Store the file under ``key``; returns its size in bytes."""
 
+    def delete(self, key: str) -> None:
+        """Remove the object if it exists."""
+
     def presigned_url(self, key: str) -> str | None:
         """A time-limited URL a client can fetch directly, or None if videos are served by the API."""
 
@@ -52,6 +55,9 @@ class LocalStorage:
         shutil.copyfile(path, partial)
         partial.replace(target)
         return target.stat().st_size
+
+    def delete(self, key: str) -> None:
+        self.local_path(key).unlink(missing_ok=True)
 
     def presigned_url(self, key: str) -> str | None:
         return None
@@ -87,6 +93,12 @@ class S3Storage:
             raise StorageError(f"upload of {key} to bucket {self.bucket}: {exc}") from exc
         return path.stat().st_size
 
+    def delete(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageError(f"deleting {key} from bucket {self.bucket}: {exc}") from exc
+
     def presigned_url(self, key: str) -> str | None:
         return self.client.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=self.expires
@@ -121,5 +133,7 @@ def storage_from(settings: Settings) -> Storage:
     return LocalStorage(settings.videos_dir)
 
 
-def video_key(job_id: object) -> str:
-    return f"videos/{job_id}.mp4"
+def video_key(job_id: object, attempt: int) -> str:
+    """Each attempt stores under its own key, so a worker that lost its claim never overwrites the video of
+    the worker that holds it; only the holder's finish publishes its key."""
+    return f"videos/{job_id}/{attempt}.mp4"

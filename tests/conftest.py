@@ -20,7 +20,7 @@ from core.settings import Settings
 
 torch.set_num_threads(2)
 
-pytest_plugins = ["service"]
+pytest_plugins = ["service", "faults"]
 
 
 @pytest.fixture(scope="session")

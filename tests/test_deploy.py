@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from core.settings import Settings
-from worker.app import GENERATE_QUEUE, WEBHOOKS_QUEUE
+from worker.app import WEBHOOKS_QUEUE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,11 +27,11 @@ def test_compose_runs_every_role_against_postgres_redis_and_minio() -> None:
     module, _, attribute = api[api.index("uvicorn") + 1].partition(":")
     assert hasattr(importlib.import_module(module), attribute)
 
-    for role, queue in (("worker", GENERATE_QUEUE), ("webhooks", WEBHOOKS_QUEUE)):
-        command = services[role]["command"]
-        assert command[:3] == ["celery", "-A", "worker.app"]
-        assert command[command.index("-Q") + 1] == queue
-    assert services["worker"]["command"][services["worker"]["command"].index("-c") + 1] == "1"
+    webhooks = services["webhooks"]["command"]
+    assert webhooks[:3] == ["celery", "-A", "worker.app"]
+    assert webhooks[webhooks.index("-Q") + 1] == WEBHOOKS_QUEUE
+    # A GPU worker is `skipstep worker`: one model's queue, one job at a time in one process.
+    assert services["worker"]["command"][:2] == ["skipstep", "worker"]
     gpu = services["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["capabilities"] == ["gpu"]
     for role in ("api", "worker", "webhooks"):

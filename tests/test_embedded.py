@@ -42,7 +42,7 @@ def test_up_submit_wait_and_down(settings: Settings, wan_tiny: object, tmp_path:
 
         with av.open(str(tmp_path / "fox.mp4")) as container:
             assert sum(1 for _ in container.decode(video=0)) == 9
-        [stored] = (home / "videos" / "videos").glob("*.mp4")
+        [stored] = (home / "videos" / "videos").glob("*/1.mp4")
         assert stored.read_bytes() == (tmp_path / "fox.mp4").read_bytes()
         with sqlite3.connect(home / "skipstep.db") as db:
             assert db.execute("SELECT status, cache_strategy FROM jobs").fetchall() == [("succeeded", "magcache")]

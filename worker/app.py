@@ -9,7 +9,7 @@ from celery import Celery
 
 from core.settings import Settings, get_settings
 
-GENERATE_QUEUE = "generate"
+GENERATE_PREFIX = "generate."
 RUN_JOB = "skipstep.run_job"
 WEBHOOKS_QUEUE = "webhooks"
 DELIVER_WEBHOOK = "skipstep.deliver_webhook"
@@ -25,7 +25,7 @@ def create_celery(settings: Settings) -> Celery:
     )
     # A message not acknowledged within the visibility timeout is delivered again; with acks_late that
     # is the whole job, so the timeout must outlast the longest job (celery issues 5935, 5306, 7651).
-    transport = {"visibility_timeout": settings.max_job_seconds + 600}
+    transport = {"visibility_timeout": int(settings.max_job_seconds) + 600}
     app.conf.update(
         broker_transport_options=transport,
         result_backend_transport_options=transport,
@@ -36,12 +36,9 @@ def create_celery(settings: Settings) -> Celery:
         task_ignore_result=True,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        task_default_queue=GENERATE_QUEUE,
-        task_routes={RUN_JOB: {"queue": GENERATE_QUEUE}, DELIVER_WEBHOOK: {"queue": WEBHOOKS_QUEUE}},
+        task_default_queue=WEBHOOKS_QUEUE,
+        task_routes={DELIVER_WEBHOOK: {"queue": WEBHOOKS_QUEUE}},
         worker_prefetch_multiplier=1,
-        worker_concurrency=1,
-        # The pipeline loads in worker_process_init, which Celery kills after this many seconds.
-        worker_proc_alive_timeout=600,
         task_serializer="json",
         accept_content=["json"],
     )
@@ -51,9 +48,14 @@ def create_celery(settings: Settings) -> Celery:
 celery_app = create_celery(get_settings())
 
 
-def enqueue_job(job_id: object) -> None:
-    """Send a job's id to the GPU queue; the row, already committed, carries everything else."""
-    celery_app.send_task(RUN_JOB, args=[str(job_id)], queue=GENERATE_QUEUE)
+def generate_queue(model: str) -> str:
+    """Each model has its own queue; its GPU workers consume only that one."""
+    return GENERATE_PREFIX + model
+
+
+def enqueue_job(job_id: object, model: str) -> None:
+    """Send a job's id to its model's queue; the row, already committed, carries everything else."""
+    celery_app.send_task(RUN_JOB, args=[str(job_id)], queue=generate_queue(model))
 
 
 def enqueue_delivery(delivery_id: uuid.UUID | None) -> None:
@@ -66,6 +68,14 @@ def enqueue_delivery(delivery_id: uuid.UUID | None) -> None:
         log.warning("webhook delivery %s could not be queued now; the webhooks sweep will send it", delivery_id)
 
 
-def consumes(queue: str) -> bool:
-    """Whether this worker takes tasks from `queue` (its -Q option; pool processes inherit the selection)."""
-    return queue in celery_app.amqp.queues.consume_from
+def consumed_queues() -> list[str]:
+    """The queues this worker process takes tasks from (its -Q option)."""
+    return list(celery_app.amqp.queues.consume_from)
+
+
+def served_model() -> str | None:
+    """The model whose queue this worker consumes; None for a worker that runs no model (webhooks)."""
+    models = [queue.removeprefix(GENERATE_PREFIX) for queue in consumed_queues() if queue.startswith(GENERATE_PREFIX)]
+    if len(models) > 1:
+        raise RuntimeError(f"a GPU worker serves one model; this one consumes {', '.join(consumed_queues())}")
+    return models[0] if models else None

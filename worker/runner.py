@@ -1,6 +1,7 @@
-"""Runs jobs in one worker process: the model is loaded once, then each job is claimed, denoised
-with its cache strategy, encoded, stored and recorded. A heartbeat thread keeps the claim alive,
-reports the worker and sweeps up jobs that a crash or a broker outage left behind."""
+"""Runs jobs in one GPU worker process: the model is loaded once, then each job is claimed, denoised
+with its cache strategy, encoded, stored under its attempt's own key and finished. The pipeline's
+step callback checks in with the database at every step (lease, progress, cancel) and raises the
+stop the heartbeat thread asked for (timeout, hand-back at shutdown, lost lease)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import math
 import os
 import socket
 import tempfile
-import threading
 import time
 import uuid
 from datetime import datetime, timedelta
@@ -17,82 +17,111 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from sqlalchemy.orm import Session
 
 from core.caching.base import ScheduleFigures
 from core.caching.profiles import ProfileStore
+from core.contract.jobs import EventType
 from core.contract.request import GenerationRequest
 from core.contract.strategies import CacheSpec
 from core.db import Job, JobStatus, session_scope, utcnow
+from core.db.session import retrying
 from core.errors import CacheConfigError, InvalidRequest
 from core.generation import GenerationResult, Progress, generate
-from core.jobs import repository, workers
+from core.jobs import dispatch, transitions, workers
+from core.jobs.transitions import RunOutcome
 from core.models import load_model
 from core.settings import Settings
-from core.storage import StorageError, storage_from, video_key
+from core.storage import Storage, StorageError, storage_from, video_key
 from core.video import encode_mp4, to_uint8
-from core.webhooks.events import STARTED, event_for, record_event
-from worker.app import enqueue_delivery, enqueue_job
+from core.webhooks.events import record_event
+from worker import dispatcher
+from worker.active import ActiveJob, HandedBack, JobCanceled, JobTimedOut, LeaseLost, StopJob
+from worker.app import enqueue_delivery
+from worker.heartbeat import Heartbeat
 
 log = logging.getLogger("skipstep.worker")
 
 
-class JobCanceled(Exception):
-    """Raised from the step callback to stop the pipeline at a step boundary."""
-
-
 class JobRunner:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, model: str) -> None:
         self.settings = settings
+        self.model_name = model
+        source = settings.model_sources.get(model)
+        if source is None:
+            configured = ", ".join(settings.model_sources)
+            raise RuntimeError(f"model {model!r} is not configured (SKIPSTEP_MODELS: {configured})")
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.lease = timedelta(seconds=settings.job_lease_seconds)
         started = time.perf_counter()
-        self.model = load_model(settings.model, settings)
-        log.info(
-            "loaded model %s on %s in %.1f s (worker %s)",
-            settings.model,
-            self.model.device,
-            time.perf_counter() - started,
-            self.worker_id,
-        )
+        self.model = load_model(source, settings)
+        loaded = time.perf_counter() - started
         self.profiles = ProfileStore(settings.profiles_dir)
-        self.storage = storage_from(settings)
+        self.storage: Storage = storage_from(settings)
         self.storage.ensure()
+        self.active: ActiveJob | None = None
+        # When SIGTERM arrived (time.monotonic()); set from a signal handler, so nothing else is done there.
+        self.shutdown_requested_at: float | None = None
+        device = str(self.model.device)
         with session_scope(settings.database) as session:
-            workers.register(
-                session, self.worker_id, socket.gethostname(), os.getpid(), settings.model, str(self.model.device)
-            )
-        self.current: uuid.UUID | None = None
-        self._stop = threading.Event()
-        self._heartbeat = threading.Thread(target=self._beat, name="skipstep-heartbeat", daemon=True)
-        self._heartbeat.start()
+            workers.register(session, self.worker_id, socket.gethostname(), os.getpid(), model, device)
+        log.info("loaded model %s on %s in %.1f s (worker %s)", model, device, loaded, self.worker_id)
+        self.heartbeat = Heartbeat(self)
+        self.heartbeat.start()
+        dispatcher.dispatch(settings, [model])
+
+    def begin_shutdown(self) -> None:
+        """SIGTERM: the running job may finish within the grace period; the heartbeat enforces it."""
+        self.shutdown_requested_at = time.monotonic()
 
     def close(self) -> None:
-        self._stop.set()
-        self._heartbeat.join(timeout=5)
+        self.heartbeat.stop()
         with session_scope(self.settings.database) as session:
             workers.stopped(session, self.worker_id)
 
-    def run(self, job_id: uuid.UUID) -> None:
-        with session_scope(self.settings.database) as session:
-            job = repository.claim(session, job_id, self.worker_id, self.lease)
-            if job is None:
-                log.info("job %s: not claimable (finished, canceled or held by a live worker); skipped", job_id)
-                return
-            workers.set_current(session, self.worker_id, job_id)
-            started = record_event(session, job, STARTED, self.settings.public_url)
-        enqueue_delivery(started)
-        self.current = job_id
-        log.info("job %s: claimed (attempt %d)", job_id, job.attempts)
-        try:
-            self._run(job)
-        finally:
-            self.current = None
-            with session_scope(self.settings.database) as session:
-                workers.set_current(session, self.worker_id, None, done=True)
+    def _deadline(self) -> float:
+        """How long database writes of a job are retried through an outage: its lease would lapse then."""
+        return time.monotonic() + self.settings.job_lease_seconds
 
-    def _run(self, job: Job) -> None:
-        steps = Steps(self, job)
+    def run(self, job_id: uuid.UUID) -> None:
+        if self.shutdown_requested_at is not None:
+            # Shutting down: leave the job to another worker at once.
+            with session_scope(self.settings.database) as session:
+                dispatch.undispatch(session, [job_id])
+            dispatcher.dispatch(self.settings, [self.model_name])
+            return
+        job = retrying(lambda: self._claim(job_id), self._deadline(), "claiming a job")
+        if job is None:
+            log.info("job %s: not claimable (finished, canceled, held by a live worker or out of attempts)", job_id)
+            return
+        self.active = ActiveJob(job)
+        log.info("job %s: claimed (attempt %d of %d)", job_id, job.attempts, self.settings.max_job_attempts)
+        try:
+            self._run(self.active)
+        finally:
+            self.active = None
+            retrying(self._idle, self._deadline(), "reporting the worker idle")
+            if self.shutdown_requested_at is None:
+                dispatcher.dispatch(self.settings, [self.model_name])
+
+    def _claim(self, job_id: uuid.UUID) -> Job | None:
+        with session_scope(self.settings.database) as session:
+            job = transitions.claim(
+                session, job_id, self.worker_id, self.model_name, self.lease, self.settings.max_job_attempts
+            )
+            if job is None:
+                return None
+            workers.set_current(session, self.worker_id, job_id)
+            started = record_event(session, job, EventType.started, self.settings.public_url)
+        enqueue_delivery(started)
+        return job
+
+    def _idle(self) -> None:
+        with session_scope(self.settings.database) as session:
+            workers.set_current(session, self.worker_id, None, done=True)
+
+    def _run(self, active: ActiveJob) -> None:
+        job = active.job
+        steps = Steps(self, active)
         try:
             request = GenerationRequest(
                 prompt=job.prompt,
@@ -108,35 +137,38 @@ class JobRunner:
                 compare=job.compare,
             )
             result = generate(self.model, request, self.profiles, steps.planned, steps.stepped)
-        except JobCanceled:
-            self._finish(job, JobStatus.canceled)
+        except StopJob as stop:
+            self._stopped(active, stop)
             return
         except (InvalidRequest, CacheConfigError) as exc:
-            self._finish(job, JobStatus.failed, error_code="invalid_request", error_message=str(exc))
+            self._finish(active, JobStatus.failed, error_code="invalid_request", error_message=str(exc))
             return
         except Exception as exc:
             log.exception("job %s: generation failed", job.id)
-            self._finish(job, JobStatus.failed, error_code="generation_failed", error_message=_describe(exc))
+            self._finish(active, JobStatus.failed, error_code="generation_failed", error_message=_describe(exc))
             return
 
+        active.alive()
+        key = video_key(job.id, job.attempts)
         encoding = time.perf_counter()
-        try:
-            with tempfile.TemporaryDirectory(prefix="skipstep-") as scratch:
-                path = Path(scratch) / "video.mp4"
-                encode_mp4(to_uint8(result.frames), path, result.fps)
-                uploading = time.perf_counter()
-                size = self.storage.put(video_key(job.id), path)
-        except (StorageError, OSError) as exc:
-            log.exception("job %s: storing the video failed", job.id)
-            self._finish(job, JobStatus.failed, error_code="storage_failed", error_message=_describe(exc))
-            return
+        with tempfile.TemporaryDirectory(prefix="skipstep-") as scratch:
+            path = Path(scratch) / "video.mp4"
+            encode_mp4(to_uint8(result.frames), path, result.fps)
+            active.alive()
+            uploading = time.perf_counter()
+            try:
+                size = self._store(active, key, path)
+            except StorageError:
+                message = f"the video could not be stored after {self.settings.storage_attempts} attempts"
+                self._finish(active, JobStatus.failed, error_code="storage_failed", error_message=message)
+                return
         stored = time.perf_counter()
 
         metrics = _metrics(job, result, steps, encode=uploading - encoding, upload=stored - uploading)
-        self._finish(
-            job,
+        ended = self._finish(
+            active,
             JobStatus.succeeded,
-            video_key=video_key(job.id),
+            video_key=key,
             video_bytes=size,
             video_seconds=result.shape.num_frames / result.fps,
             denoise_seconds=result.timings.denoising,
@@ -146,63 +178,77 @@ class JobRunner:
             computed_calls=sum(branch.computed for branch in result.cache.branches.values()),
             skipped_calls=sum(branch.skipped for branch in result.cache.branches.values()),
         )
+        if ended is None or ended.job.status != JobStatus.succeeded:
+            # Superseded by another worker, or canceled while finishing: only the holder's video is published.
+            self._discard(key)
+            if ended is None:
+                retrying(lambda: self._end_run(job, RunOutcome.SUPERSEDED), self._deadline(), "recording the run's end")
 
-    def _finish(self, job: Job, status: JobStatus, **values: Any) -> None:
-        with session_scope(self.settings.database) as session:
-            finished = repository.finish(session, job.id, self.worker_id, status, **values)
-            event = record_event(session, finished, event_for(status), self.settings.public_url) if finished else None
-        enqueue_delivery(event)
-        if finished is None:
-            log.warning("job %s: lost the claim before finishing; its result is dropped", job.id)
-        else:
-            log.info("job %s: %s", job.id, status.value)
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self.settings.heartbeat_seconds):
+    def _store(self, active: ActiveJob, key: str, path: Path) -> int:
+        """Upload with retries and backoff; the server's error is logged, never shown to the client."""
+        delay, attempt = self.settings.storage_retry_seconds, 1
+        while True:
             try:
-                with session_scope(self.settings.database) as session:
-                    workers.seen(session, self.worker_id)
-                    if self.current is not None:
-                        repository.renew_lease(session, self.current, self.worker_id, self.lease)
-                self.sweep()
-            except Exception:
-                log.exception("heartbeat failed; retrying")
+                return self.storage.put(key, path)
+            except (StorageError, OSError) as exc:
+                active.alive()
+                if attempt == self.settings.storage_attempts:
+                    log.error("job %s: storing the video failed for good: %s", active.job.id, exc)
+                    raise StorageError(str(exc)) from exc
+                log.warning("job %s: storing the video failed (try %d): %s; retrying", active.job.id, attempt, exc)
+                time.sleep(delay)
+                active.alive()
+                delay, attempt = delay * 2, attempt + 1
 
-    def sweep(self) -> None:
-        """Queue what was never queued, and retake or end jobs whose worker died."""
+    def _discard(self, key: str) -> None:
+        try:
+            self.storage.delete(key)
+        except (StorageError, OSError) as exc:
+            log.warning("could not delete the dropped video %s: %s", key, exc)
+
+    def _stopped(self, active: ActiveJob, stop: StopJob) -> None:
+        job = active.job
+        if isinstance(stop, JobCanceled):
+            self._finish(active, JobStatus.canceled)
+        elif isinstance(stop, JobTimedOut):
+            self._finish(active, JobStatus.failed, error_code=transitions.TIMEOUT, error_message=str(stop))
+        elif isinstance(stop, HandedBack):
+            handed = retrying(lambda: self._hand_back(job), self._deadline(), "handing a job back")
+            log.warning("job %s: %s at shutdown", job.id, "handed back to the queue" if handed else "already taken")
+            dispatcher.dispatch(self.settings, [self.model_name])
+        else:
+            log.warning("job %s: this worker no longer holds the job; stopped without writing", job.id)
+            retrying(lambda: self._end_run(job, RunOutcome.LOST), self._deadline(), "recording the run's end")
+
+    def _hand_back(self, job: Job) -> bool:
         with session_scope(self.settings.database) as session:
-            requeue = list(repository.unsent(session, older_than=timedelta(seconds=self.settings.heartbeat_seconds)))
-            events = []
-            for job in repository.lapsed(session):
-                if job.cancel_requested_at is not None:
-                    events.append(self._end_lapsed(session, job, JobStatus.canceled))
-                elif job.attempts >= self.settings.max_job_attempts:
-                    lost = f"the worker running this job stopped responding {job.attempts} times"
-                    events.append(
-                        self._end_lapsed(session, job, JobStatus.failed, error_code="worker_lost", error_message=lost)
-                    )
-                elif repository.requeue_lapsed(session, job.id):
-                    log.warning("job %s: worker %s stopped responding; requeued", job.id, job.worker_id)
-                    requeue.append(job.id)
-        for delivery_id in events:
-            enqueue_delivery(delivery_id)
-        for job_id in requeue:
-            enqueue_job(job_id)
-            with session_scope(self.settings.database) as session:
-                repository.mark_enqueued(session, job_id)
+            return transitions.hand_back(session, job.id, self.worker_id)
 
-    def _end_lapsed(self, session: Session, job: Job, status: JobStatus, **values: Any) -> uuid.UUID | None:
-        """End a job whose worker died; the id of its webhook delivery, if it has one."""
-        if not repository.end_lapsed(session, job.id, status, **values):
+    def _end_run(self, job: Job, outcome: str) -> None:
+        with session_scope(self.settings.database) as session:
+            transitions.end_run(session, job.id, job.attempts, outcome)
+
+    def _finish(self, active: ActiveJob, status: JobStatus, **values: Any) -> transitions.Ended | None:
+        def finish() -> transitions.Ended | None:
+            with session_scope(self.settings.database) as session:
+                return transitions.finish(
+                    session, active.job.id, self.worker_id, status, self.settings.public_url, **values
+                )
+
+        ended = retrying(finish, self._deadline(), "finishing a job")
+        if ended is None:
+            log.warning("job %s: lost the claim before finishing; its result is dropped", active.job.id)
             return None
-        return record_event(session, job, event_for(status), self.settings.public_url)
+        enqueue_delivery(ended.delivery)
+        log.info("job %s: %s", active.job.id, ended.job.status.value)
+        return ended
 
 
 class Steps:
-    """The pipeline's per-step callback: throttled progress writes, cancellation, step times."""
+    """The pipeline's per-step callback: check in (lease, throttled progress, cancel), step times, stops."""
 
-    def __init__(self, runner: JobRunner, job: Job) -> None:
-        self.runner, self.job = runner, job
+    def __init__(self, runner: JobRunner, active: ActiveJob) -> None:
+        self.runner, self.active = runner, active
         self.cuda = runner.model.device.type == "cuda"
         self.denoising_at: datetime | None = None
         self.step_seconds: list[float] = []
@@ -211,7 +257,10 @@ class Steps:
     def planned(self, _figures: ScheduleFigures | None) -> None:
         self.denoising_at = utcnow()
         self._last_step = time.perf_counter()
-        self._write(progress_step=0, progress_total=self.job.num_inference_steps, computed_calls=0, skipped_calls=0)
+        self.active.alive()
+        self._check_in(
+            progress_step=0, progress_total=self.active.job.num_inference_steps, computed_calls=0, skipped_calls=0
+        )
 
     def stepped(self, progress: Progress) -> None:
         if self.cuda:
@@ -220,25 +269,38 @@ class Steps:
         now = time.perf_counter()
         self.step_seconds.append(now - self._last_step)
         self._last_step = now
+        self.active.alive()
+        if self.active.stop is not None:
+            raise self.active.stop
         if progress.step == progress.total:
             return
-        with session_scope(self.runner.settings.database) as session:
-            if repository.cancel_requested(session, self.job.id):
-                raise JobCanceled
-            if now - self._last_write >= self.runner.settings.progress_seconds:
-                self._last_write = now
-                repository.record_progress(
-                    session,
-                    self.job.id,
-                    self.runner.worker_id,
-                    progress_step=progress.step,
-                    computed_calls=progress.computed_calls,
-                    skipped_calls=progress.skipped_calls,
+        values: dict[str, int] = {}
+        if now - self._last_write >= self.runner.settings.progress_seconds:
+            self._last_write = now
+            values = {
+                "progress_step": progress.step,
+                "computed_calls": progress.computed_calls,
+                "skipped_calls": progress.skipped_calls,
+            }
+        self._check_in(**values)
+
+    def _check_in(self, **values: int) -> None:
+        runner, job = self.runner, self.active.job
+
+        def check_in() -> transitions.Renewal | None:
+            with session_scope(runner.settings.database) as session:
+                return transitions.check_in(
+                    session, job.id, runner.worker_id, runner.lease, progress_at=utcnow(), **values
                 )
 
-    def _write(self, **values: int) -> None:
-        with session_scope(self.runner.settings.database) as session:
-            repository.record_progress(session, self.job.id, self.runner.worker_id, **values)
+        try:
+            renewal = retrying(check_in, runner._deadline(), "checking in a running job")
+        except Exception as exc:
+            raise LeaseLost(f"the database was unreachable for a whole lease: {exc.__class__.__name__}") from exc
+        if renewal is None:
+            raise LeaseLost("another worker holds the job")
+        if renewal.cancel_requested:
+            raise JobCanceled
 
 
 def _metrics(job: Job, result: GenerationResult, steps: Steps, encode: float, upload: float) -> dict[str, Any]:

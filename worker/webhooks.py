@@ -14,7 +14,7 @@ from celery.signals import worker_process_init
 from core.db import session_scope
 from core.settings import Settings, get_settings
 from core.webhooks.delivery import attempt_delivery, take_due
-from worker.app import DELIVER_WEBHOOK, WEBHOOKS_QUEUE, celery_app, consumes, enqueue_delivery
+from worker.app import DELIVER_WEBHOOK, WEBHOOKS_QUEUE, celery_app, consumed_queues, enqueue_delivery
 
 log = logging.getLogger("skipstep.webhooks")
 
@@ -33,7 +33,7 @@ def sweep_forever(settings: Settings) -> None:
 
 @worker_process_init.connect
 def _start_sweep(**_: Any) -> None:
-    if consumes(WEBHOOKS_QUEUE):
+    if WEBHOOKS_QUEUE in consumed_queues():
         threading.Thread(
             target=sweep_forever, args=(get_settings(),), name="skipstep-webhook-sweep", daemon=True
         ).start()

@@ -25,7 +25,7 @@ from api.deps import ADMIN_COOKIE, AdminDep, SessionDep, SettingsDep, bearer_tok
 from core import dashboard
 from core.contract.strategies import STRATEGIES
 from core.db import ApiKey, Job, JobStatus, utcnow
-from core.jobs import repository, workers
+from core.jobs import dispatch, repository, workers
 from core.keys import authenticate
 from core.settings import Settings
 from core.webhooks.events import history
@@ -341,7 +341,7 @@ def job_page(
         "job": job,
         "row": dashboard.JobRow.of(job),
         "owner": owner.name if owner else None,
-        "queue_position": repository.queue_position(session, job) if job.status == JobStatus.queued else None,
+        "queue_position": dispatch.queue_position(session, job) if job.status == JobStatus.queued else None,
         "metrics": metrics,
         "branches": metrics.get("branches") or {},
         "step_seconds": metrics.get("step_seconds") or [],

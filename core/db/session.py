@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+
+T = TypeVar("T")
+log = logging.getLogger("skipstep.db")
+# What a database that is briefly unreachable (restarting, failing over, a dropped connection) raises.
+UNREACHABLE = (OperationalError, InterfaceError)
 
 
 @lru_cache
@@ -41,3 +50,18 @@ def session_scope(url: str) -> Iterator[Session]:
     """A session that commits on success and rolls back on any error."""
     with sessions(url)() as session, session.begin():
         yield session
+
+
+def retrying(work: Callable[[], T], deadline: float, what: str) -> T:
+    """Run ``work`` (which opens its own session) again through a database outage, with backoff, until
+    ``deadline`` (a ``time.monotonic()`` value); then the last error is raised."""
+    delay = 0.2
+    while True:
+        try:
+            return work()
+        except UNREACHABLE as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s: the database is unreachable (%s); retrying in %.1f s", what, exc.__class__.__name__, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)

@@ -65,7 +65,14 @@ class JobView(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
-    queue_position: int | None = Field(description="While queued: 1 means next to run.")
+    model: str = Field(description="The model that runs the job.")
+    queue_position: int | None = Field(
+        description="While queued: 1 means the next job a worker of its model takes (jobs are taken round-robin "
+        "across API keys, by priority within a key)."
+    )
+    status_detail: str | None = Field(
+        description="While queued: `waiting_for_worker` when no live worker serves the job's model."
+    )
     cancel_requested: bool
     input: JobInput
     progress: ProgressView | None
@@ -79,7 +86,7 @@ class JobView(BaseModel):
     links: Links
 
 
-def job_view(job: Job, public_url: str, queue_position: int | None = None) -> JobView:
+def job_view(job: Job, public_url: str, queue_position: int | None = None, waiting_for_worker: bool = False) -> JobView:
     base = f"{public_url.rstrip('/')}/jobs/{job.id}"
     progress = None
     if job.progress_total:
@@ -104,7 +111,9 @@ def job_view(job: Job, public_url: str, queue_position: int | None = None) -> Jo
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
+        model=job.model,
         queue_position=queue_position if job.status == JobStatus.queued else None,
+        status_detail="waiting_for_worker" if waiting_for_worker and job.status == JobStatus.queued else None,
         cancel_requested=job.cancel_requested_at is not None,
         input=JobInput(
             prompt=job.prompt,

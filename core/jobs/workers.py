@@ -1,15 +1,23 @@
-"""Worker rows: each worker process says who it is, what it runs and that it is alive."""
+"""Worker rows: each GPU worker process says who it is, which model it serves, on what device, and that
+it is alive; a worker that stops saying so is marked gone by another worker's sweep."""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.orm import Session
 
 from core.db import Worker, utcnow
+
+# A worker renews last_seen_at every heartbeat; this many missed beats and it counts as gone.
+ALIVE_HEARTBEATS = 3
+SHUTDOWN = "shutdown"
+DRAINING = "draining"
+GONE = "gone"
 
 
 def register(session: Session, worker_id: str, hostname: str, pid: int, model: str, device: str) -> None:
@@ -17,7 +25,7 @@ def register(session: Session, worker_id: str, hostname: str, pid: int, model: s
     worker = session.get(Worker, worker_id) or Worker(id=worker_id)
     worker.hostname, worker.pid, worker.model, worker.device = hostname, pid, model, device
     worker.started_at = worker.last_seen_at = now
-    worker.current_job_id, worker.stopped_at, worker.jobs_done = None, None, 0
+    worker.current_job_id, worker.stopped_at, worker.stop_reason, worker.jobs_done = None, None, None, 0
     session.add(worker)
 
 
@@ -32,12 +40,52 @@ def set_current(session: Session, worker_id: str, job_id: uuid.UUID | None, done
     session.execute(update(Worker).where(Worker.id == worker_id).values(**values))
 
 
+def draining(session: Session, worker_id: str) -> None:
+    """The worker is shutting down: alive until it stops, but no more jobs are sent to it."""
+    session.execute(update(Worker).where(Worker.id == worker_id).values(stop_reason=DRAINING))
+
+
 def stopped(session: Session, worker_id: str) -> None:
-    session.execute(update(Worker).where(Worker.id == worker_id).values(stopped_at=utcnow(), current_job_id=None))
+    session.execute(
+        update(Worker)
+        .where(Worker.id == worker_id)
+        .values(stopped_at=utcnow(), stop_reason=SHUTDOWN, current_job_id=None)
+    )
 
 
-# A worker renews last_seen_at every heartbeat; this many missed beats and it counts as gone.
-ALIVE_HEARTBEATS = 3
+def _alive(heartbeat_seconds: float) -> Any:
+    cutoff = utcnow() - ALIVE_HEARTBEATS * timedelta(seconds=heartbeat_seconds)
+    return and_(Worker.stopped_at.is_(None), Worker.last_seen_at >= cutoff)
+
+
+def idle_count(session: Session, model: str, heartbeat_seconds: float) -> int:
+    """Live workers of ``model`` that hold no job and take new ones."""
+    query = select(func.count()).where(
+        Worker.model == model,
+        _alive(heartbeat_seconds),
+        Worker.stop_reason.is_(None),
+        Worker.current_job_id.is_(None),
+    )
+    return session.scalar(query) or 0
+
+
+def live_models(session: Session, heartbeat_seconds: float) -> dict[str, int]:
+    """Live workers per model."""
+    rows = session.execute(select(Worker.model, func.count()).where(_alive(heartbeat_seconds)).group_by(Worker.model))
+    return dict(rows.tuples().all())
+
+
+def mark_gone(session: Session, heartbeat_seconds: float) -> list[tuple[str, str, int]]:
+    """Mark workers that stopped answering as gone; (id, hostname, pid) of each."""
+    cutoff = utcnow() - ALIVE_HEARTBEATS * timedelta(seconds=heartbeat_seconds)
+    result = session.execute(
+        update(Worker)
+        .where(Worker.stopped_at.is_(None), Worker.last_seen_at < cutoff)
+        .values(stopped_at=utcnow(), stop_reason=GONE, current_job_id=None)
+        .returning(Worker.id, Worker.hostname, Worker.pid)
+        .execution_options(synchronize_session=False)
+    )
+    return [tuple(row) for row in result.all()]
 
 
 @dataclass(frozen=True)
@@ -52,6 +100,7 @@ class WorkerStatus:
     started_at: datetime
     last_seen_at: datetime
     stopped_at: datetime | None
+    stop_reason: str | None
     alive: bool
 
 
@@ -71,6 +120,7 @@ def statuses(session: Session, heartbeat_seconds: float, limit: int = 100) -> li
             started_at=worker.started_at,
             last_seen_at=worker.last_seen_at,
             stopped_at=worker.stopped_at,
+            stop_reason=worker.stop_reason,
             alive=worker.stopped_at is None and worker.last_seen_at >= cutoff,
         )
         for worker in rows
