@@ -149,7 +149,7 @@ def test_a_worker_that_lost_its_lease_stops_and_writes_nothing(stack: Callable[.
         os.kill(frozen.pid, signal.SIGCONT)
     assert done["status"] == "succeeded" and done["worker"].endswith(f":{taker.pid}")
     wait_until(
-        lambda: "this worker no longer holds the job" in service.worker_log.read_text(), 30, what="the thawed worker"
+        lambda: "this worker no longer holds the job" in service.worker_log.read_text(), 120, what="the thawed worker"
     )
     assert row(service, job_id).video_key == f"videos/{job_id}/2.mp4"
     videos = Path(service.env["SKIPSTEP_STORAGE_DIR"]) / "videos" / job_id
