@@ -255,6 +255,6 @@ def test_jobs_of_a_dead_worker_end_as_lost_or_canceled(service: Service) -> None
         session.add_all([lost, canceled])
     assert service.wait(str(lost.id), timeout=30)["error"] == {
         "code": "worker_lost",
-        "message": "the worker running this job stopped responding 3 times",
+        "message": "the worker running this job stopped responding on each of its 3 attempts",
     }
     assert service.wait(str(canceled.id), timeout=30)["status"] == "canceled"
