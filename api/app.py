@@ -6,7 +6,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from api import errors
-from api.routes import admin, deliveries, health, jobs, workers
+from api.routes import admin, deliveries, health, jobs, models, workers
 
 DESCRIPTION = """
 Submit text-to-video jobs, follow them, fetch the MP4. Each job names a timestep-cache
@@ -21,6 +21,7 @@ def create_app() -> FastAPI:
     errors.install(app)
     app.include_router(jobs.router)
     app.include_router(deliveries.router)
+    app.include_router(models.router)
     app.include_router(workers.router)
     app.include_router(health.router)
     app.include_router(admin.router)

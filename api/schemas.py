@@ -41,6 +41,7 @@ class JobCreate(BaseModel):
         },
     )
 
+    model: str | None = Field(default=None, description="A configured model (`GET /models`); default: the first.")
     prompt: str = Field(min_length=1, max_length=2000)
     negative_prompt: str = Field(default="", max_length=2000)
     width: int | None = Field(

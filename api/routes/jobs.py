@@ -37,7 +37,7 @@ def _found(session: SessionDep, job_id: uuid.UUID, key: ApiKey) -> Job:
 def _view(session: SessionDep, job: Job, settings: SettingsDep) -> JobView:
     if job.status != JobStatus.queued:
         return job_view(job, settings.public_url)
-    waiting = workers.live_models(session, settings.heartbeat_seconds).get(job.model, 0) == 0
+    waiting = workers.waiting_for_worker(session, job.model, settings.heartbeat_seconds)
     return job_view(job, settings.public_url, dispatch.queue_position(session, job), waiting_for_worker=waiting)
 
 
@@ -66,6 +66,12 @@ def submit(
             fields = [FieldError(field="webhook_url", rule=str(exc))]
             return error_response(status.HTTP_422_UNPROCESSABLE_CONTENT, f"webhook_url: {exc}", fields)
 
+    model = body.model or settings.default_model
+    if model not in settings.model_sources:
+        configured = ", ".join(settings.model_sources)
+        fields = [FieldError(field="model", rule=f"must be a configured model: {configured}")]
+        return error_response(status.HTTP_422_UNPROCESSABLE_CONTENT, f"model: unknown model {model!r}", fields)
+
     fingerprint = body.fingerprint()
     if idempotency_key is not None:
         existing = repository.by_idempotency_key(session, key, idempotency_key)
@@ -74,10 +80,10 @@ def submit(
 
     job = Job(
         owner_id=key.id,
-        model=settings.default_model,
+        model=model,
         idempotency_key=idempotency_key,
         request_hash=fingerprint,
-        **body.job_fields(default_shape(settings.model)),
+        **body.job_fields(default_shape(settings.model_sources[model])),
     )
     session.add(job)
     try:

@@ -20,6 +20,12 @@ def add_commands(commands: Any, settings: Settings) -> None:
     up = commands.add_parser("up", help="run the service: API, GPU workers, webhook worker (and an embedded broker)")
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=8000)
+    up.add_argument(
+        "--gpus",
+        metavar="ID[=MODEL],...",
+        help="one worker per GPU, each pinned to its GPU with CUDA_VISIBLE_DEVICES: 0,1 (models take the GPUs in "
+        "turn) or 0=MODEL,1=MODEL; default: one worker per model on SKIPSTEP_DEVICE",
+    )
     up.set_defaults(run=_up)
     down = commands.add_parser("down", help="stop the service that `skipstep up` started")
     down.set_defaults(run=_down)
@@ -45,8 +51,9 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
 
     from core.db.migrate import upgrade
     from core.storage import storage_from
-    from core.supervisor import Child, say, supervise
+    from core.supervisor import Child, assign_gpus, gpu_workers, say, supervise
 
+    plan = assign_gpus(args.gpus, list(settings.model_sources)) if args.gpus is not None else None
     settings.home.mkdir(parents=True, exist_ok=True)
     env = os.environ | {"SKIPSTEP_PUBLIC_URL": os.environ.get("SKIPSTEP_PUBLIC_URL", f"http://{args.host}:{args.port}")}
     children: list[Child] = []
@@ -66,8 +73,11 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
     python = sys.executable
     api = [python, "-m", "uvicorn", "api.app:app", "--host", args.host, "--port", str(args.port)]
     children.append(Child("api", api, env))
-    for model in settings.model_sources:
-        children.append(Child(f"worker {model}", [python, "-m", "core.cli", "worker", "--model", model], env))
+    worker = [python, "-m", "core.cli", "worker"]
+    if plan is None:
+        children += [Child(f"worker {model}", [*worker, "--model", model], env) for model in settings.model_sources]
+    else:
+        children += gpu_workers(worker, plan, env)
     webhooks = [python, "-m", "celery", "-A", "worker.app", "worker", "-Q", "webhooks", "-c", "2", "-l", "info"]
     webhooks += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
     children.append(Child("webhooks", [*webhooks, "-n", f"webhooks@{socket.gethostname()}"], env))

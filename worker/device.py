@@ -1,0 +1,16 @@
+"""What a GPU worker reports about the device it holds."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from core.jobs.workers import Device
+
+
+def describe(device: torch.device) -> Device:
+    """The torch device, the accelerator's name and the host GPUs this process was pinned to. Under
+    ``CUDA_VISIBLE_DEVICES=1`` the process sees that GPU as ``cuda:0``: the pinning says which one it is."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return Device(str(device), name, os.environ.get("CUDA_VISIBLE_DEVICES") or None)
