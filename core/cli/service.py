@@ -31,7 +31,11 @@ def add_commands(commands: Any, settings: Settings) -> None:
     down.set_defaults(run=_down)
 
     worker = commands.add_parser("worker", help="run a GPU worker for one model (a Celery worker on its queue)")
-    worker.add_argument("--model", default=settings.default_model, help="a configured model (default: the first)")
+    worker.add_argument(
+        "--model",
+        default=settings.served_model,
+        help="a configured model (default: SKIPSTEP_WORKER_MODEL, else the first)",
+    )
     worker.set_defaults(run=_worker)
 
     migrate = commands.add_parser("migrate", help="create or upgrade the database schema")
@@ -86,12 +90,12 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
     url = f"http://{args.host}:{args.port}"
     say(f"skipstep is starting on {url} (API docs at {url}/docs, dashboard at {url}/admin)")
     try:
-        return supervise(children, stop_seconds=_stop_seconds(settings))
+        return supervise(children, stop_seconds=stop_seconds(settings))
     finally:
         pid_file.unlink(missing_ok=True)
 
 
-def _stop_seconds(settings: Settings) -> float:
+def stop_seconds(settings: Settings) -> float:
     """How long a stop may take: the workers' shutdown grace, then time to hand the job back."""
     return settings.shutdown_grace_seconds + settings.heartbeat_seconds + 30
 
@@ -106,7 +110,7 @@ def _down(_args: argparse.Namespace, settings: Settings) -> int:
     except ProcessLookupError:
         pid_file.unlink()
         raise SkipstepError(f"no running service: process {pid} is gone") from None
-    deadline = time.monotonic() + _stop_seconds(settings) + 10
+    deadline = time.monotonic() + stop_seconds(settings) + 10
     while pid_file.exists():
         if time.monotonic() > deadline:
             raise SkipstepError(f"the service (pid {pid}) did not stop in time; it may still be stopping")
