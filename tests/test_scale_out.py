@@ -57,6 +57,13 @@ def test_two_models_each_job_on_its_models_worker_and_a_job_waits_for_its_worker
     assert models["wan-tiny"]["queue"]["queued"] == 0
     assert models["wan-tiny"]["recent"]["succeeded"] == 1
     assert models["wan-tiny"]["recent"]["succeeded_by_strategy"] == {"none": 1}
+    # The dashboard filters by model and summarises each one.
+    with service.client("admin") as client:
+        ltx_only = client.get("/admin/api/overview", params={"model": "ltx-tiny"}).json()
+    assert [row["id"] for row in ltx_only["jobs"]] == [waiting["id"]]
+    assert (ltx_only["models"]["ltx-tiny"]["queued"], ltx_only["models"]["wan-tiny"]["succeeded"]) == (1, 1)
+    summary = ltx_only["html"]["models"]
+    assert summary.count("<tr data-model=") == 2 and summary.count("data-waiting-for-worker") == 1
 
     # A worker for ltx-tiny starts (pinned, as `skipstep up --gpus` would: the device report says which GPU).
     ltx = service.start_worker("ltx-tiny", CUDA_VISIBLE_DEVICES="1")
