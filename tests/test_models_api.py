@@ -85,8 +85,7 @@ def test_fleet_figures_per_model(database: str) -> None:
             guidance_scale=5.0,
             seed=1,
             fps=16,
-            cache_strategy="none",
-            **fields,
+            **({"cache_strategy": "none"} | fields),
         )
 
     with session_scope(database) as session:
