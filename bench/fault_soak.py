@@ -82,7 +82,8 @@ class Stack:
         self.api = self._start([sys.executable, "-m", "uvicorn", "api.app:app", "--port", str(self.api_port)])
         self.workers = [self.start_worker() for _ in range(workers)]
         self.webhooks = self._start(
-            [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", "webhooks", "-c", "2"]
+            [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", "webhooks"]
+            + ["--pool", "threads", "-c", "32"]
             + ["--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "warning"]
         )
 
