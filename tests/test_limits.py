@@ -23,6 +23,8 @@ from sqlalchemy.exc import DBAPIError
 from api.app import create_app
 from core.db import Job, engine_for, session_scope
 from core.keys import create_key
+from core.settings import Settings
+from core.storage import LocalStorage, StorageError, storage_from
 
 
 def job_count(service: Service) -> int:
@@ -332,3 +334,22 @@ def test_sql_errors_never_show_bound_parameters(service: Service) -> None:
     with pytest.raises(DBAPIError) as raised, engine_for(service.settings.database).connect() as connection:
         connection.execute(text("SELECT 1 / 0 WHERE :prompt <> ''"), {"prompt": "my secret prompt"})
     assert "my secret prompt" not in str(raised.value)
+
+
+def test_storage_errors_name_no_server_path_or_address(tmp_path: Any) -> None:
+    missing = tmp_path / "no-such-dir"
+    with pytest.raises(StorageError) as local:
+        LocalStorage(missing).check()
+    assert str(tmp_path) not in str(local.value)
+    closed = free_port()
+    settings = Settings(
+        home=tmp_path,
+        storage_backend="s3",
+        s3_endpoint_url=f"http://127.0.0.1:{closed}",
+        s3_access_key_id="test",
+        s3_secret_access_key="test",
+    )
+    store = storage_from(settings)
+    with pytest.raises(StorageError) as remote:
+        store.check()
+    assert str(closed) not in str(remote.value) and "127.0.0.1" not in str(remote.value)
