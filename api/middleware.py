@@ -70,7 +70,7 @@ class RequestIds:
 
 class InputGuard:
     """Refuses, before any route reads them: a body over the size limit (413, by Content-Length or while it
-    streams in) and control characters in the path, the query string or a JSON body's strings (422)."""
+    streams in) and control characters in the path, the query string, a form or a JSON body's strings (422)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -99,7 +99,7 @@ class InputGuard:
                 return
             if not message.get("more_body", False):
                 break
-        fields = _json_text_fields(bytes(body)) if _ESCAPED_CONTROL.search(body) else []
+        fields = _body_text_fields(scope, bytes(body))
         if fields:
             await _refuse_text(fields, scope, receive, send)
             return
@@ -129,11 +129,22 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 def _text_fields(scope: Scope) -> list[str]:
     fields = ["path"] if CONTROL.search(scope.get("path", "")) else []
-    query = scope.get("query_string", b"").decode("latin-1")
-    for name, value in parse_qsl(query, keep_blank_values=True, errors="replace"):
+    return fields + _form_fields(scope.get("query_string", b""), "query")
+
+
+def _form_fields(encoded: bytes, whole: str) -> list[str]:
+    """The names of URL-encoded fields (a query string, a form) whose name or value has a control character."""
+    fields = []
+    for name, value in parse_qsl(encoded.decode("latin-1"), keep_blank_values=True, errors="replace"):
         if CONTROL.search(name) or CONTROL.search(value):
-            fields.append(name if not CONTROL.search(name) else "query")
+            fields.append(name if not CONTROL.search(name) else whole)
     return fields
+
+
+def _body_text_fields(scope: Scope, body: bytes) -> list[str]:
+    if (_header(scope, "content-type") or "").startswith("application/x-www-form-urlencoded"):
+        return _form_fields(body, "body")
+    return _json_text_fields(body) if _ESCAPED_CONTROL.search(body) else []
 
 
 def _json_text_fields(body: bytes) -> list[str]:

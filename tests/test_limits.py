@@ -257,6 +257,14 @@ def test_control_characters_in_query_parameters_are_refused(service: Service, pa
     assert [f["field"] for f in error_of(response)["fields"]] == [field]
 
 
+def test_control_characters_in_a_form_are_refused(service: Service) -> None:
+    form = {"key": service.keys["admin"], "next": "/admin\u0000"}
+    with httpx.Client(base_url=service.url, timeout=30) as browser:
+        response = browser.post("/admin/login", data=form)
+    assert response.status_code == 422
+    assert [f["field"] for f in error_of(response)["fields"]] == ["next"]
+
+
 def test_a_cursor_that_overflows_in_utc_is_refused(service: Service) -> None:
     cursor = base64.urlsafe_b64encode(f"0001-01-01T00:00:00+14:00|{uuid.uuid4()}".encode()).decode()
     with service.client() as alice:
