@@ -75,6 +75,9 @@ class Stack:
             "SKIPSTEP_REDISPATCH_SECONDS": "4",
             "SKIPSTEP_SHUTDOWN_GRACE_SECONDS": "2",
             "SKIPSTEP_WEBHOOK_ALLOW_PRIVATE": "true",
+            # One key submits every job of the soak: its per-key limits are not what this measures.
+            "SKIPSTEP_RATE_PER_SECOND": "0",
+            "SKIPSTEP_MAX_ACTIVE_JOBS": "0",
             "OMP_NUM_THREADS": "1",
         }
         self.log = (root / "stack.log").open("ab")
