@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from api.deps import KeyDep, SessionDep, SettingsDep, StorageDep
 from api.errors import ErrorResponse, FieldError, error_response
+from api.limits import RoomForJob, size_refusal
 from api.schemas import JobCreate, JobPage
 from core.contract.models import default_shape
 from core.db import ApiKey, Job, JobStatus
@@ -48,11 +49,13 @@ def _view(session: SessionDep, job: Job, settings: SettingsDep) -> JobView:
     responses={
         409: {"model": ErrorResponse, "description": "Idempotency-Key reused with a different body."},
         422: {"model": ErrorResponse, "description": "A field breaks a rule; each is named."},
+        429: {"model": ErrorResponse, "description": "Too many requests, or too many jobs in flight for the key."},
     },
 )
 def submit(
     body: JobCreate,
     key: KeyDep,
+    _room: RoomForJob,
     session: SessionDep,
     settings: SettingsDep,
     response: Response,
@@ -69,8 +72,8 @@ def submit(
     model = body.model or settings.default_model
     if model not in settings.model_sources:
         configured = ", ".join(settings.model_sources)
-        fields = [FieldError(field="model", rule=f"must be a configured model: {configured}")]
-        return error_response(status.HTTP_422_UNPROCESSABLE_CONTENT, f"model: unknown model {model!r}", fields)
+        problem = [FieldError(field="model", rule=f"must be a configured model: {configured}")]
+        return error_response(status.HTTP_422_UNPROCESSABLE_CONTENT, f"model: unknown model {model!r}", problem)
 
     fingerprint = body.fingerprint()
     if idempotency_key is not None:
@@ -78,12 +81,16 @@ def submit(
         if existing is not None:
             return _replay(session, existing, fingerprint, settings, response)
 
+    fields = body.job_fields(default_shape(settings.model_sources[model]))
+    refusal = size_refusal(key, settings, fields)
+    if refusal is not None:
+        return refusal
     job = Job(
         owner_id=key.id,
         model=model,
         idempotency_key=idempotency_key,
         request_hash=fingerprint,
-        **body.job_fields(default_shape(settings.model_sources[model])),
+        **fields,
     )
     session.add(job)
     try:

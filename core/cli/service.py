@@ -82,7 +82,8 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
         children += [Child(f"worker {model}", [*worker, "--model", model], env) for model in settings.model_sources]
     else:
         children += gpu_workers(worker, plan, env)
-    webhooks = [python, "-m", "celery", "-A", "worker.app", "worker", "-Q", "webhooks", "-c", "2", "-l", "info"]
+    webhooks = [python, "-m", "celery", "-A", "worker.app", "worker", "-Q", "webhooks", "-l", "info"]
+    webhooks += ["--pool", "threads", "-c", "32"]  # attempts wait on the network, not the CPU
     webhooks += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
     children.append(Child("webhooks", [*webhooks, "-n", f"webhooks@{socket.gethostname()}"], env))
     pid_file = settings.home / PID_FILE
