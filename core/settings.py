@@ -33,6 +33,12 @@ class Settings(BaseSettings):
     )
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
 
+    # Request limits: the upper bounds of every generation request (API, CLI, worker)
+    max_prompt_chars: int = Field(default=2000, ge=1, description="Longest prompt or negative prompt.")
+    max_side: int = Field(default=1920, ge=16, description="Largest width or height in pixels.")
+    max_frames: int = Field(default=257, ge=1, description="Most frames of one video.")
+    max_steps: int = Field(default=200, ge=2, description="Most denoising steps.")
+
     # Service
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default: SQLite under home.")
     broker_url: str | None = Field(
