@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
@@ -25,18 +26,44 @@ from core.webhooks.addresses import check_url_syntax
 WebhookEventName = Literal["job.started", "job.succeeded", "job.failed", "job.canceled"]
 
 
+def _limit(keyword: str, setting: str) -> Callable[[dict[str, Any]], None]:
+    """Shows a limit from the settings in the JSON schema, as the settings are when the schema is made."""
+
+    def show(schema: dict[str, Any]) -> None:
+        # Optional fields are anyOf [int, null]: the limit belongs to the int.
+        target = next((s for s in schema.get("anyOf", []) if s.get("type") != "null"), schema)
+        target[keyword] = getattr(get_settings(), setting)
+
+    return show
+
+
 class GenerationRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(min_length=1, description="At most SKIPSTEP_MAX_PROMPT_CHARS characters.")
-    negative_prompt: str = Field(default="")
+    prompt: str = Field(min_length=1, json_schema_extra=_limit("maxLength", "max_prompt_chars"))
+    negative_prompt: str = Field(default="", json_schema_extra=_limit("maxLength", "max_prompt_chars"))
     # None: the model's default shape (small for presets, the family's native size otherwise).
-    width: int | None = Field(default=None, ge=16, description="Default: the model's. At most SKIPSTEP_MAX_SIDE.")
-    height: int | None = Field(default=None, ge=16, description="Default: the model's. At most SKIPSTEP_MAX_SIDE.")
-    num_frames: int | None = Field(
-        default=None, ge=1, description="The family's rule, e.g. 4k+1 for Wan (17, 33, 81). Default: the model's."
+    width: int | None = Field(
+        default=None,
+        ge=16,
+        description="The family's multiple (16 for Wan, 32 for LTX). Default: the model's.",
+        json_schema_extra=_limit("maximum", "max_side"),
     )
-    num_inference_steps: int | None = Field(default=None, ge=2, description="Default: the model's.")
+    height: int | None = Field(
+        default=None,
+        ge=16,
+        description="The family's multiple (16 for Wan, 32 for LTX). Default: the model's.",
+        json_schema_extra=_limit("maximum", "max_side"),
+    )
+    num_frames: int | None = Field(
+        default=None,
+        ge=1,
+        description="The family's rule: 4k+1 for Wan (17, 33, 81), 8k+1 for LTX. Default: the model's.",
+        json_schema_extra=_limit("maximum", "max_frames"),
+    )
+    num_inference_steps: int | None = Field(
+        default=None, ge=2, description="Default: the model's.", json_schema_extra=_limit("maximum", "max_steps")
+    )
     guidance_scale: float = Field(default=5.0, ge=0, le=20)
     seed: int = Field(default=0, ge=0, le=2**63 - 1)
     fps: int = Field(default=16, ge=1, le=60)
