@@ -129,6 +129,11 @@ def test_estimates_from_recent_jobs_and_live_workers(front: Service) -> None:
         assert queued["status"] == "queued" and queued["status_detail"] is None
         start = datetime.fromisoformat(queued["estimated_start_at"])
         assert start >= datetime.fromisoformat(queued["created_at"])
+        with front.client("admin") as admin:
+            page = admin.get(f"/admin/jobs/{job['id']}")
+        assert page.status_code == 200
+        assert "Expected from profile wan-tiny-128x128x17-20steps" in page.text and 'id="estimated-start"' in page.text
+        assert page.text.count('class="cell computed"') >= computed  # the planned strip, before the job runs
     finally:
         with session_scope(front.settings.database) as session:
             session.execute(delete(Worker).where(Worker.id == worker_id))
