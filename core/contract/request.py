@@ -132,7 +132,9 @@ class JobRequest(GenerationRequest):
         },
     )
 
-    model: str | None = Field(default=None, description="A configured model (GET /models); default: the first.")
+    model: str | None = Field(
+        default=None, description="A model the service serves (SKIPSTEP_MODELS); default: the first."
+    )
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1, description="Random when absent; the job records it.")
     webhook_url: str | None = Field(default=None, max_length=2048)
     webhook_events: list[WebhookEventName] | None = Field(
