@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import asdict
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response, status
@@ -12,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from api.deps import KeyDep, SessionDep, SettingsDep, StorageDep
 from api.errors import ApiError, ErrorResponse
+from api.limits import RoomForJob, size_refusal
 from api.schemas import JobPage
 from core.caching.profiles import ProfileStore
 from core.contract.models import ModelInfo, describe
@@ -63,11 +65,13 @@ def _model(name: str, settings: SettingsDep) -> ModelInfo:
     responses={
         409: {"model": ErrorResponse, "description": "Idempotency-Key reused with a different body."},
         422: {"model": ErrorResponse, "description": "A field breaks a rule; each is named."},
+        429: {"model": ErrorResponse, "description": "Too many requests, or too many jobs in flight for the key."},
     },
 )
 def submit(
     body: JobRequest,
     key: KeyDep,
+    _room: RoomForJob,
     session: SessionDep,
     settings: SettingsDep,
     response: Response,
@@ -90,6 +94,9 @@ def submit(
     model = body.model or settings.default_model
     info = _model(model, settings)
     shape = body.shape(info.family, info.default_shape)
+    refusal = size_refusal(key, settings, asdict(shape))
+    if refusal is not None:
+        return refusal
     figures = expected(session, body, shape, model, info, ProfileStore(settings.profiles_dir))
     job = new_job(
         body,
