@@ -3,7 +3,7 @@
 ``GenerationRequest`` is what the engine runs (``skipstep generate``, calibration, the worker);
 ``JobRequest`` adds what the service needs (the model to run it, webhooks) and is the body of
 ``POST /jobs``, what ``skipstep submit`` sends, what a job row maps to and what ``GET /jobs/{id}``
-and webhook events show as ``input``. The upper limits are settings (``SKIPSTEP_MAX_*``); the
+and webhook events show as ``input``. The upper limits are settings (``SKIPSTEP_REQUEST_MAX_*``); the
 size rules of the model's family are applied with ``shape()`` once the model is known.
 """
 
@@ -40,29 +40,32 @@ def _limit(keyword: str, setting: str) -> Callable[[dict[str, Any]], None]:
 class GenerationRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(min_length=1, json_schema_extra=_limit("maxLength", "max_prompt_chars"))
-    negative_prompt: str = Field(default="", json_schema_extra=_limit("maxLength", "max_prompt_chars"))
+    prompt: str = Field(min_length=1, json_schema_extra=_limit("maxLength", "request_max_prompt_chars"))
+    negative_prompt: str = Field(default="", json_schema_extra=_limit("maxLength", "request_max_prompt_chars"))
     # None: the model's default shape (small for presets, the family's native size otherwise).
     width: int | None = Field(
         default=None,
         ge=16,
         description="The family's multiple (16 for Wan, 32 for LTX). Default: the model's.",
-        json_schema_extra=_limit("maximum", "max_side"),
+        json_schema_extra=_limit("maximum", "request_max_side"),
     )
     height: int | None = Field(
         default=None,
         ge=16,
         description="The family's multiple (16 for Wan, 32 for LTX). Default: the model's.",
-        json_schema_extra=_limit("maximum", "max_side"),
+        json_schema_extra=_limit("maximum", "request_max_side"),
     )
     num_frames: int | None = Field(
         default=None,
         ge=1,
         description="The family's rule: 4k+1 for Wan (17, 33, 81), 8k+1 for LTX. Default: the model's.",
-        json_schema_extra=_limit("maximum", "max_frames"),
+        json_schema_extra=_limit("maximum", "request_max_frames"),
     )
     num_inference_steps: int | None = Field(
-        default=None, ge=2, description="Default: the model's.", json_schema_extra=_limit("maximum", "max_steps")
+        default=None,
+        ge=2,
+        description="Default: the model's.",
+        json_schema_extra=_limit("maximum", "request_max_steps"),
     )
     guidance_scale: float = Field(default=5.0, ge=0, le=20)
     seed: int = Field(default=0, ge=0, le=2**63 - 1)
@@ -75,27 +78,27 @@ class GenerationRequest(BaseModel):
     def _not_blank(cls, prompt: str) -> str:
         if not prompt.strip():
             raise ValueError("must not be blank")
-        return _at_most_chars(prompt, get_settings().max_prompt_chars)
+        return _at_most_chars(prompt, get_settings().request_max_prompt_chars)
 
     @field_validator("negative_prompt")
     @classmethod
     def _negative_length(cls, text: str) -> str:
-        return _at_most_chars(text, get_settings().max_prompt_chars)
+        return _at_most_chars(text, get_settings().request_max_prompt_chars)
 
     @field_validator("width", "height")
     @classmethod
     def _side_limit(cls, side: int | None) -> int | None:
-        return _at_most(side, get_settings().max_side)
+        return _at_most(side, get_settings().request_max_side)
 
     @field_validator("num_frames")
     @classmethod
     def _frames_limit(cls, frames: int | None) -> int | None:
-        return _at_most(frames, get_settings().max_frames)
+        return _at_most(frames, get_settings().request_max_frames)
 
     @field_validator("num_inference_steps")
     @classmethod
     def _steps_limit(cls, steps: int | None) -> int | None:
-        return _at_most(steps, get_settings().max_steps)
+        return _at_most(steps, get_settings().request_max_steps)
 
     def shape(self, family: FamilyRules, default: Shape) -> Shape:
         """The concrete shape, checked against the family's size rules (InvalidRequest names the field)."""
