@@ -6,7 +6,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from api import errors
-from api.routes import admin, deliveries, health, jobs, workers
+from api.routes import admin, deliveries, events, health, jobs, openai_videos, workers
 
 DESCRIPTION = """
 Submit text-to-video jobs, follow them, fetch the MP4. Each job names a timestep-cache
@@ -20,6 +20,8 @@ def create_app() -> FastAPI:
     app = FastAPI(title="skipstep", version="0.1.0", description=DESCRIPTION)
     errors.install(app)
     app.include_router(jobs.router)
+    app.include_router(events.router)
+    app.include_router(openai_videos.router)
     app.include_router(deliveries.router)
     app.include_router(workers.router)
     app.include_router(health.router)

@@ -83,6 +83,14 @@ class Settings(BaseSettings):
         default=1.0, ge=0, description="Wait before the second try to store a video; doubled for each further one."
     )
 
+    # Server-sent events (GET /jobs/{id}/events)
+    event_poll_seconds: float = Field(
+        default=2.0, gt=0, le=60, description="A job's event stream re-reads the job at least this often."
+    )
+    event_streams_per_key: int = Field(
+        default=8, ge=1, description="Concurrent event streams one API key may hold open on one API process."
+    )
+
     # Dashboard
     dashboard_refresh_seconds: float = Field(
         default=5, ge=0, le=3600, description="Live refresh interval of /admin (0: off); ?refresh= overrides it."
