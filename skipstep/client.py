@@ -78,6 +78,8 @@ class _Follower:
 
     def seen(self, event: ServerSentEvent) -> JobView | None:
         """The finished job if ``event`` is the last one."""
+        if not event.data:
+            return None  # a keepalive comment, as httpx-sse reports it
         if event.id:
             self.last_id = event.id
         data = json.loads(event.data)

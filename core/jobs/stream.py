@@ -64,7 +64,7 @@ def read(settings: Settings, job_id: uuid.UUID) -> tuple[int, JobView]:
 def event_name(view: JobView, previous: JobStatus | None) -> str:
     if view.status.finished:
         return view.status.value
-    if view.status == previous == JobStatus.running:
+    if view.status == previous == JobStatus.running and view.progress is not None:
         return "progress"
     return "status"
 
