@@ -126,11 +126,21 @@ async def _body(request: Request) -> dict[str, Any]:
         if len(values) != len(form.getlist(name)):
             raise Invalid(name.split("[")[0], "file uploads are not supported")
         path = name.removesuffix("[]").replace("]", "").split("[")
+        if len(path) > 1:
+            # A nested field (extra_body's cache params, say) lost its JSON type in the form: 0.2 came as "0.2".
+            values = [_json_value(value) for value in values]
         target = fields
         for part in path[:-1]:
             target = target.setdefault(part, {})
         target[path[-1]] = values if name.endswith("[]") else values[-1]
     return fields
+
+
+def _json_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def _job_body(fields: dict[str, Any], default_model: str) -> JobCreate:
