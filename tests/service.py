@@ -193,7 +193,8 @@ class Service:
 
     def start_webhooks_worker(self) -> subprocess.Popen[bytes]:
         path = self.worker_log.with_name("webhooks.log")
-        command = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", "webhooks", "-c", "2"]
+        command = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", "webhooks"]
+        command += ["--pool", "threads", "-c", "32"]
         command += ["-l", "info", "-n", f"webhooks-{uuid.uuid4().hex[:6]}@%h"]
         process = subprocess.Popen(command, env=self.env, stdout=path.open("ab"), stderr=subprocess.STDOUT)
         self.processes.append(process)
@@ -214,6 +215,8 @@ class Service:
 
 # Small enough that a job takes about a second on two CPU cores.
 SMALL_JOB = {"width": 64, "height": 64, "num_frames": 9, "num_inference_steps": 6}
+# Within the default size limits, yet long enough to be watched running and canceled before it ends.
+SLOW_JOB = {"width": 128, "height": 128, "num_frames": 33, "num_inference_steps": 50}
 
 
 def service_env(settings: Settings, **values: str) -> dict[str, str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
-from service import FINISHED, Service, wait_until
+from service import FINISHED, SLOW_JOB, Service, wait_until
 from sqlalchemy.orm import Session
 
 from core import dashboard
@@ -249,7 +249,7 @@ def test_search_by_prompt_and_id(filled: Session) -> None:
 
 
 def test_job_page_follows_the_job_by_its_events(page: Page, service: Service) -> None:
-    job = service.submit(num_inference_steps=200)
+    job = service.submit(**SLOW_JOB)
     service.wait(job["id"], statuses=("running",))
     requests: list[str] = []
     page.on("request", lambda request: requests.append(request.url))

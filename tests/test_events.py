@@ -9,7 +9,7 @@ from contextlib import ExitStack
 import httpx
 import redis
 from httpx_sse import ServerSentEvent, connect_sse
-from service import Service, wait_until
+from service import SLOW_JOB, Service, wait_until
 
 from core.jobs.notify import channel
 
@@ -65,7 +65,7 @@ def test_events_follow_a_job_to_its_end_and_resume(service: Service) -> None:
 def test_streams_per_key_are_bounded_and_a_cancel_ends_them(service: Service) -> None:
     cap = service.settings.event_streams_per_key
     # Long enough to still be unfinished while the streams open; canceled below.
-    job = service.submit(key="bob", num_inference_steps=200)
+    job = service.submit(key="bob", **SLOW_JOB)
     announcements = redis.Redis.from_url(service.env["SKIPSTEP_BROKER_URL"]).pubsub()
     announcements.subscribe(channel(job["id"]))
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
-from service import SMALL_JOB, Service, free_port, wait_until
+from service import SLOW_JOB, SMALL_JOB, Service, free_port, wait_until
 
 from skipstep import ApiError, AsyncClient, Client, FieldError, JobView, WebhookVerificationError, verify_webhook
 
@@ -44,8 +44,8 @@ def test_create_wait_download_list(client: Client, service: Service, tmp_path: P
 
 
 def test_idempotent_create_cancel_and_errors(client: Client) -> None:
-    first = client.jobs.create("a slow one", idempotency_key="sdk-1", **(SMALL_JOB | {"num_inference_steps": 200}))
-    again = client.jobs.create("a slow one", idempotency_key="sdk-1", **(SMALL_JOB | {"num_inference_steps": 200}))
+    first = client.jobs.create("a slow one", idempotency_key="sdk-1", **SLOW_JOB)
+    again = client.jobs.create("a slow one", idempotency_key="sdk-1", **SLOW_JOB)
     assert again.id == first.id
     client.jobs.cancel(first.id)
     assert client.jobs.wait(first.id, timeout=120).status == "canceled"

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ValidationError
 
 from api.deps import KeyDep, SessionDep, SettingsDep, StorageDep
 from api.errors import OPENAI_FIELDS, openai_error_response
+from api.limits import RoomForJob
 from api.routes import jobs
 from api.schemas import JobCreate
 from core.db import ApiKey, Job, JobStatus
@@ -195,6 +196,7 @@ def _as_openai(result: Any) -> Any:
 async def create(
     request: Request,
     key: KeyDep,
+    room: RoomForJob,
     session: SessionDep,
     settings: SettingsDep,
     response: Response,
@@ -205,7 +207,7 @@ async def create(
         body = _job_body(await _body(request), settings.default_model)
     except Invalid as exc:
         return openai_error_response(status.HTTP_400_BAD_REQUEST, str(exc), exc.param)
-    return _as_openai(jobs.submit(body, key, session, settings, response, idempotency_key))
+    return _as_openai(jobs.submit(body, key, room, session, settings, response, idempotency_key))
 
 
 @router.get("", response_model=VideoList)

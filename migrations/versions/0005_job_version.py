@@ -1,7 +1,7 @@
 """jobs.version: bumped by every change a client can see, the id of the job's server-sent events.
 
 Revision ID: 0005
-Revises: 0004
+Revises: 0006
 Create Date: 2026-11-26
 """
 
@@ -12,7 +12,8 @@ from alembic import op
 
 # revision identifiers, used by Alembic.
 revision: str = "0005"
-down_revision: str | Sequence[str] | None = "0004"
+# Chained after main's 0006 (limits) so that this branch has one head; the brief's base was "0004".
+down_revision: str | Sequence[str] | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
