@@ -56,7 +56,9 @@ def test_create_poll_retrieve_download_list(client: openai.OpenAI, service: Serv
 
 def test_json_body_and_delete(client: openai.OpenAI, service: Service) -> None:
     with service.client() as http:
-        response = http.post("/v1/videos", json={"prompt": "a slow one", "size": "128x128", "seconds": "2", "num_inference_steps": 50})
+        response = http.post(
+            "/v1/videos", json={"prompt": "a slow one", "size": "128x128", "seconds": "2", "num_inference_steps": 50}
+        )
     assert response.status_code == 200, response.text
     video_id = response.json()["id"]
 
