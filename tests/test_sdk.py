@@ -145,7 +145,8 @@ def test_verify_webhook_on_a_real_delivery(client: Client, service: Service) -> 
     try:
         url = f"http://127.0.0.1:{server.server_port}/hook"
         job = client.jobs.create("hooked", webhook_url=url, **SMALL_JOB)
-        wait_until(lambda: Receiver.received, 120, 0.1, "the webhook delivery")
+        assert client.jobs.wait(job.id, timeout=300).status == "succeeded"
+        wait_until(lambda: Receiver.received, 60, 0.1, "the webhook delivery")
     finally:
         server.shutdown()
         server.server_close()

@@ -187,8 +187,8 @@ def _as_openai(result: Any) -> Any:
     """A skipstep route's answer, its errors reshaped as OpenAI's."""
     if isinstance(result, JSONResponse) and result.status_code >= 400:
         error = json.loads(result.body)["error"]
-        fields = error.get("fields") or [{}]
-        return openai_error_response(result.status_code, error["message"], fields[0].get("field"))
+        field = (error.get("fields") or [{}])[0].get("field")
+        return openai_error_response(result.status_code, error["message"], OPENAI_FIELDS.get(field, field))
     return video(result)
 
 
