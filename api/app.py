@@ -7,7 +7,7 @@ from fastapi.staticfiles import StaticFiles
 
 from api import errors, middleware
 from api.limits import RATE_LIMITED
-from api.routes import admin, deliveries, health, jobs, workers
+from api.routes import admin, deliveries, events, health, jobs, openai_videos, workers
 
 DESCRIPTION = """
 Submit text-to-video jobs, follow them, fetch the MP4. Each job names a timestep-cache
@@ -21,7 +21,7 @@ def create_app() -> FastAPI:
     app = FastAPI(title="skipstep", version="0.1.0", description=DESCRIPTION)
     errors.install(app)
     middleware.install(app)
-    for router in (jobs.router, deliveries.router, workers.router):
+    for router in (jobs.router, events.router, openai_videos.router, deliveries.router, workers.router):
         app.include_router(router, dependencies=RATE_LIMITED)
     app.include_router(health.router)
     app.include_router(admin.router)

@@ -90,6 +90,14 @@ class Settings(BaseSettings):
         default=1.0, ge=0, description="Wait before the second try to store a video; doubled for each further one."
     )
 
+    # Server-sent events (GET /jobs/{id}/events)
+    event_poll_seconds: float = Field(
+        default=2.0, gt=0, le=60, description="A job's event stream re-reads the job at least this often."
+    )
+    event_streams_per_key: int = Field(
+        default=8, ge=1, description="Concurrent event streams one API key may hold open on one API process."
+    )
+
     # Limits (core.limits); an API key's row may override each per-key figure.
     max_pixels: int = Field(
         default=832 * 480, ge=1, description="Most width x height of a job (Wan2.1-1.3B: 832x480 or 480x832)."

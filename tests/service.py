@@ -215,6 +215,8 @@ class Service:
 
 # Small enough that a job takes about a second on two CPU cores.
 SMALL_JOB = {"width": 64, "height": 64, "num_frames": 9, "num_inference_steps": 6}
+# Within the default size limits, yet long enough to be watched running and canceled before it ends.
+SLOW_JOB = {"width": 128, "height": 128, "num_frames": 33, "num_inference_steps": 50}
 
 
 def service_env(settings: Settings, **values: str) -> dict[str, str]:

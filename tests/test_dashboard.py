@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
-from service import FINISHED, Service, wait_until
+from service import FINISHED, SLOW_JOB, Service, wait_until
 from sqlalchemy.orm import Session
 
 from core.db import Base, Job, JobStatus, engine_for, session_scope, utcnow
@@ -245,3 +245,29 @@ def test_search_by_prompt_and_id(filled: Session) -> None:
     assert some.id in [row.id for row in by_prefix.rows]
     with pytest.raises(repository.CursorError):
         dashboard.jobs_page(filled, dashboard.JobFilter(), after="not-a-cursor")
+
+
+def test_job_page_follows_the_job_by_its_events(page: Page, service: Service) -> None:
+    job = service.submit(**SLOW_JOB)
+    service.wait(job["id"], statuses=("running",))
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    log_in(page, service, "admin")
+    page.wait_for_selector("#dashboard")
+    page.goto(f"{service.url}/admin/jobs/{job['id']}")
+    page.wait_for_selector("#job-progress")
+    page.evaluate("window.sameDocument = true")
+    loads = requests.count(f"{service.url}/admin/jobs/{job['id']}")
+
+    # Steps update the line in place, from the event stream: no reload, no polling.
+    first = page.inner_text("#job-progress")
+    page.wait_for_function("text => document.getElementById('job-progress').textContent !== text", arg=first)
+    assert page.evaluate("window.sameDocument") is True
+    assert requests.count(f"{service.url}/admin/jobs/{job['id']}") == loads
+    assert f"{service.url}/jobs/{job['id']}/events" in requests
+
+    # A change of status (here a cancel) reloads the page, rendered by the server.
+    with service.client("admin") as client:
+        assert client.post(f"/jobs/{job['id']}/cancel").status_code == 202
+    page.wait_for_selector(".badge.big.s-canceled")
+    assert page.evaluate("window.sameDocument") is None

@@ -339,7 +339,6 @@ def job_page(
     job_id: uuid.UUID,
     session: SessionDep,
     settings: SettingsDep,
-    refresh: Annotated[float | None, Query(ge=0, le=3600)] = None,
 ) -> Response:
     denied = _denied(request, session)
     if denied is not None:
@@ -364,8 +363,6 @@ def job_page(
         "branches": metrics.get("branches") or {},
         "step_seconds": metrics.get("step_seconds") or [],
         "deliveries": history(session, job.id),
-        # A finished job does not change any more: only an unfinished one reloads.
-        "refresh": 0 if job.status.finished else settings.dashboard_refresh_seconds if refresh is None else refresh,
     }
     return templates.TemplateResponse(request, "admin/job.html", context)
 
