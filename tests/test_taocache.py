@@ -193,3 +193,20 @@ def test_wan_tiny_run_is_reported_like_every_strategy(wan_tiny, profiles, small_
         assert report.ideal_speedup > 1
         assert result.fidelity is not None and result.fidelity.psnr > 10
         assert result.frames.shape == (9, 64, 64, 3)
+
+
+def test_taocache_job_through_the_api(service) -> None:
+    submitted = service.submit(cache={"strategy": "taocache", "params": {"early": "magcache"}})
+    job = service.wait(submitted["id"])
+    assert job["status"] == "succeeded", job["error"]
+    metrics = job["metrics"]
+    assert metrics["strategy"] == "taocache"
+    assert metrics["params"]["early"] == "magcache"
+    assert metrics["profile"] == "wan-tiny-128x128x17-20steps"
+    assert set(metrics["branches"]) == {"cond", "uncond"}
+    for figures in metrics["branches"].values():
+        assert len(figures["rules"]) == 6 and set(figures["rules"]) <= {"C", "m", "p"}
+        assert figures["schedule"] == figures["rules"].replace("m", ".").replace("p", ".")
+    skipped = sum(b["skipped"] for b in metrics["branches"].values())
+    assert job["progress"]["skipped_calls"] == skipped > 0
+    assert metrics["ideal_speedup"] > 1
