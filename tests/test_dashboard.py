@@ -13,9 +13,8 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from service import FINISHED, Service, wait_until
 from sqlalchemy.orm import Session
 
-from core import dashboard
 from core.db import Base, Job, JobStatus, engine_for, session_scope, utcnow
-from core.jobs import repository
+from core.jobs import dashboard, repository
 from core.keys import create_key
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -52,8 +52,9 @@ from dataclasses import dataclass
 import torch
 
 from core.caching.base import BranchFigures, BranchState, CacheReport, RunPlan, ScheduleFigures, TimestepCache
-from core.caching.magcache import MagCache, nearest_interp
+from core.caching.magcache import MagCache
 from core.caching.teacache import TeaCache
+from core.contract.schedules import nearest_interp
 from core.contract.strategies import TaoCacheParams
 from core.errors import CacheConfigError
 
