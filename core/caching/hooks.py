@@ -44,19 +44,22 @@ class _UnitHook(ModelHook):
         branch = self.context._context.name if self.context._context is not None else "cond"
         state = self.cache.state_for(branch)
         hidden_states = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        family = self.cache.plan.family
         if self.head:
             reused = self.cache.enter(state, hidden_states)
             if reused is not None:
                 if self.tail:
                     self.cache.exit(state, reused)
-                return self._pack(reused, kwargs) if self.whole_model else reused
+                if self.whole_model:
+                    return self._pack(reused, kwargs)
+                return family.skipped_block_output(reused, args, kwargs)
         elif not state.computing:
             if self.tail:
                 self.cache.exit(state, hidden_states)
-            return hidden_states
+            return family.skipped_block_output(hidden_states, args, kwargs)
         output = self.fn_ref.original_forward(*args, **kwargs)
         if self.tail:
-            self.cache.exit(state, self._unpack(output) if self.whole_model else output)
+            self.cache.exit(state, self._unpack(output) if self.whole_model else family.block_hidden_states(output))
         return output
 
     @staticmethod

@@ -12,13 +12,14 @@ from core.caching.easycache import EasyCache
 from core.caching.magcache import MagCache
 from core.caching.none import NoCache
 from core.caching.profiles import ProfileStore, transformer_signature
+from core.caching.taocache import TaoCache
 from core.caching.teacache import TeaCache
 from core.contract.shapes import Shape
 from core.contract.strategies import CacheSpec
 from core.errors import CacheConfigError
 
 CACHES: dict[str, type[TimestepCache]] = {
-    strategy.name: strategy for strategy in (NoCache, TeaCache, MagCache, EasyCache)
+    strategy.name: strategy for strategy in (NoCache, TeaCache, MagCache, EasyCache, TaoCache)
 }
 
 

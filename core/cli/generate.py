@@ -143,7 +143,7 @@ def _profiles(args: argparse.Namespace, settings: Settings) -> int:
     from core.caching.profiles import ProfileStore
 
     for profile in ProfileStore(settings.profiles_dir).all():
-        data = [name for name in ("magcache", "teacache") if getattr(profile, name) is not None]
+        data = [name for name in ("magcache", "teacache", "taocache") if getattr(profile, name) is not None]
         print(
             f"{profile.name}: {profile.model} {profile.width}x{profile.height}x{profile.num_frames}, "
             f"{profile.num_inference_steps} steps [{', '.join(data)}]"
@@ -155,7 +155,9 @@ def _format_schedule(title: str, branches: dict, ideal_speedup: float) -> str:
     lines = [f"{title} schedule (C computed, . reused), ideal speedup {ideal_speedup:.2f}x"]
     width = max(map(len, branches))
     for name, figures in branches.items():
-        lines.append(f"  {name:<{width}} {figures.schedule}  {figures.computed}/{figures.computed + figures.skipped}")
+        # A composite's figures name the rule behind each skip (see its strategy's docstring).
+        steps = getattr(figures, "rules", figures.schedule)
+        lines.append(f"  {name:<{width}} {steps}  {figures.computed}/{figures.computed + figures.skipped}")
     return "\n".join(lines)
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.contract.shapes import LTX, WAN, FamilyRules, Shape, family_for_transformer
+from core.contract.shapes import HUNYUAN, LTX, WAN, FamilyRules, Shape, family_for_transformer
 from core.errors import ModelLoadError
 
 TINY_SHAPE = Shape(width=128, height=128, num_frames=17, num_inference_steps=20)
@@ -31,6 +31,7 @@ PRESETS: dict[str, PresetInfo] = {
     for preset in (
         PresetInfo("wan-tiny", WAN, TINY_SHAPE, "small random Wan2.1 pipeline for tests, the demo and CPU benchmarks"),
         PresetInfo("ltx-tiny", LTX, TINY_SHAPE, "small random LTX-Video pipeline"),
+        PresetInfo("hunyuan-tiny", HUNYUAN, TINY_SHAPE, "small random HunyuanVideo pipeline (embedded guidance)"),
         PresetInfo(
             "wan2.1-1.3b-random",
             WAN,

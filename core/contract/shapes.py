@@ -62,7 +62,18 @@ LTX = FamilyRules(
     cfg_branches=("cond_uncond",),
 )
 
-FAMILIES: dict[str, FamilyRules] = {rules.name: rules for rules in (WAN, LTX)}
+# HunyuanVideo: VAE 8x spatial, 4x temporal, 2x2 patches; native 720p, 129 frames (5 s at 24 fps).
+HUNYUAN = FamilyRules(
+    name="hunyuan",
+    transformer_class="HunyuanVideoTransformer3DModel",
+    spatial_multiple=16,
+    temporal_multiple=4,
+    default_shape=Shape(width=1280, height=720, num_frames=129, num_inference_steps=50),
+    # Embedded guidance (a transformer input): HunyuanVideoPipeline makes one call per step.
+    cfg_branches=("cond",),
+)
+
+FAMILIES: dict[str, FamilyRules] = {rules.name: rules for rules in (WAN, LTX, HUNYUAN)}
 
 
 def family_for_transformer(class_name: str) -> FamilyRules:

@@ -8,7 +8,7 @@ schema and one ``StrategyInfo`` line here, one engine module and one line in the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -41,6 +41,25 @@ class EasyCacheParams(CacheParams):
     warmup_ratio: float = Field(default=0.2, ge=0, lt=1, description="Share of the first steps that always compute.")
 
 
+class TaoCacheParams(CacheParams):
+    threshold: float = Field(
+        default=0.5,
+        ge=0,
+        description="Accumulated unpredicted change, in last computed deltas, below which a late step is predicted.",
+    )
+    max_skip_steps: int = Field(default=3, ge=1, description="K: most consecutive predicted steps per branch.")
+    start_ratio: float = Field(
+        default=0.5,
+        ge=0,
+        lt=1,
+        description="Share of the first steps left to the early rule; TaoCache predicts only after it.",
+    )
+    early: Literal["none", "magcache", "teacache"] = Field(
+        default="none",
+        description="Rule for the early and middle steps (with its published defaults); none: compute them.",
+    )
+
+
 @dataclass(frozen=True)
 class StrategyInfo:
     name: str
@@ -71,6 +90,12 @@ STRATEGIES: dict[str, StrategyInfo] = {
             EasyCacheParams,
             None,
             "Reuse the whole model's transformation while its predicted change is small; no calibration.",
+        ),
+        StrategyInfo(
+            "taocache",
+            TaoCacheParams,
+            "taocache",
+            "Predict the late steps' output from calibrated cosines and norm ratios of consecutive output deltas.",
         ),
     )
 }
