@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from api import errors
+from api import errors, openapi
 from api.routes import admin, deliveries, health, jobs, workers
 
 DESCRIPTION = """
@@ -17,7 +17,9 @@ Authenticate with `Authorization: Bearer <API key>` (create keys with `skipstep 
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(title="skipstep", version="0.1.0", description=DESCRIPTION)
+    app = FastAPI(
+        title="skipstep", version="0.1.0", description=DESCRIPTION, generate_unique_id_function=openapi.operation_id
+    )
     errors.install(app)
     app.include_router(jobs.router)
     app.include_router(deliveries.router)
@@ -25,6 +27,7 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     app.include_router(admin.router)
     app.mount("/admin/static", StaticFiles(directory=admin.STATIC_DIR), name="admin-static")
+    openapi.install(app)
     return app
 
 
