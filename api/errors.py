@@ -19,8 +19,10 @@ CODES = {
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",
+    413: "too_large",
     422: "invalid_request",
-    500: "internal_error",
+    429: "rate_limited",
+    500: "internal",
     503: "unavailable",
 }
 
@@ -73,8 +75,3 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(_request: Request, exc: HTTPException) -> Any:
         return error_response(exc.status_code, str(exc.detail), **(exc.headers or {}))
-
-    @app.exception_handler(Exception)
-    async def unexpected(_request: Request, _exc: Exception) -> Any:
-        # Starlette logs the exception with its traceback after this answer; the client learns nothing internal.
-        return error_response(status.HTTP_500_INTERNAL_SERVER_ERROR, "an unexpected error occurred")

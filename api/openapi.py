@@ -15,6 +15,7 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
 
 from api.deps import admin_key, current_key, get_session
+from api.limits import rate_limit, room_for_a_job
 from core.webhooks.events import WebhookEvent
 
 BEARER = "bearerAuth"
@@ -41,12 +42,16 @@ DEPENDENCY_ERRORS: dict[Callable[..., Any], dict[int, str]] = {
     current_key: {401: "No valid API key in `Authorization: Bearer <key>`."},
     admin_key: {403: "The API key is valid but not an admin key."},
     get_session: {503: "The database is unreachable right now; retry after `Retry-After` seconds."},
+    rate_limit: {429: "Too many requests for this API key; retry after `Retry-After` seconds."},
+    room_for_a_job: {429: "This API key has as many unfinished jobs as it may; retry once some finish."},
 }
 INVALID = {422: "A parameter or body field breaks a rule; `error.fields` names each one and its rule."}
+TOO_LARGE = {413: "The body is over the size limit."}
 UNEXPECTED = {500: "An unexpected error; the body has the same shape as every other error."}
 
 ERROR_HEADERS = {
     "401": {"WWW-Authenticate": {"description": "`Bearer`", "schema": {"type": "string"}}},
+    "429": {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}},
     "503": {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}},
 }
 LOCATION = {"description": "The job's URL path, `/jobs/{id}`.", "schema": {"type": "string"}}
@@ -120,6 +125,8 @@ def error_statuses(route: RouteContext) -> dict[int, str]:
     kinds = ("path_params", "query_params", "header_params", "cookie_params", "body_params")
     if any(getattr(dependant, kind) for dependant in _tree(route.dependant) for kind in kinds):
         statuses |= INVALID
+    if any(dependant.body_params for dependant in _tree(route.dependant)):
+        statuses |= TOO_LARGE
     return statuses
 
 
