@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from core.db.session import UNREACHABLE
+from core.errors import InvalidRequest
 
 CODES = {
     400: "bad_request",
@@ -40,6 +41,25 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+class ApiError(Exception):
+    """What a route or dependency raises to answer with an error; ``install`` turns it into the one shape."""
+
+    def __init__(
+        self,
+        status_code: int,
+        message: str,
+        fields: list[FieldError] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code, self.message, self.fields, self.headers = status_code, message, fields, headers
+
+    @classmethod
+    def invalid(cls, field: str, rule: str) -> ApiError:
+        """422 naming the field and the rule it broke."""
+        return cls(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{field}: {rule}", [FieldError(field=field, rule=rule)])
 
 
 def error_response(status_code: int, message: str, fields: list[FieldError] | None = None, **headers: str) -> Any:
@@ -72,6 +92,17 @@ def install(app: FastAPI) -> None:
         message = "the database is unreachable right now; retry shortly"
         return error_response(status.HTTP_503_SERVICE_UNAVAILABLE, message, **{"Retry-After": "5"})
 
+    @app.exception_handler(ApiError)
+    async def api_error(_request: Request, exc: ApiError) -> Any:
+        return error_response(exc.status_code, exc.message, exc.fields, **(exc.headers or {}))
+
+    @app.exception_handler(InvalidRequest)
+    async def invalid_for_model(_request: Request, exc: InvalidRequest) -> Any:
+        # A size rule of the job's model family, checked once the model is known.
+        fields = [FieldError(field=exc.field, rule=exc.rule)]
+        return error_response(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc), fields)
+
+    # Starlette's own errors (no such route, method not allowed) in the same shape.
     @app.exception_handler(HTTPException)
     async def http_error(_request: Request, exc: HTTPException) -> Any:
         return error_response(exc.status_code, str(exc.detail), **(exc.headers or {}))

@@ -11,9 +11,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from core import dashboard
 from core.db import Job, JobStatus, session_scope, utcnow
-from core.jobs import repository
+from core.jobs import dashboard, repository
 
 WINDOW = timedelta(hours=1)
 

@@ -33,6 +33,13 @@ class Settings(BaseSettings):
     )
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
 
+    # Request bounds: what any generation request may ask (API, CLI); the per-key job-size ceilings
+    # (max_pixels, max_frames, ...) apply to service jobs within them.
+    request_max_prompt_chars: int = Field(default=2000, ge=1, description="Longest prompt or negative prompt.")
+    request_max_side: int = Field(default=1920, ge=16, description="Largest width or height in pixels.")
+    request_max_frames: int = Field(default=257, ge=1, description="Most frames of one video.")
+    request_max_steps: int = Field(default=200, ge=2, description="Most denoising steps.")
+
     # Service
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default: SQLite under home.")
     broker_url: str | None = Field(

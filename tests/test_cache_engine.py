@@ -8,7 +8,7 @@ import torch
 from pydantic import ValidationError
 
 from core.caching.registry import build_cache
-from core.caching.teacache import RETENTION_STEPS
+from core.contract.schedules import TEACACHE_RETENTION_STEPS as RETENTION_STEPS
 from core.contract.strategies import CacheSpec
 from core.errors import CacheConfigError
 from core.generation import generate, run

@@ -15,10 +15,9 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from service import FINISHED, Service, fresh_database, wait_until
 from sqlalchemy.orm import Session
 
-from core import dashboard
 from core.db import Job, JobStatus, session_scope, utcnow
 from core.db.migrate import upgrade
-from core.jobs import repository
+from core.jobs import dashboard, repository
 from core.keys import create_key
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -44,6 +44,12 @@ def test_submit_poll_download(service: Service) -> None:
         "skipped_calls": sum(schedule.count(".") for schedule in schedules),
     }
     assert [b["computed"] for b in metrics["branches"].values()] == [s.count("C") for s in schedules]
+    # The schedule the API predicted at submit, without the engine, is the one the worker ran.
+    assert submitted["expected"]["branches"] == {
+        name: {key: branch[key] for key in ("computed", "skipped", "schedule")}
+        for name, branch in metrics["branches"].items()
+    }
+    assert submitted["expected"]["ideal_speedup"] == pytest.approx(metrics["ideal_speedup"], abs=1e-3)
     assert metrics["denoise_seconds"] > 0 and metrics["speedup"] > 0
     assert len(metrics["step_seconds"]) == 6
     assert metrics["timings"]["submit_to_denoising"] > 0  # how long it takes: bench/service_latency.py
@@ -237,7 +243,7 @@ def test_unknown_job_is_404_and_openapi_documents_the_contract(service: Service)
         spec = client.get("/openapi.json").json()
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
     assert "/jobs/{job_id}/cancel" in spec["paths"]
-    example = spec["components"]["schemas"]["JobCreate"]["examples"][0]
+    example = spec["components"]["schemas"]["JobRequest"]["examples"][0]
     assert example["cache"]["strategy"] == "magcache"
 
 

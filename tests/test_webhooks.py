@@ -23,12 +23,13 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from api.app import app
+from core.contract.jobs import EventType
 from core.db import ApiKey, DeliveryStatus, Job, JobStatus, WebhookAttempt, WebhookDelivery, session_scope, utcnow
 from core.db.migrate import upgrade
 from core.keys import create_key
 from core.settings import Settings, get_settings
 from core.webhooks.delivery import attempt_delivery, claim, take_due
-from core.webhooks.events import STARTED, record_event
+from core.webhooks.events import record_event
 from core.webhooks.retry import Verdict
 
 
@@ -420,7 +421,7 @@ def test_events_are_recorded_once_when_subscribed_and_claimed_by_one_worker(stri
         silent = add_job(session, key.id, None, [])
         job = add_job(session, key.id, "https://example.com/hook", ["job.succeeded"])
         assert record_event(session, silent, "job.succeeded", strict.public_url) is None
-        assert record_event(session, job, STARTED, strict.public_url) is None  # not subscribed
+        assert record_event(session, job, EventType.started, strict.public_url) is None  # not subscribed
         delivery_id = record_event(session, job, "job.succeeded", strict.public_url)
         assert delivery_id is not None
         assert record_event(session, job, "job.succeeded", strict.public_url) is None

@@ -21,13 +21,12 @@ import torch
 from core.caching.base import ScheduleFigures
 from core.caching.profiles import ProfileStore
 from core.contract.jobs import EventType
-from core.contract.request import GenerationRequest
-from core.contract.strategies import CacheSpec
 from core.db import Job, JobStatus, session_scope, utcnow
 from core.db.session import retrying
 from core.errors import CacheConfigError, InvalidRequest
 from core.generation import GenerationResult, Progress, generate
 from core.jobs import dispatch, transitions, workers
+from core.jobs.mapping import request_of
 from core.jobs.transitions import RunOutcome
 from core.models import load_model
 from core.settings import Settings
@@ -123,19 +122,7 @@ class JobRunner:
         job = active.job
         steps = Steps(self, active)
         try:
-            request = GenerationRequest(
-                prompt=job.prompt,
-                negative_prompt=job.negative_prompt,
-                width=job.width,
-                height=job.height,
-                num_frames=job.num_frames,
-                num_inference_steps=job.num_inference_steps,
-                guidance_scale=job.guidance_scale,
-                seed=job.seed,
-                fps=job.fps,
-                cache=CacheSpec(strategy=job.cache_strategy, params=job.cache_params, profile=job.cache_profile),
-                compare=job.compare,
-            )
+            request = request_of(job)
             result = generate(self.model, request, self.profiles, steps.planned, steps.stepped)
         except StopJob as stop:
             self._stopped(active, stop)

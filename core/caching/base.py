@@ -27,6 +27,7 @@ import torch
 from pydantic import BaseModel
 
 from core.caching.profiles import Profile
+from core.contract.schedules import replay
 from core.contract.strategies import STRATEGIES, CacheParams
 from core.models.families import ModelFamily
 
@@ -185,14 +186,9 @@ class TimestepCache:
 
     def replay(self, branch: int, signals: Sequence[float]) -> list[bool]:
         """The compute (True) / reuse (False) decisions of one branch for its per-step signals."""
-        accumulator = self.new_accumulator()
-        decisions = []
-        for step in range(self.plan.num_steps):
-            compute = step == 0 or self.forced(step, branch) or not self.can_reuse(accumulator, signals[step])
-            if compute:
-                accumulator = self.new_accumulator()
-            decisions.append(compute)
-        return decisions
+        return replay(
+            self.plan.num_steps, signals, lambda step: self.forced(step, branch), self.new_accumulator, self.can_reuse
+        )
 
     def planned(self) -> ScheduleFigures | None:
         if self.schedule is None:

@@ -40,8 +40,12 @@ _SIGNATURE_KEYS = (
 
 def transformer_signature(transformer: Any) -> dict[str, Any]:
     """A diffusers transformer's class and dimensions, from its config (no torch needed to read it)."""
-    config = transformer.config
-    signature: dict[str, Any] = {"class": type(transformer).__name__}
+    return config_signature({"class": type(transformer).__name__, **transformer.config})
+
+
+def config_signature(config: dict[str, Any]) -> dict[str, Any]:
+    """The signature of a transformer's ``class`` and config, as ``core.contract.models`` reads them from disk."""
+    signature: dict[str, Any] = {"class": config["class"]}
     for key in _SIGNATURE_KEYS:
         if key in config:
             value = config[key]

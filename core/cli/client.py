@@ -10,22 +10,15 @@ from typing import Any
 
 import httpx
 
-from core.contract.strategies import parse_param
+from core.cli.request import add_request_options, request_fields
+from core.contract.request import JobRequest
 from core.errors import SkipstepError
 from core.settings import Settings
 
 
 def add_commands(commands: Any, settings: Settings) -> None:
     submit = commands.add_parser("submit", help="submit a job to the running service")
-    submit.add_argument("--prompt", required=True)
-    submit.add_argument("--cache", default="none", metavar="STRATEGY")
-    submit.add_argument("--cache-param", action="append", default=[], metavar="NAME=VALUE")
-    submit.add_argument("--width", type=int)
-    submit.add_argument("--height", type=int)
-    submit.add_argument("--num-frames", type=int)
-    submit.add_argument("--steps", type=int, dest="num_inference_steps")
-    submit.add_argument("--seed", type=int)
-    submit.add_argument("--compare", action="store_true", help="also run uncached: fidelity and measured speedup")
+    add_request_options(submit, JobRequest)
     submit.add_argument("--wait", action="store_true", help="follow the job until it finishes")
     submit.add_argument("--out", type=Path, metavar="FILE.mp4", help="with --wait: download the video here")
     submit.add_argument("--api-url", default=settings.public_url)
@@ -34,14 +27,8 @@ def add_commands(commands: Any, settings: Settings) -> None:
 
 
 def _submit(args: argparse.Namespace, settings: Settings) -> int:
-    body: dict[str, Any] = {
-        "prompt": args.prompt,
-        "cache": {"strategy": args.cache, "params": dict(parse_param(item) for item in args.cache_param)},
-        "compare": args.compare,
-    }
-    for field in ("width", "height", "num_frames", "num_inference_steps", "seed"):
-        if getattr(args, field) is not None:
-            body[field] = getattr(args, field)
+    # The service validates the body (its limits and models are its own settings).
+    body = request_fields(args, JobRequest)
     deadline = time.monotonic() + args.timeout
     with httpx.Client(base_url=args.api_url, timeout=30) as client:
         _wait_ready(client, deadline)

@@ -24,6 +24,11 @@ class FamilyRules:
     spatial_multiple: int
     temporal_multiple: int
     default_shape: Shape
+    # Cache-context names of the transformer calls of one step with classifier-free guidance, in call order.
+    cfg_branches: tuple[str, ...] = ("cond", "uncond")
+
+    def branches(self, do_cfg: bool) -> tuple[str, ...]:
+        return self.cfg_branches if do_cfg else ("cond",)
 
     def violations(self, shape: Shape) -> list[tuple[str, str]]:
         """(field, rule) for every size rule ``shape`` breaks."""
@@ -53,6 +58,8 @@ LTX = FamilyRules(
     spatial_multiple=32,
     temporal_multiple=8,
     default_shape=Shape(width=704, height=480, num_frames=161, num_inference_steps=50),
+    # LTXPipeline runs CFG as one batched call: both branches share a cache context.
+    cfg_branches=("cond_uncond",),
 )
 
 FAMILIES: dict[str, FamilyRules] = {rules.name: rules for rules in (WAN, LTX)}

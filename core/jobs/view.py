@@ -8,29 +8,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from core.contract.request import JobRequest
 from core.db import Job, JobStatus
-
-
-class CacheView(BaseModel):
-    strategy: str
-    params: dict[str, Any]
-    profile: str | None
-
-
-class JobInput(BaseModel):
-    prompt: str
-    negative_prompt: str
-    width: int
-    height: int
-    num_frames: int
-    num_inference_steps: int
-    guidance_scale: float
-    seed: int
-    fps: int
-    cache: CacheView
-    compare: bool
-    webhook_url: str | None
-    webhook_events: list[str]
+from core.jobs.expected import Expected
+from core.jobs.mapping import request_of
 
 
 class ProgressView(BaseModel):
@@ -124,8 +105,20 @@ class JobView(BaseModel):
     status_detail: str | None = Field(
         description="While queued: `waiting_for_worker` when no live worker serves the job's model."
     )
+    estimated_start_at: datetime | None = Field(
+        default=None,
+        description="While queued: when a worker may take the job, from the jobs ahead of it and the model's "
+        "workers' recent run times; null when there is nothing to estimate from.",
+    )
     cancel_requested: bool = Field(description="A cancel was asked for; a running job stops at its next step.")
-    input: JobInput = Field(description="The request, with the model's defaults and the seed filled in.")
+    input: JobRequest = Field(
+        description="The request as the job runs it: the model's defaults and the seed filled in."
+    )
+    expected: Expected | None = Field(
+        description="For strategies whose schedule is known ahead (MagCache; TeaCache where the calibration "
+        "profile has the job's steps): the planned computed and skipped calls per branch, the ideal speedup and "
+        "an estimated denoise time."
+    )
     progress: ProgressView | None = Field(description="Once running.")
     result: ResultView | None = Field(description="On success.")
     metrics: JobMetrics | None = Field(description="On success: what the cache saved and where the time went.")
@@ -134,7 +127,13 @@ class JobView(BaseModel):
     links: Links
 
 
-def job_view(job: Job, public_url: str, queue_position: int | None = None, waiting_for_worker: bool = False) -> JobView:
+def job_view(
+    job: Job,
+    public_url: str,
+    queue_position: int | None = None,
+    waiting_for_worker: bool = False,
+    estimated_start_at: datetime | None = None,
+) -> JobView:
     base = f"{public_url.rstrip('/')}/jobs/{job.id}"
     progress = None
     if job.progress_total:
@@ -162,22 +161,10 @@ def job_view(job: Job, public_url: str, queue_position: int | None = None, waiti
         model=job.model,
         queue_position=queue_position if job.status == JobStatus.queued else None,
         status_detail="waiting_for_worker" if waiting_for_worker and job.status == JobStatus.queued else None,
+        estimated_start_at=estimated_start_at if job.status == JobStatus.queued else None,
         cancel_requested=job.cancel_requested_at is not None,
-        input=JobInput(
-            prompt=job.prompt,
-            negative_prompt=job.negative_prompt,
-            width=job.width,
-            height=job.height,
-            num_frames=job.num_frames,
-            num_inference_steps=job.num_inference_steps,
-            guidance_scale=job.guidance_scale,
-            seed=job.seed,
-            fps=job.fps,
-            cache=CacheView(strategy=job.cache_strategy, params=job.cache_params, profile=job.cache_profile),
-            compare=job.compare,
-            webhook_url=job.webhook_url,
-            webhook_events=job.webhook_events,
-        ),
+        input=request_of(job),
+        expected=Expected.model_validate(job.expected) if job.expected else None,
         progress=progress,
         result=result,
         metrics=JobMetrics.model_validate(job.metrics) if job.metrics else None,

@@ -34,7 +34,7 @@ class ModelFamily:
 
     def branches(self, do_cfg: bool) -> list[str]:
         """Cache-context names of the transformer calls of one denoising step, in call order."""
-        return ["cond", "uncond"] if do_cfg else ["cond"]
+        return list(self.rules.branches(do_cfg))
 
     def timesteps(self, pipe: DiffusionPipeline, shape: Shape, device: torch.device) -> torch.Tensor:
         """The timesteps the family's pipeline will denoise at, computed as it computes them."""
@@ -86,10 +86,6 @@ class LTXFamily(ModelFamily):
     rules = LTX
     blocks_attribute = "transformer_blocks"
     max_sequence_length = 128
-
-    def branches(self, do_cfg: bool) -> list[str]:
-        # LTXPipeline runs CFG as one batched call: both branches share a cache context.
-        return ["cond_uncond"] if do_cfg else ["cond"]
 
     def timesteps(self, pipe: DiffusionPipeline, shape: Shape, device: torch.device) -> torch.Tensor:
         # As LTXPipeline.__call__: linear sigmas, shifted by the latent sequence length.
