@@ -164,7 +164,7 @@ def test_a_client_generated_from_the_served_schema_submits_gets_and_cancels(serv
         sys.path.remove(str(tmp_path))
 
     client = client_module.AuthenticatedClient(base_url=service.url, token=service.keys["alice"])
-    body = models.JobCreate.from_dict({"prompt": "a generated client's fox", **SMALL_JOB, "num_inference_steps": 40})
+    body = models.JobRequest.from_dict({"prompt": "a generated client's fox", **SMALL_JOB, "num_inference_steps": 40})
     created = jobs["create"].sync_detailed(client=client, body=body, idempotency_key=str(uuid.uuid4()))
     assert created.status_code == 202, created.content
     job = created.parsed
