@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from api import errors, middleware
+from api import errors, middleware, openapi
 from api.limits import RATE_LIMITED
 from api.routes import admin, deliveries, events, health, jobs, openai_videos, workers
 
@@ -18,7 +18,9 @@ Authenticate with `Authorization: Bearer <API key>` (create keys with `skipstep 
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(title="skipstep", version="0.1.0", description=DESCRIPTION)
+    app = FastAPI(
+        title="skipstep", version="0.1.0", description=DESCRIPTION, generate_unique_id_function=openapi.operation_id
+    )
     errors.install(app)
     middleware.install(app)
     for router in (jobs.router, events.router, openai_videos.router, deliveries.router, workers.router):
@@ -26,6 +28,7 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     app.include_router(admin.router)
     app.mount("/admin/static", StaticFiles(directory=admin.STATIC_DIR), name="admin-static")
+    openapi.install(app)
     return app
 
 

@@ -183,8 +183,8 @@ def cancel(job_id: uuid.UUID, key: KeyDep, session: SessionDep, settings: Settin
 @router.get(
     "/{job_id}/video",
     response_class=Response,
-    responses=NOT_FOUND
-    | {
+    responses={
+        404: {"model": ErrorResponse, "description": "No such job for this API key, or it has no video (yet)."},
         200: {"content": {"video/mp4": {}}, "description": "The MP4 (local storage)."},
         307: {"description": "Redirect to a time-limited URL of the MP4 (S3 storage)."},
     },

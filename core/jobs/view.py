@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -16,36 +16,87 @@ from core.jobs.mapping import request_of
 
 class ProgressView(BaseModel):
     step: int = Field(description="Denoising steps finished.")
-    total: int
-    percent: float
+    total: int = Field(description="Denoising steps in all.")
+    percent: float = Field(description="step / total, in percent, one decimal.")
     computed_calls: int = Field(description="Transformer calls (steps x CFG branches) that ran.")
     skipped_calls: int = Field(description="Transformer calls the cache replaced by a cached residual.")
 
 
 class ResultView(BaseModel):
-    video_url: str
-    bytes: int
-    duration_seconds: float
+    video_url: str = Field(description="GET it (with the API key) for the MP4: the file, or a 307 to the store.")
+    bytes: int = Field(description="Size of the MP4.")
+    duration_seconds: float = Field(description="Frames over fps.")
 
 
 class ErrorView(BaseModel):
-    code: str
-    message: str
+    code: str = Field(
+        description="Why the job failed: `invalid_request`, `generation_failed`, `storage_failed`, `timeout`, "
+        "`worker_lost`."
+    )
+    message: str = Field(description="What happened, for people; no server internals.")
 
 
 class Links(BaseModel):
-    self: str
-    cancel: str
-    video: str | None
-    deliveries: str
+    self: str = Field(description="This job.")
+    cancel: str = Field(description="POST to cancel it.")
+    video: str | None = Field(description="The MP4, once the job has succeeded.")
+    deliveries: str = Field(description="Its webhook deliveries and their attempts.")
+
+
+class BranchMetrics(BaseModel):
+    computed: int = Field(description="Steps whose transformer call ran for this CFG branch.")
+    skipped: int = Field(description="Steps that reused the cached residual instead.")
+    schedule: str = Field(description='One character per step: "C" computed, "." cached residual reused.')
+
+
+class FidelityMetrics(BaseModel):
+    """Against an uncached run of the same request and seed (``compare: true``)."""
+
+    psnr: float | None = Field(description="dB over the decoded frames; null when identical (infinite).")
+    ssim: float | None = Field(description="Mean structural similarity of the decoded frames, 1 when identical.")
+    baseline_denoise_seconds: float = Field(description="Denoising time of the uncached run.")
+    measured_speedup: float = Field(description="Uncached denoising time over this job's.")
+
+
+class StageTimings(BaseModel):
+    """Seconds per stage; null where the stage did not happen."""
+
+    queued: float | None = Field(description="Submitted to started.")
+    submit_to_denoising: float | None = Field(description="Submitted to the first denoising step starting.")
+    text_encoding: float | None
+    denoising: float | None
+    vae_decode: float | None
+    mp4_encoding: float | None
+    upload: float | None
+
+
+class JobMetrics(BaseModel):
+    """What the cache saved and where the time went (on success)."""
+
+    strategy: str = Field(description="The cache strategy that ran.")
+    params: dict[str, Any] = Field(description="Its parameters, defaults filled in.")
+    profile: str | None = Field(description="The calibration profile it used, if any.")
+    steps_total: int
+    branches: dict[str, BranchMetrics] = Field(description="Per CFG branch (`cond`, `uncond`).")
+    denoise_seconds: float
+    seconds_per_step: float
+    seconds_per_computed_step: float
+    estimated_full_seconds: float = Field(description="Denoising time plus the skipped calls at the per-call time.")
+    speedup: float = Field(description="Measured when compared (`speedup_basis`), else the engine's estimate.")
+    speedup_basis: Literal["measured", "estimated"]
+    estimated_speedup: float
+    ideal_speedup: float = Field(description="All calls over computed calls.")
+    fidelity: FidelityMetrics | None = Field(description="With `compare: true` only.")
+    step_seconds: list[float] = Field(description="Wall time of each denoising step.")
+    timings: StageTimings
 
 
 class JobView(BaseModel):
     id: uuid.UUID
-    status: JobStatus
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    status: JobStatus = Field(description="queued, running, then succeeded, failed or canceled.")
+    created_at: datetime = Field(description="When it was submitted.")
+    started_at: datetime | None = Field(description="When a worker started it (its latest attempt).")
+    finished_at: datetime | None = Field(description="When it reached its final status.")
     model: str = Field(description="The model that runs the job.")
     queue_position: int | None = Field(
         description="While queued: 1 means the next job a worker of its model takes (jobs are taken round-robin "
@@ -59,7 +110,7 @@ class JobView(BaseModel):
         description="While queued: when a worker may take the job, from the jobs ahead of it and the model's "
         "workers' recent run times; null when there is nothing to estimate from.",
     )
-    cancel_requested: bool
+    cancel_requested: bool = Field(description="A cancel was asked for; a running job stops at its next step.")
     input: JobRequest = Field(
         description="The request as the job runs it: the model's defaults and the seed filled in."
     )
@@ -68,14 +119,11 @@ class JobView(BaseModel):
         "profile has the job's steps): the planned computed and skipped calls per branch, the ideal speedup and "
         "an estimated denoise time."
     )
-    progress: ProgressView | None
-    result: ResultView | None
-    metrics: dict[str, Any] | None = Field(
-        description="On success: denoise seconds, seconds per computed step, speedup, steps computed and "
-        "skipped per CFG branch with the skip schedule, stage timings, fidelity when measured."
-    )
-    error: ErrorView | None
-    worker: str | None
+    progress: ProgressView | None = Field(description="Once running.")
+    result: ResultView | None = Field(description="On success.")
+    metrics: JobMetrics | None = Field(description="On success: what the cache saved and where the time went.")
+    error: ErrorView | None = Field(description="On failure: why.")
+    worker: str | None = Field(description="The worker (host:pid) that ran it last.")
     links: Links
 
 
@@ -119,7 +167,7 @@ def job_view(
         expected=Expected.model_validate(job.expected) if job.expected else None,
         progress=progress,
         result=result,
-        metrics=job.metrics,
+        metrics=JobMetrics.model_validate(job.metrics) if job.metrics else None,
         error=error,
         worker=job.worker_id,
         links=Links(

@@ -6,8 +6,9 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import Field
 from sqlalchemy import and_, func, select, update
 from sqlalchemy.orm import Session
 
@@ -90,18 +91,18 @@ def mark_gone(session: Session, heartbeat_seconds: float) -> list[tuple[str, str
 
 @dataclass(frozen=True)
 class WorkerStatus:
-    id: str
+    id: Annotated[str, Field(description="host:pid, as jobs name their worker.")]
     hostname: str
     pid: int
-    model: str
-    device: str
-    current_job_id: uuid.UUID | None
-    jobs_done: int
+    model: Annotated[str, Field(description="The model it serves (one queue, `generate.<model>`).")]
+    device: Annotated[str, Field(description="cpu, cuda, cuda:1, ...")]
+    current_job_id: Annotated[uuid.UUID | None, Field(description="The job it is running; null when idle.")]
+    jobs_done: Annotated[int, Field(description="Jobs it has finished since it started.")]
     started_at: datetime
-    last_seen_at: datetime
-    stopped_at: datetime | None
+    last_seen_at: Annotated[datetime, Field(description="Its latest heartbeat.")]
+    stopped_at: Annotated[datetime | None, Field(description="When it shut down cleanly; null while running.")]
     stop_reason: str | None
-    alive: bool
+    alive: Annotated[bool, Field(description="Heard from within three heartbeats.")]
 
 
 def statuses(session: Session, heartbeat_seconds: float, limit: int = 100) -> list[WorkerStatus]:

@@ -52,7 +52,9 @@
       state.textContent = text;
     }
     function liveLabel() {
-      label(seconds > 0 ? `Live · every ${seconds} s` : "Live refresh off");
+      // A refresh that was under way when the tab was hidden ends after the pause began.
+      if (hidden()) label("Paused while the tab is hidden");
+      else label(seconds > 0 ? `Live · every ${seconds} s` : "Live refresh off");
     }
 
     function swap(fragments) {
@@ -90,7 +92,7 @@
         label(`Refresh failed (${error.message}); retrying`);
       }
     }
-    refresh.paused = () => label("Paused while the tab is hidden");
+    refresh.paused = liveLabel;
 
     const restart = every(seconds, refresh);
 
