@@ -17,6 +17,12 @@ from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift, retrieve_times
 from core.contract.shapes import LTX, WAN, FamilyRules, Shape, family_for_transformer
 
 
+def in_fp32(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """``module(*args, **kwargs)`` with its parameters in float32, the module itself unchanged."""
+    parameters = {name: parameter.float() for name, parameter in module.named_parameters()}
+    return torch.func.functional_call(module, parameters, args, kwargs)
+
+
 class ModelFamily:
     """The engine side of a family; its size rules and default shape are ``rules`` (the request contract)."""
 
@@ -62,11 +68,11 @@ class WanFamily(ModelFamily):
 
     @torch.no_grad()
     def timestep_embeddings(self, transformer: torch.nn.Module, timesteps: torch.Tensor) -> dict[str, torch.Tensor]:
+        # In fp32 whatever the model's dtype, as TeaCache's reference computes them.
         embedder = transformer.condition_embedder
-        text_dim = embedder.text_embedder.linear_1.in_features
-        # The text part is irrelevant here; one token keeps the call cheap.
-        text = torch.zeros(len(timesteps), 1, text_dim, device=timesteps.device, dtype=transformer.dtype)
-        temb, timestep_proj, _, _ = embedder(timesteps, text)
+        sinusoid = embedder.timesteps_proj(timesteps).float()
+        temb = in_fp32(embedder.time_embedder, sinusoid)
+        timestep_proj = in_fp32(embedder.time_proj, embedder.act_fn(temb))
         return {"temb": temb, "timestep_proj": timestep_proj}
 
     def encode_prompt(
@@ -115,8 +121,8 @@ class LTXFamily(ModelFamily):
 
     @torch.no_grad()
     def timestep_embeddings(self, transformer: torch.nn.Module, timesteps: torch.Tensor) -> dict[str, torch.Tensor]:
-        timestep_proj, temb = transformer.time_embed(
-            timesteps, batch_size=len(timesteps), hidden_dtype=transformer.dtype
+        timestep_proj, temb = in_fp32(
+            transformer.time_embed, timesteps, batch_size=len(timesteps), hidden_dtype=torch.float32
         )
         return {"temb": temb, "timestep_proj": timestep_proj}
 
