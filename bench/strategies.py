@@ -259,7 +259,10 @@ def report(table: list[Row], header: str) -> str:
         quality = (
             ("inf", "1.000")
             if row is plain
-            else (f"{psnr(last.frames, plain.outcomes[-1].frames):.2f}", f"{ssim(last.frames, plain.outcomes[-1].frames):.3f}")
+            else (
+                f"{psnr(last.frames, plain.outcomes[-1].frames):.2f}",
+                f"{ssim(last.frames, plain.outcomes[-1].frames):.3f}",
+            )
         )
         lines.append(
             f"| {row.label} | {last.computed}/{last.total} | {ideal:.2f}x | {median:.2f} | {min(times):.2f}-"
@@ -292,9 +295,11 @@ def main() -> None:
         seed=0,
     )
     bench = Bench(model, settings, request)
-    table = [row for row in rows(bench, compiled=False) if not args.only or row.family == "plain" or any(
-        row.label.startswith(prefix) for prefix in args.only
-    )]
+    table = [
+        row
+        for row in rows(bench, compiled=False)
+        if not args.only or row.family == "plain" or any(row.label.startswith(prefix) for prefix in args.only)
+    ]
     measure(table, args.repeats)
     if args.compile:
         compile_blocks(model, "inductor")

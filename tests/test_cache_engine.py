@@ -122,7 +122,9 @@ def test_fbcache_equals_diffusers_first_block_cache(wan_tiny, profiles, small_re
 
     threshold = SKIPPING["fbcache"]["threshold"]
     with Recorder(wan_tiny) as recorder:
-        ours = generate(wan_tiny, small_request(cache={"strategy": "fbcache", "params": {"threshold": threshold}}), profiles)
+        ours = generate(
+            wan_tiny, small_request(cache={"strategy": "fbcache", "params": {"threshold": threshold}}), profiles
+        )
     ours_outputs = recorder.outputs
     last_ffn = ffn_of(wan_tiny.family.blocks(wan_tiny.transformer)[-1])
     calls, tail_ran = [], []

@@ -23,7 +23,10 @@ STRATEGIES = [
     ("magcache", {"retention_ratio": 0.0}),
     ("easycache", {"threshold": 0.5, "warmup_steps": 1}),
     ("fbcache", {"threshold": 0.5}),
-    ("dbcache", {"Fn_compute_blocks": 1, "Bn_compute_blocks": 1, "max_warmup_steps": 1, "residual_diff_threshold": 0.5}),
+    (
+        "dbcache",
+        {"Fn_compute_blocks": 1, "Bn_compute_blocks": 1, "max_warmup_steps": 1, "residual_diff_threshold": 0.5},
+    ),
     ("taylorseer", {"warmup_steps": 2, "interval": 2}),
     ("magcache", {"retention_ratio": 0.0, "predictor": "taylorseer"}),
 ]

@@ -67,7 +67,12 @@ class JobRunner:
         with session_scope(settings.database) as session:
             workers.register(session, self.worker_id, socket.gethostname(), os.getpid(), model, device)
         log.info(
-            "loaded model %s on %s in %.1f s (compiled: %s, worker %s)", model, device, loaded, settings.compile, self.worker_id
+            "loaded model %s on %s in %.1f s (compiled: %s, worker %s)",
+            model,
+            device,
+            loaded,
+            settings.compile,
+            self.worker_id,
         )
         self.heartbeat = Heartbeat(self)
         self.heartbeat.start()

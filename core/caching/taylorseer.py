@@ -28,9 +28,7 @@ class TaylorSeer(TimestepCache):
 
     def forced(self, step: int, branch: int) -> bool:
         warmup, stop = self.params.warmup_steps, self.params.stop_step
-        return (
-            step < warmup or (step - warmup - 1) % self.params.interval == 0 or (stop is not None and step >= stop)
-        )
+        return step < warmup or (step - warmup - 1) % self.params.interval == 0 or (stop is not None and step >= stop)
 
     def signals(self) -> dict[str, Sequence[float]]:
         return {branch: [0.0] * self.plan.num_steps for branch in self.plan.branches}

@@ -90,7 +90,9 @@ class DBCacheParams(PredictorParams):
     )
     max_cached_steps: int = Field(default=-1, ge=-1, description="Most reused steps per branch (-1: no limit).")
     max_continuous_cached_steps: int = Field(
-        default=-1, ge=-1, description="Most consecutive reused steps per branch, counted as cache-dit counts (-1: no limit)."
+        default=-1,
+        ge=-1,
+        description="Most consecutive reused steps per branch, counted as cache-dit counts (-1: no limit).",
     )
     steps_computation_mask: list[Literal[0, 1]] | None = Field(
         default=None, description="Per step: 1 always computes, 0 may reuse; steps past its end may reuse."
