@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from api import errors
+from api import errors, middleware
+from api.limits import RATE_LIMITED
 from api.routes import admin, deliveries, health, jobs, workers
 
 DESCRIPTION = """
@@ -19,9 +20,9 @@ Authenticate with `Authorization: Bearer <API key>` (create keys with `skipstep 
 def create_app() -> FastAPI:
     app = FastAPI(title="skipstep", version="0.1.0", description=DESCRIPTION)
     errors.install(app)
-    app.include_router(jobs.router)
-    app.include_router(deliveries.router)
-    app.include_router(workers.router)
+    middleware.install(app)
+    for router in (jobs.router, deliveries.router, workers.router):
+        app.include_router(router, dependencies=RATE_LIMITED)
     app.include_router(health.router)
     app.include_router(admin.router)
     app.mount("/admin/static", StaticFiles(directory=admin.STATIC_DIR), name="admin-static")

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from sqlalchemy.orm import Session
 
+from core import admin_sessions
 from core.db import ApiKey, sessions
 from core.keys import authenticate
 from core.settings import Settings, get_settings
@@ -44,13 +45,12 @@ ADMIN_COOKIE = "skipstep_admin"
 
 
 def admin_cookie_key(request: Request, session: Session) -> ApiKey | None:
-    """The admin dashboard's session (an admin key in an HttpOnly cookie), honoured for reads only,
+    """The admin behind the dashboard's session cookie (core.admin_sessions), honoured for reads only,
     so that a ``<video src>`` on an admin page can load; writes still need the Bearer header."""
     token = request.cookies.get(ADMIN_COOKIE)
     if not token or request.method not in ("GET", "HEAD"):
         return None
-    key = authenticate(session, token)
-    return key if key is not None and key.is_admin else None
+    return admin_sessions.key_for(session, token)
 
 
 def current_key(request: Request, session: SessionDep) -> ApiKey:

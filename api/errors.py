@@ -19,7 +19,10 @@ CODES = {
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",
+    413: "too_large",
     422: "invalid_request",
+    429: "rate_limited",
+    500: "internal",
     503: "unavailable",
 }
 

@@ -75,6 +75,9 @@ class Stack:
             "SKIPSTEP_REDISPATCH_SECONDS": "4",
             "SKIPSTEP_SHUTDOWN_GRACE_SECONDS": "2",
             "SKIPSTEP_WEBHOOK_ALLOW_PRIVATE": "true",
+            # One key submits every job of the soak: its per-key limits are not what this measures.
+            "SKIPSTEP_RATE_PER_SECOND": "0",
+            "SKIPSTEP_MAX_ACTIVE_JOBS": "0",
             "OMP_NUM_THREADS": "1",
         }
         self.log = (root / "stack.log").open("ab")
@@ -82,7 +85,8 @@ class Stack:
         self.api = self._start([sys.executable, "-m", "uvicorn", "api.app:app", "--port", str(self.api_port)])
         self.workers = [self.start_worker() for _ in range(workers)]
         self.webhooks = self._start(
-            [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", "webhooks", "-c", "2"]
+            [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", "webhooks"]
+            + ["--pool", "threads", "-c", "32"]
             + ["--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "warning"]
         )
 

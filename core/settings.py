@@ -89,6 +89,28 @@ class Settings(BaseSettings):
         default=1.0, ge=0, description="Wait before the second try to store a video; doubled for each further one."
     )
 
+    # Limits (core.limits); an API key's row may override each per-key figure.
+    max_pixels: int = Field(
+        default=832 * 480, ge=1, description="Most width x height of a job (Wan2.1-1.3B: 832x480 or 480x832)."
+    )
+    max_frames: int = Field(default=81, ge=1, description="Most frames of a job.")
+    max_steps: int = Field(default=50, ge=1, description="Most denoising steps of a job.")
+    max_cost: int = Field(
+        default=832 * 480 * 81 * 50, ge=1, description="Most width x height x frames x steps of a job."
+    )
+    rate_per_second: float = Field(
+        default=20, ge=0, description="Requests per second an API key may make on average (0: unlimited)."
+    )
+    rate_burst: int = Field(default=200, ge=1, description="Requests an API key may make at once after a pause.")
+    max_active_jobs: int = Field(
+        default=100, ge=0, description="Queued plus running jobs an API key may have (0: unlimited)."
+    )
+    limit_admin_keys: bool = Field(default=False, description="Apply rate and job-count limits to admin keys too.")
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024, description="Largest request body; larger ones get 413.")
+    admin_session_hours: float = Field(
+        default=12, gt=0, le=24 * 30, description="Dashboard sessions expire after this."
+    )
+
     # Dashboard
     dashboard_refresh_seconds: float = Field(
         default=5, ge=0, le=3600, description="Live refresh interval of /admin (0: off); ?refresh= overrides it."
@@ -101,6 +123,12 @@ class Settings(BaseSettings):
     webhook_connect_timeout: float = Field(default=5, gt=0, description="Seconds to connect to a webhook URL.")
     webhook_read_timeout: float = Field(
         default=10, gt=0, description="Seconds a webhook receiver may take for each read of its response."
+    )
+    webhook_deadline: float = Field(
+        default=15, gt=0, description="Seconds one webhook attempt may take in all: connect, send and read."
+    )
+    webhook_endpoint_concurrency: int = Field(
+        default=4, ge=1, description="Attempts in flight at once to one receiver (scheme, host, port) per process."
     )
     webhook_retry_scale: float = Field(
         default=1.0, gt=0, le=1, description="Multiplies every retry delay (tests shrink the schedule with it)."

@@ -45,7 +45,7 @@ class LocalStorage:
     def local_path(self, key: str) -> Path:
         path = (self.root / key).resolve()
         if not path.is_relative_to(self.root.resolve()):
-            raise StorageError(f"storage key {key!r} leaves the storage directory")
+            raise StorageError("the storage key leaves the storage directory")
         return path
 
     def put(self, key: str, path: Path) -> int:
@@ -64,13 +64,13 @@ class LocalStorage:
 
     def check(self) -> None:
         if not self.root.is_dir():
-            raise StorageError(f"storage directory {self.root} does not exist")
+            raise StorageError("the storage directory does not exist")
 
     def ensure(self) -> None:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StorageError(f"storage directory {self.root}: {exc.strerror}") from exc
+            raise StorageError(f"the storage directory cannot be created: {exc.strerror}") from exc
 
 
 class S3Storage:
@@ -90,14 +90,14 @@ class S3Storage:
         try:
             self.client.upload_file(str(path), self.bucket, key, ExtraArgs={"ContentType": "video/mp4"})
         except (BotoCoreError, ClientError) as exc:
-            raise StorageError(f"upload of {key} to bucket {self.bucket}: {exc}") from exc
+            raise StorageError(f"upload of {key} to bucket {self.bucket}: {_reason(exc)}") from exc
         return path.stat().st_size
 
     def delete(self, key: str) -> None:
         try:
             self.client.delete_object(Bucket=self.bucket, Key=key)
         except (BotoCoreError, ClientError) as exc:
-            raise StorageError(f"deleting {key} from bucket {self.bucket}: {exc}") from exc
+            raise StorageError(f"deleting {key} from bucket {self.bucket}: {_reason(exc)}") from exc
 
     def presigned_url(self, key: str) -> str | None:
         return self.client.generate_presigned_url(
@@ -111,20 +111,28 @@ class S3Storage:
         try:
             self.client.head_bucket(Bucket=self.bucket)
         except (BotoCoreError, ClientError) as exc:
-            raise StorageError(f"bucket {self.bucket}: {exc}") from exc
+            raise StorageError(f"bucket {self.bucket}: {_reason(exc)}") from exc
 
     def ensure(self) -> None:
         try:
             self.client.head_bucket(Bucket=self.bucket)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket"):
-                raise StorageError(f"bucket {self.bucket}: {exc}") from exc
+                raise StorageError(f"bucket {self.bucket}: {_reason(exc)}") from exc
             try:
                 self.client.create_bucket(Bucket=self.bucket)
             except (BotoCoreError, ClientError) as create_exc:
-                raise StorageError(f"creating bucket {self.bucket}: {create_exc}") from create_exc
+                raise StorageError(f"creating bucket {self.bucket}: {_reason(create_exc)}") from create_exc
         except BotoCoreError as exc:
-            raise StorageError(f"bucket {self.bucket}: {exc}") from exc
+            raise StorageError(f"bucket {self.bucket}: {_reason(exc)}") from exc
+
+
+def _reason(exc: BotoCoreError | ClientError) -> str:
+    """What went wrong, without endpoint addresses or file paths (messages reach clients and job rows)."""
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        return f"{error.get('Code', 'error')} {error.get('Message', '')}".strip()
+    return exc.__class__.__name__
 
 
 def storage_from(settings: Settings) -> Storage:

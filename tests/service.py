@@ -193,7 +193,8 @@ class Service:
 
     def start_webhooks_worker(self) -> subprocess.Popen[bytes]:
         path = self.worker_log.with_name("webhooks.log")
-        command = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", "webhooks", "-c", "2"]
+        command = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", "webhooks"]
+        command += ["--pool", "threads", "-c", "32"]
         command += ["-l", "info", "-n", f"webhooks-{uuid.uuid4().hex[:6]}@%h"]
         process = subprocess.Popen(command, env=self.env, stdout=path.open("ab"), stderr=subprocess.STDOUT)
         self.processes.append(process)

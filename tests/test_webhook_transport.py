@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from standardwebhooks import Webhook
+from trickle import TrickleReceiver
 
 from core.webhooks import Target, deliver, headers, new_secret, parse_retry_after, post
 
@@ -246,3 +247,16 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after("-5", now) is None
     assert parse_retry_after("1.5", now) is None
     assert parse_retry_after("soon", now) is None
+
+
+def test_a_receiver_that_trickles_its_answer_is_cut_off_at_the_deadline() -> None:
+    # One byte every 0.3 s keeps every read under its 2 s timeout: only the whole-attempt deadline ends it.
+    receiver = TrickleReceiver(interval=0.3)
+    try:
+        target = Target("http", "127.0.0.1", receiver.port, "/hook", ("127.0.0.1",), "127.0.0.1")
+        outcome = post(target, {}, BODY, connect_timeout=2, read_timeout=2, deadline_seconds=1.0)
+    finally:
+        receiver.close()
+    assert outcome.status_code is None
+    assert outcome.error == "no complete response within the 1 s deadline"
+    assert 1.0 <= outcome.duration_seconds < 3.0

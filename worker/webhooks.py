@@ -9,7 +9,7 @@ import time
 import uuid
 from typing import Any
 
-from celery.signals import worker_process_init
+from celery.signals import worker_ready
 
 from core.db import session_scope
 from core.settings import Settings, get_settings
@@ -31,8 +31,9 @@ def sweep_forever(settings: Settings) -> None:
             log.exception("webhook sweep failed; retrying")
 
 
-@worker_process_init.connect
+@worker_ready.connect
 def _start_sweep(**_: Any) -> None:
+    # In the worker's main process: the webhooks worker runs a threads pool (attempts wait on the network).
     if WEBHOOKS_QUEUE in consumed_queues():
         threading.Thread(
             target=sweep_forever, args=(get_settings(),), name="skipstep-webhook-sweep", daemon=True

@@ -21,8 +21,8 @@ from fastapi.templating import Jinja2Templates
 from jinja2 import Undefined
 from sqlalchemy.orm import Session
 
-from api.deps import ADMIN_COOKIE, AdminDep, SessionDep, SettingsDep, bearer_token
-from core import dashboard
+from api.deps import ADMIN_COOKIE, AdminDep, SessionDep, SettingsDep, admin_cookie_key, bearer_token
+from core import admin_sessions, dashboard
 from core.contract.strategies import STRATEGIES
 from core.db import ApiKey, Job, JobStatus, utcnow
 from core.jobs import dispatch, repository, workers
@@ -35,7 +35,6 @@ STATIC_DIR = API_DIR / "static" / "admin"
 templates = Jinja2Templates(directory=API_DIR / "templates")
 
 REFRESH_CHOICES = (0.0, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
-SESSION_SECONDS = 12 * 3600
 PAGE_SIZE = 50
 FRAGMENTS = ("counters", "jobs", "workers", "queue")
 PALETTE = ("#2563eb", "#ea580c", "#16a34a", "#9333ea", "#db2777", "#0891b2", "#ca8a04")
@@ -127,9 +126,15 @@ def _day(value: str, field: str) -> datetime | None:
     if not value:
         return None
     try:
-        return datetime.combine(date.fromisoformat(value), time(), tzinfo=UTC)
+        day = date.fromisoformat(value)
     except ValueError:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{field}: not a date (YYYY-MM-DD)") from None
+    # The day after `to` bounds the range: keep both ends inside what datetime and the database can hold.
+    if not date(1, 1, 2) <= day < date.max:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, f"{field}: must be between 0001-01-02 and 9999-12-30"
+        )
+    return datetime.combine(day, time(), tzinfo=UTC)
 
 
 def dashboard_query(
@@ -178,8 +183,8 @@ NOT_A_KEY = "This is not a valid API key (or it has been revoked)."
 
 def _denied(request: Request, session: Session) -> Response | None:
     """None for an admin; otherwise the login page (no key, or a bad one) or a 403 page (not admin)."""
-    token = bearer_token(request) or request.cookies.get(ADMIN_COOKIE)
-    key = authenticate(session, token) if token else None
+    token = bearer_token(request)
+    key = authenticate(session, token) if token else admin_cookie_key(request, session)
     if key is None:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse(
@@ -215,7 +220,12 @@ def login_page(request: Request, next_: Annotated[str, Query(alias="next")] = "/
 
 
 @router.post("/login", response_class=HTMLResponse)
-def login(request: Request, session: SessionDep, form: Annotated[dict[str, str], Depends(login_form)]) -> Response:
+def login(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    form: Annotated[dict[str, str], Depends(login_form)],
+) -> Response:
     raw = form.get("key", "").strip()
     target = form.get("next", "/admin")
     key = authenticate(session, raw) if raw else None
@@ -223,11 +233,13 @@ def login(request: Request, session: SessionDep, form: Annotated[dict[str, str],
         return _login_page(request, status.HTTP_401_UNAUTHORIZED, NOT_A_KEY, target)
     if not key.is_admin:
         return _login_page(request, status.HTTP_403_FORBIDDEN, NOT_ADMIN, target)
+    lifetime = timedelta(hours=settings.admin_session_hours)
+    token = admin_sessions.open_session(session, key, lifetime, request.headers.get("user-agent"))
     response = RedirectResponse(_base(request) + _safe_next(target), status.HTTP_303_SEE_OTHER)
     response.set_cookie(
         ADMIN_COOKIE,
-        raw,
-        max_age=SESSION_SECONDS,
+        token,
+        max_age=int(lifetime.total_seconds()),
         path="/",
         secure=request.url.scheme == "https",
         httponly=True,
@@ -237,7 +249,10 @@ def login(request: Request, session: SessionDep, form: Annotated[dict[str, str],
 
 
 @router.api_route("/logout", methods=["GET", "POST"])
-def logout(request: Request) -> Response:
+def logout(request: Request, session: SessionDep) -> Response:
+    token = request.cookies.get(ADMIN_COOKIE)
+    if token:
+        admin_sessions.revoke_token(session, token)
     response = RedirectResponse(f"{_base(request)}/admin/login", status.HTTP_303_SEE_OTHER)
     response.delete_cookie(
         ADMIN_COOKIE, path="/", secure=request.url.scheme == "https", httponly=True, samesite="strict"
@@ -350,3 +365,30 @@ def job_page(
         "refresh": 0 if job.status.finished else settings.dashboard_refresh_seconds if refresh is None else refresh,
     }
     return templates.TemplateResponse(request, "admin/job.html", context)
+
+
+# Sessions
+
+
+@router.get("/api/sessions")
+def sessions_json(_admin: AdminDep, session: SessionDep) -> Any:
+    """Live dashboard sessions (never their tokens), newest first."""
+    rows = [
+        {
+            "id": row.id,
+            "key": name,
+            "created_at": row.created_at,
+            "expires_at": row.expires_at,
+            "user_agent": row.user_agent,
+        }
+        for row, name in admin_sessions.live(session)
+    ]
+    return JSONResponse(jsonable_encoder({"sessions": rows}))
+
+
+@router.post("/api/sessions/{session_id}/revoke")
+def revoke_session(session_id: uuid.UUID, _admin: AdminDep, session: SessionDep) -> Any:
+    """End a dashboard session at once; its cookie stops working."""
+    if not admin_sessions.revoke(session, session_id):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no live session {session_id}")
+    return JSONResponse({"revoked": str(session_id)})

@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from api.deps import KeyDep, SessionDep, SettingsDep, StorageDep
 from api.errors import ErrorResponse, FieldError, error_response
+from api.limits import RoomForJob, size_refusal
 from api.schemas import JobCreate, JobPage
 from core.contract.models import default_shape
 from core.db import ApiKey, Job, JobStatus
@@ -48,11 +49,13 @@ def _view(session: SessionDep, job: Job, settings: SettingsDep) -> JobView:
     responses={
         409: {"model": ErrorResponse, "description": "Idempotency-Key reused with a different body."},
         422: {"model": ErrorResponse, "description": "A field breaks a rule; each is named."},
+        429: {"model": ErrorResponse, "description": "Too many requests, or too many jobs in flight for the key."},
     },
 )
 def submit(
     body: JobCreate,
     key: KeyDep,
+    _room: RoomForJob,
     session: SessionDep,
     settings: SettingsDep,
     response: Response,
@@ -72,12 +75,16 @@ def submit(
         if existing is not None:
             return _replay(session, existing, fingerprint, settings, response)
 
+    fields = body.job_fields(default_shape(settings.model))
+    refusal = size_refusal(key, settings, fields)
+    if refusal is not None:
+        return refusal
     job = Job(
         owner_id=key.id,
         model=settings.default_model,
         idempotency_key=idempotency_key,
         request_hash=fingerprint,
-        **body.job_fields(default_shape(settings.model)),
+        **fields,
     )
     session.add(job)
     try:

@@ -68,7 +68,8 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
     children.append(Child("api", api, env))
     for model in settings.model_sources:
         children.append(Child(f"worker {model}", [python, "-m", "core.cli", "worker", "--model", model], env))
-    webhooks = [python, "-m", "celery", "-A", "worker.app", "worker", "-Q", "webhooks", "-c", "2", "-l", "info"]
+    webhooks = [python, "-m", "celery", "-A", "worker.app", "worker", "-Q", "webhooks", "-l", "info"]
+    webhooks += ["--pool", "threads", "-c", "32"]  # attempts wait on the network, not the CPU
     webhooks += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
     children.append(Child("webhooks", [*webhooks, "-n", f"webhooks@{socket.gethostname()}"], env))
     pid_file = settings.home / PID_FILE

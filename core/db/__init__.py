@@ -1,4 +1,5 @@
 from core.db.models import (
+    AdminSession,
     ApiKey,
     Base,
     DeliveryStatus,
@@ -14,6 +15,7 @@ from core.db.models import (
 from core.db.session import engine_for, session_scope, sessions
 
 __all__ = [
+    "AdminSession",
     "ApiKey",
     "Base",
     "DeliveryStatus",

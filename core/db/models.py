@@ -54,6 +54,29 @@ class ApiKey(Base):
     webhook_secret: Mapped[str] = mapped_column(String(100))
     previous_webhook_secret: Mapped[str | None] = mapped_column(String(100))
     previous_webhook_secret_expires_at: Mapped[datetime | None]
+    # Per-key limits; null: the global setting of the same name (core.settings.Settings, core.limits).
+    max_pixels: Mapped[int | None] = mapped_column(BigInteger)
+    max_frames: Mapped[int | None]
+    max_steps: Mapped[int | None]
+    max_cost: Mapped[int | None] = mapped_column(BigInteger)
+    rate_per_second: Mapped[float | None] = mapped_column(Float)
+    rate_burst: Mapped[int | None]
+    max_active_jobs: Mapped[int | None]
+
+
+class AdminSession(Base):
+    """A dashboard login: the cookie holds a random token, the row only its hash."""
+
+    __tablename__ = "admin_sessions"
+    __table_args__ = (Index("ix_admin_sessions_key", "key_id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    key_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("api_keys.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+    user_agent: Mapped[str | None] = mapped_column(String(200))
 
 
 class Job(Base):

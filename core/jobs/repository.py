@@ -7,7 +7,7 @@ import base64
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select
@@ -48,8 +48,12 @@ def encode_cursor(value: datetime | float, job_id: uuid.UUID) -> str:
 def decode_cursor(cursor: str, parse: Callable[[str], Any] = datetime.fromisoformat) -> tuple[Any, uuid.UUID]:
     try:
         text, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
-        return parse(text), uuid.UUID(job_id)
-    except (ValueError, UnicodeDecodeError) as exc:
+        value = parse(text)
+        if isinstance(value, datetime):
+            # In range once converted to UTC, as the database compares it (0001-01-01T00:00:00+14:00 is not).
+            value = value.astimezone(UTC)
+        return value, uuid.UUID(job_id)
+    except (ValueError, UnicodeDecodeError, OverflowError) as exc:
         raise CursorError("not a cursor returned by this API for this order") from exc
 
 

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from core.db import ApiKey, DeliveryStatus, Job, WebhookAttempt, WebhookDelivery, session_scope, utcnow
 from core.keys import signing_secrets
 from core.settings import Settings
+from core.webhooks import endpoints
 from core.webhooks.retry import Decision, Verdict, decide
 from core.webhooks.signing import headers
 from core.webhooks.transport import AttemptOutcome, deliver
@@ -28,6 +29,8 @@ log = logging.getLogger("skipstep.webhooks")
 # A due delivery whose task was sent this long ago without being claimed has lost its message: send it again.
 REDISPATCH_AFTER = timedelta(seconds=30)
 SWEEP_BATCH = 100
+# A delivery whose receiver already has its most attempts in flight waits this long before it is sent again.
+ENDPOINT_BUSY_DELAY = timedelta(seconds=1)
 STATUS_AFTER = {
     Verdict.DELIVERED: DeliveryStatus.succeeded,
     Verdict.RETRY: DeliveryStatus.pending,
@@ -155,12 +158,41 @@ def tls_context() -> ssl.SSLContext:
 
 
 def attempt_lease(settings: Settings) -> timedelta:
-    # The read timeout bounds each read, not the whole exchange: leave ample room before declaring the worker dead.
-    return timedelta(seconds=30 + 2 * (settings.webhook_connect_timeout + settings.webhook_read_timeout))
+    # An attempt ends by its deadline (DNS aside): leave ample room before declaring the worker dead.
+    return timedelta(seconds=30 + 2 * settings.webhook_deadline)
+
+
+def defer(session: Session, delivery_id: uuid.UUID, delay: timedelta) -> None:
+    """Move a pending, due delivery's next attempt later without counting an attempt (its receiver is busy)."""
+    now = utcnow()
+    session.execute(
+        update(WebhookDelivery)
+        .where(
+            WebhookDelivery.id == delivery_id,
+            WebhookDelivery.status == DeliveryStatus.pending,
+            WebhookDelivery.next_attempt_at <= now,
+        )
+        .values(next_attempt_at=now + delay)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def attempt_delivery(settings: Settings, delivery_id: uuid.UUID) -> Decision | None:
-    """Make the delivery's next attempt if it is due; the decision taken after it, or None if not attempted."""
+    """Make the delivery's next attempt if it is due and its receiver has a free slot in this process; the
+    decision taken after it, or None if not attempted (a busy receiver's delivery is deferred a moment)."""
+    with session_scope(settings.database) as session:
+        url = session.scalar(select(WebhookDelivery.url).where(WebhookDelivery.id == delivery_id))
+    if url is None:
+        return None
+    with endpoints.slot(url, settings.webhook_endpoint_concurrency) as free:
+        if not free:
+            with session_scope(settings.database) as session:
+                defer(session, delivery_id, ENDPOINT_BUSY_DELAY)
+            return None
+        return _attempt(settings, delivery_id)
+
+
+def _attempt(settings: Settings, delivery_id: uuid.UUID) -> Decision | None:
     with session_scope(settings.database) as session:
         claimed = claim(session, delivery_id, attempt_lease(settings))
     if claimed is None:
@@ -173,6 +205,7 @@ def attempt_delivery(settings: Settings, delivery_id: uuid.UUID) -> Decision | N
         allow_private=settings.webhook_allow_private,
         connect_timeout=settings.webhook_connect_timeout,
         read_timeout=settings.webhook_read_timeout,
+        deadline_seconds=settings.webhook_deadline,
         ssl_context=tls_context(),
     )
     decision = decide(outcome, claimed.number)

@@ -2,16 +2,20 @@
 
 import ssl
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
+from typing import Any
 
+import httpcore
 import httpx
 
 from core.webhooks.addresses import Target, UnresolvableHost, UnsafeWebhookURL, resolve_target
 
 MAX_RESPONSE_EXCERPT = 1024
 USER_AGENT = "skipstep-webhooks"
+DEFAULT_DEADLINE = 15.0
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,7 @@ def deliver(
     allow_private: bool,
     connect_timeout: float,
     read_timeout: float,
+    deadline_seconds: float = DEFAULT_DEADLINE,
     ssl_context: ssl.SSLContext | None = None,
 ) -> AttemptOutcome:
     """Checks the URL afresh (DNS may have changed since the last attempt) and posts to it."""
@@ -42,7 +47,10 @@ def deliver(
         return AttemptOutcome(None, str(exc), time.monotonic() - started, refused=True)
     except UnresolvableHost as exc:
         return AttemptOutcome(None, str(exc), time.monotonic() - started)
-    return post(target, headers, body, connect_timeout, read_timeout, ssl_context=ssl_context)
+    remaining = max(0.001, deadline_seconds - (time.monotonic() - started))
+    return post(
+        target, headers, body, connect_timeout, read_timeout, deadline_seconds=remaining, ssl_context=ssl_context
+    )
 
 
 def post(
@@ -52,11 +60,13 @@ def post(
     connect_timeout: float,
     read_timeout: float,
     *,
+    deadline_seconds: float = DEFAULT_DEADLINE,
     ssl_context: ssl.SSLContext | None = None,
 ) -> AttemptOutcome:
     """POSTs to target.connect_address with the original Host header, SNI and certificate host name.
 
-    Redirects are returned, never followed. The read timeout bounds each wait for data, not the whole response.
+    Redirects are returned, never followed. The connect and read timeouts bound each wait; ``deadline_seconds``
+    bounds the whole attempt (connect, TLS, send, every read), so a receiver that trickles bytes cannot hold it.
     """
     address = f"[{target.connect_address}]" if ":" in target.connect_address else target.connect_address
     url = f"{target.scheme}://{address}:{target.port}{target.path}"
@@ -65,9 +75,11 @@ def post(
     request_headers["host"] = target.host_header
     timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=connect_timeout)
     started = time.monotonic()
+    deadline = started + deadline_seconds
+    transport = _deadline_transport(deadline, ssl_context or httpx.create_ssl_context())
     try:
         with (
-            httpx.Client(verify=ssl_context or True, trust_env=False, follow_redirects=False) as client,
+            httpx.Client(transport=transport, trust_env=False, follow_redirects=False) as client,
             client.stream(
                 "POST",
                 url,
@@ -83,7 +95,9 @@ def post(
                 if len(excerpt) >= MAX_RESPONSE_EXCERPT:
                     break
     except httpx.TransportError as exc:
-        return AttemptOutcome(None, _describe(exc), time.monotonic() - started)
+        late = isinstance(exc, httpx.TimeoutException) and time.monotonic() >= deadline - 0.01
+        error = f"no complete response within the {deadline_seconds:g} s deadline" if late else _describe(exc)
+        return AttemptOutcome(None, error, time.monotonic() - started)
     return AttemptOutcome(
         status_code=response.status_code,
         error=None,
@@ -133,3 +147,67 @@ def _root_cause(exc: BaseException) -> BaseException:
     while (inner := exc.__cause__ or exc.__context__) is not None:
         exc = inner
     return exc
+
+
+class DeadlineExceeded(httpcore.TimeoutException):
+    """The attempt's whole-exchange deadline passed before the next network operation."""
+
+
+def _deadline_transport(deadline: float, ssl_context: ssl.SSLContext) -> httpx.HTTPTransport:
+    transport = httpx.HTTPTransport(verify=ssl_context)
+    # httpx cannot be given a network backend, only its httpcore pool can: the one private attribute set here.
+    transport._pool = httpcore.ConnectionPool(ssl_context=ssl_context, network_backend=_DeadlineBackend(deadline))
+    return transport
+
+
+def _within(deadline: float, timeout: float | None) -> float:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise DeadlineExceeded("deadline exceeded")
+    return remaining if timeout is None else min(timeout, remaining)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A socket stream whose every read and write waits no longer than what is left of the deadline."""
+
+    def __init__(self, inner: httpcore.NetworkStream, deadline: float) -> None:
+        self._inner = inner
+        self._deadline = deadline
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _within(self._deadline, timeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _within(self._deadline, timeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
+        inner = self._inner.start_tls(ssl_context, server_hostname, _within(self._deadline, timeout))
+        return _DeadlineStream(inner, self._deadline)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    def __init__(self, deadline: float) -> None:
+        self._deadline = deadline
+        self._inner = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        stream = self._inner.connect_tcp(host, port, _within(self._deadline, timeout), local_address, socket_options)
+        return _DeadlineStream(stream, self._deadline)
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)

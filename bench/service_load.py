@@ -1,0 +1,170 @@
+"""Submit throughput and latency of the API under concurrent clients: starts uvicorn (--workers N) on the
+given PostgreSQL database and Redis, then C clients, each with its own API key, make N submits in all
+(POST /jobs, then one GET /jobs/{id} of the job just made), and the database is checked afterwards for lost
+and duplicated jobs. No GPU worker runs unless --busy-worker starts one (wan-tiny, on the same cores).
+
+    .venv/bin/python bench/service_load.py --database-url postgresql+psycopg://postgres@127.0.0.1:5432/bench \
+        --broker-url redis://127.0.0.1:6379/9 --submits 2000 --concurrency 16 --api-workers 2
+
+The database must be empty or a bench database of this script (it is migrated here). Rate and job-count
+limits stay on, set high enough never to refuse, so that their cost is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+from sqlalchemy import select
+
+from core.db import Job, session_scope
+from core.db.migrate import upgrade
+from core.keys import create_key
+
+JOB = {"width": 64, "height": 64, "num_frames": 9, "num_inference_steps": 6}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def ms(samples: list[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))] * 1000
+
+
+def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(command, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the API exited ({process.returncode})")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise SystemExit("the API did not become ready")
+
+
+async def client_loop(url: str, key: str, run: str, numbers: asyncio.Queue[int], results: dict[str, list]) -> None:
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as client:
+        while True:
+            try:
+                number = numbers.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            started = time.perf_counter()
+            try:
+                response = await client.post("/jobs", json={"prompt": f"load {run} {number}", "seed": number, **JOB})
+            except httpx.TransportError as exc:
+                results["errors"].append(f"submit {number}: {exc.__class__.__name__}")
+                continue
+            results["submit"].append(time.perf_counter() - started)
+            if response.status_code != 202:
+                results["errors"].append(f"submit {number}: {response.status_code} {response.text[:200]}")
+                continue
+            job_id = response.json()["id"]
+            results["accepted"].append(job_id)
+            started = time.perf_counter()
+            poll = await client.get(f"/jobs/{job_id}")
+            results["poll"].append(time.perf_counter() - started)
+            if poll.status_code != 200:
+                results["errors"].append(f"poll {job_id}: {poll.status_code}")
+
+
+async def load(url: str, keys: list[str], run: str, submits: int) -> tuple[dict[str, list], float]:
+    numbers: asyncio.Queue[int] = asyncio.Queue()
+    for number in range(submits):
+        numbers.put_nowait(number)
+    results: dict[str, list] = {"submit": [], "poll": [], "accepted": [], "errors": []}
+    started = time.perf_counter()
+    await asyncio.gather(*(client_loop(url, key, run, numbers, results) for key in keys))
+    return results, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--database-url", required=True)
+    parser.add_argument("--broker-url", required=True)
+    parser.add_argument("--submits", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--api-workers", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=100, help="submits made and not counted, first")
+    parser.add_argument("--busy-worker", action="store_true", help="run a wan-tiny worker taking the jobs")
+    args = parser.parse_args()
+
+    upgrade(args.database_url)
+    with session_scope(args.database_url) as session:
+        keys = [create_key(session, f"bench-{uuid.uuid4().hex[:6]}")[1] for _ in range(args.concurrency)]
+    home = Path(tempfile.mkdtemp(prefix="skipstep-bench-"))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = os.environ | {
+        "SKIPSTEP_HOME": str(home),
+        "SKIPSTEP_DATABASE_URL": args.database_url,
+        "SKIPSTEP_BROKER_URL": args.broker_url,
+        "SKIPSTEP_PUBLIC_URL": url,
+        "SKIPSTEP_DEVICE": "cpu",
+        "SKIPSTEP_RATE_PER_SECOND": "100000",
+        "SKIPSTEP_RATE_BURST": "100000",
+        "SKIPSTEP_MAX_ACTIVE_JOBS": str(10 * (args.submits + args.warmup)),
+        "OMP_NUM_THREADS": "1",
+    }
+    (home / "videos").mkdir()
+    command = [sys.executable, "-m", "uvicorn", "api.app:app", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--workers", str(args.api_workers), "--log-level", "warning"]
+    processes = [start(command, env, home / "api.log")]
+    try:
+        wait_ready(url, processes[0])
+        if args.busy_worker:
+            worker = [sys.executable, "-m", "core.cli", "worker", "--model", "wan-tiny"]
+            processes.append(start(worker, env, home / "worker.log"))
+        asyncio.run(load(url, keys, f"warmup-{uuid.uuid4().hex[:6]}", args.warmup))
+        run = uuid.uuid4().hex[:8]
+        results, seconds = asyncio.run(load(url, keys, run, args.submits))
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=30)
+
+    with session_scope(args.database_url) as session:
+        rows = session.execute(select(Job.id, Job.prompt).where(Job.prompt.like(f"load {run} %"))).all()
+    stored = {str(job_id) for job_id, _ in rows}
+    accepted = set(results["accepted"])
+    lost = len(accepted - stored)
+    duplicated = len(rows) - len({prompt for _, prompt in rows})
+    print(
+        f"{args.submits} submits, {args.concurrency} clients, {args.api_workers} API processes, "
+        f"{'busy' if args.busy_worker else 'no'} worker"
+    )
+    print(f"throughput      {len(results['submit']) / seconds:7.1f} submits/s ({seconds:.1f} s)")
+    print(
+        f"POST /jobs      p50 {ms(results['submit'], 0.5):6.1f} ms  p99 {ms(results['submit'], 0.99):6.1f} ms"
+        f"  mean {statistics.mean(results['submit']) * 1000:6.1f} ms"
+    )
+    print(f"GET /jobs/{{id}}  p50 {ms(results['poll'], 0.5):6.1f} ms  p99 {ms(results['poll'], 0.99):6.1f} ms")
+    print(f"accepted {len(accepted)}, stored {len(stored)}, lost {lost}, duplicated {duplicated}")
+    print(f"errors {len(results['errors'])}" + (f": {results['errors'][:3]}" if results["errors"] else ""))
+
+
+if __name__ == "__main__":
+    main()
