@@ -32,6 +32,12 @@ class Settings(BaseSettings):
         description="Where built presets, calibration profiles and the embedded default's data are kept.",
     )
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
+    compile: bool = Field(
+        default=False,
+        description="Compile the transformer's repeated blocks (torch.compile, fullgraph) in GPU workers, warmed up "
+        "at worker start on the model's default shape.",
+    )
+    compile_backend: str = Field(default="inductor", description="The torch.compile backend SKIPSTEP_COMPILE uses.")
 
     # Request bounds: what any generation request may ask (API, CLI); the per-key job-size ceilings
     # (max_pixels, max_frames, ...) apply to service jobs within them.

@@ -29,6 +29,7 @@ from core.jobs import dispatch, transitions, workers
 from core.jobs.mapping import request_of
 from core.jobs.transitions import RunOutcome
 from core.models import load_model
+from core.models.compile import prepare_compiled
 from core.settings import Settings
 from core.storage import Storage, StorageError, storage_from, video_key
 from core.video import encode_mp4, to_uint8
@@ -53,6 +54,7 @@ class JobRunner:
         self.lease = timedelta(seconds=settings.job_lease_seconds)
         started = time.perf_counter()
         self.model = load_model(source, settings)
+        prepare_compiled(self.model, settings)
         loaded = time.perf_counter() - started
         self.profiles = ProfileStore(settings.profiles_dir)
         self.storage: Storage = storage_from(settings)
@@ -63,7 +65,14 @@ class JobRunner:
         device = str(self.model.device)
         with session_scope(settings.database) as session:
             workers.register(session, self.worker_id, socket.gethostname(), os.getpid(), model, device)
-        log.info("loaded model %s on %s in %.1f s (worker %s)", model, device, loaded, self.worker_id)
+        log.info(
+            "loaded model %s on %s in %.1f s (compiled: %s, worker %s)",
+            model,
+            device,
+            loaded,
+            settings.compile,
+            self.worker_id,
+        )
         self.heartbeat = Heartbeat(self)
         self.heartbeat.start()
         dispatcher.dispatch(settings, [model])

@@ -17,6 +17,12 @@ from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift, retrieve_times
 from core.contract.shapes import HUNYUAN, LTX, WAN, FamilyRules, Shape, family_for_transformer
 
 
+def in_fp32(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """``module(*args, **kwargs)`` with its parameters in float32, the module itself unchanged."""
+    parameters = {name: parameter.float() for name, parameter in module.named_parameters()}
+    return torch.func.functional_call(module, parameters, args, kwargs)
+
+
 class ModelFamily:
     """The engine side of a family; its size rules and default shape are ``rules`` (the request contract)."""
 
@@ -29,8 +35,13 @@ class ModelFamily:
     def name(self) -> str:
         return self.rules.name
 
-    def blocks(self, transformer: torch.nn.Module) -> torch.nn.ModuleList:
-        return getattr(transformer, self.blocks_attribute)
+    def block_lists(self, transformer: torch.nn.Module) -> list[torch.nn.ModuleList]:
+        """The model's own lists of blocks, in call order (one for most families)."""
+        return [getattr(transformer, self.blocks_attribute)]
+
+    def blocks(self, transformer: torch.nn.Module) -> list[torch.nn.Module]:
+        """Every block, in call order: the cached unit is a run of them."""
+        return [block for blocks in self.block_lists(transformer) for block in blocks]
 
     def block_hidden_states(self, output: Any) -> torch.Tensor:
         """The video tokens from a block's output (blocks that also carry text tokens return both)."""
@@ -70,11 +81,11 @@ class WanFamily(ModelFamily):
 
     @torch.no_grad()
     def timestep_embeddings(self, transformer: torch.nn.Module, timesteps: torch.Tensor) -> dict[str, torch.Tensor]:
+        # In fp32 whatever the model's dtype, as TeaCache's reference computes them.
         embedder = transformer.condition_embedder
-        text_dim = embedder.text_embedder.linear_1.in_features
-        # The text part is irrelevant here; one token keeps the call cheap.
-        text = torch.zeros(len(timesteps), 1, text_dim, device=timesteps.device, dtype=transformer.dtype)
-        temb, timestep_proj, _, _ = embedder(timesteps, text)
+        sinusoid = embedder.timesteps_proj(timesteps).float()
+        temb = in_fp32(embedder.time_embedder, sinusoid)
+        timestep_proj = in_fp32(embedder.time_proj, embedder.act_fn(temb))
         return {"temb": temb, "timestep_proj": timestep_proj}
 
     def encode_prompt(
@@ -119,8 +130,8 @@ class LTXFamily(ModelFamily):
 
     @torch.no_grad()
     def timestep_embeddings(self, transformer: torch.nn.Module, timesteps: torch.Tensor) -> dict[str, torch.Tensor]:
-        timestep_proj, temb = transformer.time_embed(
-            timesteps, batch_size=len(timesteps), hidden_dtype=transformer.dtype
+        timestep_proj, temb = in_fp32(
+            transformer.time_embed, timesteps, batch_size=len(timesteps), hidden_dtype=torch.float32
         )
         return {"temb": temb, "timestep_proj": timestep_proj}
 
@@ -158,9 +169,9 @@ class HunyuanFamily(ModelFamily):
     rules = HUNYUAN
     max_sequence_length = 256
 
-    def blocks(self, transformer: torch.nn.Module) -> torch.nn.ModuleList:
+    def block_lists(self, transformer: torch.nn.Module) -> list[torch.nn.ModuleList]:
         # The cached unit spans both stacks, as in the reference TeaCache/MagCache for HunyuanVideo.
-        return torch.nn.ModuleList([*transformer.transformer_blocks, *transformer.single_transformer_blocks])
+        return [transformer.transformer_blocks, transformer.single_transformer_blocks]
 
     def block_hidden_states(self, output: Any) -> torch.Tensor:
         return output[0]
