@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from api import errors, middleware
+from api import errors, middleware, openapi
 from api.limits import RATE_LIMITED
-from api.routes import admin, deliveries, health, jobs, models, workers
+from api.routes import admin, deliveries, events, health, jobs, models, openai_videos, workers
 
 DESCRIPTION = """
 Submit text-to-video jobs, follow them, fetch the MP4. Each job names a timestep-cache
@@ -18,14 +18,17 @@ Authenticate with `Authorization: Bearer <API key>` (create keys with `skipstep 
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(title="skipstep", version="0.1.0", description=DESCRIPTION)
+    app = FastAPI(
+        title="skipstep", version="0.1.0", description=DESCRIPTION, generate_unique_id_function=openapi.operation_id
+    )
     errors.install(app)
     middleware.install(app)
-    for router in (jobs.router, deliveries.router, models.router, workers.router):
+    for router in (jobs.router, events.router, openai_videos.router, deliveries.router, models.router, workers.router):
         app.include_router(router, dependencies=RATE_LIMITED)
     app.include_router(health.router)
     app.include_router(admin.router)
     app.mount("/admin/static", StaticFiles(directory=admin.STATIC_DIR), name="admin-static")
+    openapi.install(app)
     return app
 
 

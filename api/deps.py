@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, Request, status
 from sqlalchemy.orm import Session
 
+from api.errors import ApiError
 from core import admin_sessions
 from core.db import ApiKey, sessions
 from core.keys import authenticate
@@ -57,7 +58,7 @@ def current_key(request: Request, session: SessionDep) -> ApiKey:
     token = bearer_token(request)
     key = authenticate(session, token) if token else admin_cookie_key(request, session)
     if key is None:
-        raise HTTPException(
+        raise ApiError(
             status.HTTP_401_UNAUTHORIZED,
             "a valid API key is required as 'Authorization: Bearer <key>'",
             headers={"WWW-Authenticate": "Bearer"},
@@ -70,7 +71,7 @@ KeyDep = Annotated[ApiKey, Depends(current_key)]
 
 def admin_key(key: KeyDep) -> ApiKey:
     if not key.is_admin:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "this route needs an admin API key")
+        raise ApiError(status.HTTP_403_FORBIDDEN, "this route needs an admin API key")
     return key
 
 

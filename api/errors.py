@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from core.db.session import UNREACHABLE
+from core.errors import InvalidRequest
 
 CODES = {
     400: "bad_request",
@@ -42,9 +43,50 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+class ApiError(Exception):
+    """What a route or dependency raises to answer with an error; ``install`` turns it into the one shape."""
+
+    def __init__(
+        self,
+        status_code: int,
+        message: str,
+        fields: list[FieldError] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code, self.message, self.fields, self.headers = status_code, message, fields, headers
+
+    @classmethod
+    def invalid(cls, field: str, rule: str) -> ApiError:
+        """422 naming the field and the rule it broke."""
+        return cls(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{field}: {rule}", [FieldError(field=field, rule=rule)])
+
+
 def error_response(status_code: int, message: str, fields: list[FieldError] | None = None, **headers: str) -> Any:
     body = ErrorResponse(error=ErrorBody(code=CODES.get(status_code, "error"), message=message, fields=fields))
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status_code, headers=headers or None)
+
+
+# Under this prefix errors take OpenAI's shape, for clients of its API (api/routes/openai_videos.py).
+OPENAI_PREFIX = "/v1/"
+OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error", 503: "server_error"}
+# OpenAI answers a request that breaks a field's rule with 400.
+OPENAI_FIELDS = {"width": "size", "height": "size", "num_frames": "seconds"}
+
+
+def openai_error_response(status_code: int, message: str, param: str | None = None, **headers: str) -> Any:
+    """``{"error": {"message", "type", "param", "code"}}``, as OpenAI's API and its clients have it."""
+    status_code = status.HTTP_400_BAD_REQUEST if status_code == status.HTTP_422_UNPROCESSABLE_CONTENT else status_code
+    kind = OPENAI_TYPES.get(status_code, "invalid_request_error" if status_code < 500 else "server_error")
+    error = {"message": message, "type": kind, "param": param, "code": CODES.get(status_code, "error")}
+    return JSONResponse({"error": error}, status_code=status_code, headers=headers or None)
+
+
+def _respond(request: Request, status_code: int, message: str, fields: list[FieldError] | None, **headers: str) -> Any:
+    if request.url.path.startswith(OPENAI_PREFIX):
+        param = OPENAI_FIELDS.get(fields[0].field, fields[0].field) if fields else None
+        return openai_error_response(status_code, message, param, **headers)
+    return error_response(status_code, message, fields, **headers)
 
 
 def _field_name(loc: tuple[Any, ...]) -> str:
@@ -60,18 +102,29 @@ def _rule(error: dict[str, Any]) -> str:
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
-    async def invalid(_request: Request, exc: RequestValidationError) -> Any:
+    async def invalid(request: Request, exc: RequestValidationError) -> Any:
         fields = [FieldError(field=_field_name(tuple(e["loc"])), rule=_rule(e)) for e in exc.errors()]
         message = "; ".join(f"{f.field}: {f.rule}" for f in fields)
-        return error_response(status.HTTP_422_UNPROCESSABLE_CONTENT, message, fields)
+        return _respond(request, status.HTTP_422_UNPROCESSABLE_CONTENT, message, fields)
 
     @app.exception_handler(UNREACHABLE[0])
     @app.exception_handler(UNREACHABLE[1])
-    async def database_down(_request: Request, _exc: Exception) -> Any:
+    async def database_down(request: Request, _exc: Exception) -> Any:
         # The pool reconnects by itself once the database is back; clients retry.
         message = "the database is unreachable right now; retry shortly"
-        return error_response(status.HTTP_503_SERVICE_UNAVAILABLE, message, **{"Retry-After": "5"})
+        return _respond(request, status.HTTP_503_SERVICE_UNAVAILABLE, message, None, **{"Retry-After": "5"})
 
+    @app.exception_handler(ApiError)
+    async def api_error(_request: Request, exc: ApiError) -> Any:
+        return error_response(exc.status_code, exc.message, exc.fields, **(exc.headers or {}))
+
+    @app.exception_handler(InvalidRequest)
+    async def invalid_for_model(_request: Request, exc: InvalidRequest) -> Any:
+        # A size rule of the job's model family, checked once the model is known.
+        fields = [FieldError(field=exc.field, rule=exc.rule)]
+        return error_response(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc), fields)
+
+    # Starlette's own errors (no such route, method not allowed) in the same shape.
     @app.exception_handler(HTTPException)
-    async def http_error(_request: Request, exc: HTTPException) -> Any:
-        return error_response(exc.status_code, str(exc.detail), **(exc.headers or {}))
+    async def http_error(request: Request, exc: HTTPException) -> Any:
+        return _respond(request, exc.status_code, str(exc.detail), None, **(exc.headers or {}))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, status
+from fastapi import Depends, status
 
 from api.deps import KeyDep, SessionDep, SettingsDep
-from api.errors import FieldError, error_response
+from api.errors import ApiError, FieldError, error_response
 from core.contract.shapes import Shape
 from core.db import ApiKey
 from core.limits.active import active_jobs
@@ -28,7 +28,7 @@ def rate_limit(key: KeyDep, settings: SettingsDep) -> None:
     burst = key.rate_burst if key.rate_burst is not None else settings.rate_burst
     verdict = limiter_for(settings.broker_url).take(str(key.id), rate, burst)
     if not verdict.allowed:
-        raise HTTPException(
+        raise ApiError(
             status.HTTP_429_TOO_MANY_REQUESTS,
             f"rate limit: at most {rate:g} requests per second (bursts of {burst}) for this API key; "
             f"retry in {verdict.retry_after} s",
@@ -42,7 +42,7 @@ def room_for_a_job(key: KeyDep, session: SessionDep, settings: SettingsDep) -> N
     if cap <= 0 or not _limited(key, settings):
         return
     if active_jobs(session, key.id) >= cap:
-        raise HTTPException(
+        raise ApiError(
             status.HTTP_429_TOO_MANY_REQUESTS,
             f"this API key already has {cap} queued or running jobs, the most it may; "
             "submit again once some have finished",

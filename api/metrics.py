@@ -11,9 +11,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from core import dashboard
 from core.db import Job, JobStatus, session_scope, utcnow
-from core.jobs import fleet, repository, workers
+from core.jobs import dashboard, fleet, repository, workers
 
 WINDOW = timedelta(hours=1)
 

@@ -3,6 +3,8 @@
 - MagCache: ``mean over tokens of ||r_t|| / ||r_(t-1)||`` of the block-stack residual ``r``.
 - TeaCache: pairs (relative L1 change of the compared timestep embedding, relative L1 change
   of the model output) between consecutive steps, and the 4th-degree polynomial fitted to them.
+- TaoCache: per step, the cosine similarity and norm ratio of the block-stack output's delta
+  (this step's output minus the previous one's) to the previous delta.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 import torch
 
 from core.caching.base import BranchState, RunPlan, TimestepCache
-from core.caching.profiles import Profile, transformer_signature
+from core.caching.profiles import Profile, TaoCacheTable, transformer_signature
 from core.caching.teacache import relative_l1
 from core.contract.request import GenerationRequest
 from core.contract.shapes import Shape
@@ -40,6 +42,10 @@ class CalibrationRecorder(TimestepCache):
         self.outputs: dict[str, list[torch.Tensor]] = {branch: [] for branch in plan.branches}
         self._last_norms: dict[str, torch.Tensor] = {}
         self._current: str | None = None
+        self.delta_cosines: dict[str, list[float]] = {branch: [] for branch in plan.branches}
+        self.delta_ratios: dict[str, list[float]] = {branch: [] for branch in plan.branches}
+        self._last_output: dict[str, torch.Tensor] = {}
+        self._last_delta: dict[str, torch.Tensor] = {}
 
     def signals(self) -> dict[str, Sequence[float]]:
         return {branch: [0.0] * self.plan.num_steps for branch in self.plan.branches}
@@ -51,6 +57,21 @@ class CalibrationRecorder(TimestepCache):
         self.mag_ratios[state.name].append(ratio)
         self._last_norms[state.name] = norms
         self._current = state.name
+        self._record_delta(state.name, unit_output.detach().float().flatten())
+
+    def _record_delta(self, branch: str, output: torch.Tensor) -> None:
+        previous_output = self._last_output.get(branch)
+        previous_delta = self._last_delta.get(branch)
+        cosine = ratio = 1.0
+        if previous_output is not None:
+            delta = output - previous_output
+            if previous_delta is not None:
+                cosine = torch.nn.functional.cosine_similarity(delta, previous_delta, dim=0).item()
+                ratio = (delta.norm() / previous_delta.norm()).item()
+            self._last_delta[branch] = delta
+        self._last_output[branch] = output
+        self.delta_cosines[branch].append(cosine)
+        self.delta_ratios[branch].append(ratio)
 
     def record_output(self, _module: torch.nn.Module, _args: object, output: object) -> None:
         sample = output[0] if isinstance(output, tuple) else output.sample
@@ -79,6 +100,8 @@ def calibrate(
     embeddings = model.family.timestep_embeddings(model.transformer, timesteps)
     input_changes = {compared: relative_l1(embeddings[compared])[1:] for compared in COMPARED}
     ratios: dict[str, list[list[float]]] = {}
+    cosines: dict[str, list[list[float]]] = {}
+    delta_ratios: dict[str, list[list[float]]] = {}
     samples: dict[str, list[tuple[float, float]]] = {compared: [] for compared in COMPARED}
     for index, prompt in enumerate(prompts):
         if on_prompt is not None:
@@ -100,6 +123,8 @@ def calibrate(
             handle.remove()
         for branch in recorder.plan.branches:
             ratios.setdefault(branch, []).append(recorder.mag_ratios[branch])
+            cosines.setdefault(branch, []).append(recorder.delta_cosines[branch])
+            delta_ratios.setdefault(branch, []).append(recorder.delta_ratios[branch])
             output_changes = recorder.output_changes(branch)
             for compared in COMPARED:
                 samples[compared].extend(zip(input_changes[compared], output_changes, strict=True))
@@ -118,6 +143,13 @@ def calibrate(
         magcache={branch: np.mean(runs, axis=0).tolist() for branch, runs in ratios.items()},
         teacache={compared: fit_polynomial(pairs) for compared, pairs in samples.items()},
         teacache_samples=samples,
+        taocache={
+            branch: TaoCacheTable(
+                cosine=np.mean(cosines[branch], axis=0).tolist(),
+                norm_ratio=np.mean(delta_ratios[branch], axis=0).tolist(),
+            )
+            for branch in cosines
+        },
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -42,12 +42,3 @@ def rotate_webhook_secret(session: Session, key: ApiKey, grace: timedelta) -> st
     key.webhook_secret = new_secret()
     session.flush()
     return key.webhook_secret
-
-
-def signing_secrets(key: ApiKey, now: datetime) -> list[str]:
-    """The secrets a delivery is signed with now: the current one, and the previous one within its grace."""
-    current = [key.webhook_secret]
-    expires = key.previous_webhook_secret_expires_at
-    if key.previous_webhook_secret and expires is not None and expires > now:
-        current.append(key.previous_webhook_secret)
-    return current

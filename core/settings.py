@@ -32,6 +32,19 @@ class Settings(BaseSettings):
         description="Where built presets, calibration profiles and the embedded default's data are kept.",
     )
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
+    compile: bool = Field(
+        default=False,
+        description="Compile the transformer's repeated blocks (torch.compile, fullgraph) in GPU workers, warmed up "
+        "at worker start on the model's default shape.",
+    )
+    compile_backend: str = Field(default="inductor", description="The torch.compile backend SKIPSTEP_COMPILE uses.")
+
+    # Request bounds: what any generation request may ask (API, CLI); the per-key job-size ceilings
+    # (max_pixels, max_frames, ...) apply to service jobs within them.
+    request_max_prompt_chars: int = Field(default=2000, ge=1, description="Longest prompt or negative prompt.")
+    request_max_side: int = Field(default=1920, ge=16, description="Largest width or height in pixels.")
+    request_max_frames: int = Field(default=257, ge=1, description="Most frames of one video.")
+    request_max_steps: int = Field(default=200, ge=2, description="Most denoising steps.")
 
     # Service
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default: SQLite under home.")
@@ -81,6 +94,14 @@ class Settings(BaseSettings):
     storage_attempts: int = Field(default=4, ge=1, description="Tries to store a video before the job fails.")
     storage_retry_seconds: float = Field(
         default=1.0, ge=0, description="Wait before the second try to store a video; doubled for each further one."
+    )
+
+    # Server-sent events (GET /jobs/{id}/events)
+    event_poll_seconds: float = Field(
+        default=2.0, gt=0, le=60, description="A job's event stream re-reads the job at least this often."
+    )
+    event_streams_per_key: int = Field(
+        default=8, ge=1, description="Concurrent event streams one API key may hold open on one API process."
     )
 
     # Limits (core.limits); an API key's row may override each per-key figure.

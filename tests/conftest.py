@@ -43,6 +43,11 @@ def ltx_tiny(settings: Settings) -> LoadedModel:
     return load_model("ltx-tiny", settings)
 
 
+@pytest.fixture(scope="session")
+def hunyuan_tiny(settings: Settings) -> LoadedModel:
+    return load_model("hunyuan-tiny", settings)
+
+
 @pytest.fixture
 def profiles(settings: Settings) -> ProfileStore:
     return ProfileStore(settings.profiles_dir)
@@ -51,6 +56,7 @@ def profiles(settings: Settings) -> ProfileStore:
 SMALL = {
     "wan": Shape(width=64, height=64, num_frames=9, num_inference_steps=10),
     "ltx": Shape(width=64, height=64, num_frames=17, num_inference_steps=10),
+    "hunyuan": Shape(width=64, height=64, num_frames=9, num_inference_steps=10),
 }
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,17 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 10) -> None:
         process.wait(timeout=timeout)
 
 
+def stop_group(process: subprocess.Popen, timeout: float = 60) -> None:
+    """SIGTERM to the process group (``skipstep up`` and its children), then SIGKILL to what is left."""
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=timeout)
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=timeout)
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """This test session's own Redis, so that two runs on one machine never share a queue."""
@@ -123,10 +135,10 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)  # the port it bound, no race
     server.start()
-    yield f"http://127.0.0.1:{port}"
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
     server.stop()
 
 
@@ -215,6 +227,8 @@ class Service:
 
 # Small enough that a job takes about a second on two CPU cores.
 SMALL_JOB = {"width": 64, "height": 64, "num_frames": 9, "num_inference_steps": 6}
+# Within the default size limits, yet long enough to be watched running and canceled before it ends.
+SLOW_JOB = {"width": 128, "height": 128, "num_frames": 33, "num_inference_steps": 50}
 
 
 def service_env(settings: Settings, **values: str) -> dict[str, str]:

@@ -1,4 +1,5 @@
 import re
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -101,7 +102,7 @@ def test_calibrate_cli_round_trip_drives_magcache(cli, settings, tmp_path: Path,
     assert report.profile == "round-trip"
 
 
-def test_teacache_polynomial_is_fitted_to_the_recorded_pairs(wan_tiny) -> None:
+def test_teacache_polynomial_is_fitted_to_the_recorded_pairs(wan_tiny, profiles) -> None:
     profile = calibrate(wan_tiny, SHAPE, ["a cat", "a dog"], name="fit")
     for compared in ("temb", "timestep_proj"):
         pairs = profile.teacache_samples[compared]
@@ -110,8 +111,26 @@ def test_teacache_polynomial_is_fitted_to_the_recorded_pairs(wan_tiny) -> None:
         assert np.all(x > 0) and np.all(y > 0)
         fitted = np.polyval(profile.teacache[compared], x)
         assert np.sum((fitted - y) ** 2) <= np.sum((np.polyval(np.polyfit(x, y, 1), x) - y) ** 2)
-    # The cond/uncond input changes are the same: on Wan they depend on the timestep alone.
-    assert profile.teacache_samples["temb"][0][0] == profile.teacache_samples["temb"][7][0]
+    # The input changes are those of the embeddings the transformer computes while it denoises (recorded here
+    # from its own forward calls), the same for every prompt and branch: on Wan they depend on the timestep alone.
+    recorded: dict[str, list[torch.Tensor]] = {"temb": [], "timestep_proj": []}
+
+    def record(_module: torch.nn.Module, _args: object, output: tuple[torch.Tensor, ...]) -> None:
+        recorded["temb"].append(output[0][:1].detach().float())
+        recorded["timestep_proj"].append(output[1][:1].detach().float())
+
+    handle = wan_tiny.transformer.condition_embedder.register_forward_hook(record)
+    try:
+        generate(wan_tiny, GenerationRequest(prompt="a cat", **asdict(SHAPE)), profiles)
+    finally:
+        handle.remove()
+    for compared, outputs in recorded.items():
+        per_step = torch.cat(outputs[::2]).flatten(1)  # the cond call of each step (uncond is the second)
+        changes = ((per_step[1:] - per_step[:-1]).abs().mean(1) / per_step[:-1].abs().mean(1)).tolist()
+        assert len(changes) == 7
+        for series in range(4):  # 2 prompts x 2 branches
+            inputs = [x for x, _ in profile.teacache_samples[compared][7 * series : 7 * (series + 1)]]
+            assert inputs == pytest.approx(changes, rel=1e-4), (compared, series)
 
 
 def test_fit_polynomial_recovers_a_known_polynomial() -> None:

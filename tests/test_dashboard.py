@@ -3,19 +3,21 @@ PostgreSQL, Redis, S3 server): log in, watch jobs change live, filter, open a jo
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
-from service import FINISHED, Service, wait_until
+from service import FINISHED, SLOW_JOB, Service, fresh_database, wait_until
 from sqlalchemy.orm import Session
 
-from core import dashboard
-from core.db import Base, Job, JobStatus, engine_for, session_scope, utcnow
-from core.jobs import repository
+from core.db import Job, JobStatus, session_scope, utcnow
+from core.db.migrate import upgrade
+from core.jobs import dashboard, repository
 from core.keys import create_key
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -79,7 +81,17 @@ def test_admin_key_required(page: Page, service: Service) -> None:
         assert client.get("/admin/api/overview", headers=alice).status_code == 403
         assert client.get("/admin", headers=alice).status_code == 403
         admin = {"Authorization": f"Bearer {service.keys['admin']}"}
-        assert client.get("/admin/api/overview", headers=admin).json()["counters"]["queued"] >= 0
+        overview = client.get("/admin/api/overview", headers=admin)
+    assert overview.status_code == 200
+    assert set(overview.json()["counters"]) == {
+        "queued",
+        "running",
+        "succeeded",
+        "failed",
+        "canceled",
+        "finished_last_hour",
+    }
+    assert set(overview.json()["html"]) == {"counters", "jobs", "workers", "queue"}
 
 
 def test_dashboard_live_filters_and_job_page(page: Page, service: Service) -> None:
@@ -117,21 +129,6 @@ def test_dashboard_live_filters_and_job_page(page: Page, service: Service) -> No
     page.wait_for_selector("table.summary")
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=ARTIFACTS / "dashboard.png", full_page=True)
-
-    # A hidden tab stops refreshing, and catches up as soon as it is shown again.
-    refreshes: list[str] = []
-    page.on("request", lambda request: refreshes.append(request.url) if "/admin/api/overview" in request.url else None)
-    set_visibility = """state => {
-        Object.defineProperty(document, 'visibilityState', {configurable: true, get: () => state});
-        document.dispatchEvent(new Event('visibilitychange'));
-    }"""
-    page.evaluate(set_visibility, "hidden")
-    before_pause = len(refreshes)
-    page.wait_for_timeout(3000)
-    assert len(refreshes) == before_pause
-    assert page.locator("#live-state").inner_text().startswith("Paused")
-    with page.expect_request(lambda request: "/admin/api/overview" in request.url, timeout=10_000):
-        page.evaluate(set_visibility, "visible")
 
     # Filtering by strategy goes into the URL and leaves only that strategy's jobs.
     magcache_id = ids[1]
@@ -175,36 +172,143 @@ def test_dashboard_live_filters_and_job_page(page: Page, service: Service) -> No
     assert "/admin/login" in page.url
 
 
-@pytest.fixture
-def filled(tmp_path: Path) -> Iterator[Session]:
-    """120 jobs a minute apart, newest first: every third one magcache, speedups 1.00 to 2.19."""
-    url = f"sqlite:///{tmp_path / 'dashboard.db'}"
-    Base.metadata.create_all(engine_for(url))
+# Every fetch the page makes, counted in the page itself: a check of what was (not) requested needs no waiting.
+COUNT_FETCHES = """
+window.overviewFetches = 0;
+const originalFetch = window.fetch;
+window.fetch = (resource, ...rest) => {
+    if (String(resource).includes('/admin/api/overview')) window.overviewFetches += 1;
+    return originalFetch(resource, ...rest);
+};
+"""
+
+
+def test_a_hidden_tab_stops_refreshing_and_catches_up_when_shown(page: Page, service: Service) -> None:
+    """On the page's own clock, driven by the test: hidden for ten refresh intervals, not one request."""
+    page.clock.install()
+    page.add_init_script(COUNT_FETCHES)
+    log_in(page, service, "admin")  # refresh=1: every second
+    page.wait_for_selector("#dashboard")
+    fetches = lambda: page.evaluate("window.overviewFetches")  # noqa: E731
+    before = fetches()
+    page.clock.run_for(3_000)
+    wait_until(lambda: fetches() > before, 30, 0.1, "a refresh while the tab is visible")
+
+    set_visibility = """state => {
+        Object.defineProperty(document, 'visibilityState', {configurable: true, get: () => state});
+        document.dispatchEvent(new Event('visibilitychange'));
+    }"""
+    page.evaluate(set_visibility, "hidden")
+    assert page.locator("#live-state").inner_text().startswith("Paused")
+    hidden_at = fetches()
+    page.clock.run_for(10_000)
+    assert fetches() == hidden_at
+    page.evaluate(set_visibility, "visible")
+    assert fetches() == hidden_at + 1  # at once, without waiting for the next interval
+
+
+def dashboard_rows(page: Page) -> list[str]:
+    return page.evaluate("[...document.querySelectorAll('table.jobs tr[data-job-id]')].map(r => r.dataset.jobId)")
+
+
+def test_search_sort_and_paging_are_kept_in_the_url(page: Page, service: Service) -> None:
+    word = f"zebra{uuid.uuid4().hex[:8]}"
+    with session_scope(service.settings.database) as session:
+        owner = create_key(session, f"seeder-{word}")[0]
+        jobs = [str(job.id) for job in add_jobs(session, owner.id, 60, word=word)]
+    matching = [job_id for index, job_id in enumerate(jobs) if index % 10]  # every tenth says lighthouse
+    by_speedup = matching[::-1]  # speedups grow with the index
+
+    log_in(page, service, "admin")
+    page.wait_for_selector("#dashboard")
+    page.fill("input[name=q]", word)
+    page.wait_for_function("word => new URLSearchParams(location.search).get('q') === word", arg=word)
+    wait_until(lambda: dashboard_rows(page) == matching[:50], 30, 0.1, "the search results")
+
+    page.click("table.jobs a.sort:has-text('Speedup')")
+    page.wait_for_function("new URLSearchParams(location.search).get('sort') === 'speedup'")
+    wait_until(lambda: dashboard_rows(page) == by_speedup[:50], 30, 0.1, "the rows sorted by speedup")
+
+    page.click("a[rel=next]")
+    page.wait_for_function("new URLSearchParams(location.search).has('after')")
+    wait_until(lambda: dashboard_rows(page) == by_speedup[50:], 30, 0.1, "the second page")
+    query = page.evaluate("location.search")
+    assert f"q={word}" in query and "sort=speedup" in query
+
+    page.reload()  # the URL alone brings back the same view
+    page.wait_for_selector("#dashboard")
+    assert page.locator("input[name=q]").input_value() == word
+    assert dashboard_rows(page) == by_speedup[50:]
+    page.click("a[rel=prev]")
+    wait_until(lambda: dashboard_rows(page) == by_speedup[:50], 30, 0.1, "the first page again")
+
+
+def test_workers_and_queue_panels(page: Page, service: Service) -> None:
+    worker = service.wait(service.submit()["id"])["worker"]
+    # A job for a model no worker serves stays queued: the queue panel shows it as the oldest waiting.
+    with session_scope(service.settings.database) as session:
+        owner = create_key(session, f"queued-{uuid.uuid4().hex[:6]}")[0]
+        [waiting] = add_jobs(
+            session, owner.id, 1, model="ltx-tiny", status=JobStatus.queued, finished_at=None, speedup=None
+        )
+        waiting_id = str(waiting.id)
+
+    log_in(page, service, "admin")
+    page.wait_for_selector("#dashboard")
+    row = page.locator(f"tr[data-worker='{worker}']")
+    assert row.get_attribute("class") == "alive"
+    assert row.locator(".badge").inner_text() == "alive"
+    assert row.locator("td.model").inner_text() == "wan-tiny"
+    assert page.locator("[data-queue-depth]").inner_text() == "1 job"
+    assert page.locator(f"[data-fragment=queue] a[href$='/admin/jobs/{waiting_id}']").count() == 1
+
+    with service.client("admin") as admin:
+        assert admin.post(f"/jobs/{waiting_id}/cancel").status_code == 202
+    # The live refresh (every second) empties the panel without a reload.
+    page.wait_for_function("document.querySelector('[data-queue-depth]').textContent.trim() === '0 jobs'")
+
+
+def add_jobs(session: Session, owner_id: uuid.UUID, count: int, word: str = "fox", **fields: Any) -> list[Job]:
+    """``count`` succeeded jobs a minute apart, newest first: every third one magcache, speedups 1.00 upwards,
+    every tenth prompt with "lighthouse" instead of ``word``."""
     now = utcnow()
-    with session_scope(url) as session:
-        owner = create_key(session, "owner")[0]
-        for index in range(120):
-            session.add(
-                Job(
-                    owner_id=owner.id,
-                    model="wan-tiny",
-                    status=JobStatus.succeeded,
-                    prompt=f"job number {index} " + ("lighthouse" if index % 10 == 0 else "fox"),
-                    width=64,
-                    height=64,
-                    num_frames=9,
-                    num_inference_steps=6,
-                    guidance_scale=5.0,
-                    seed=index,
-                    fps=16,
-                    cache_strategy="magcache" if index % 3 == 0 else "none",
-                    created_at=now - timedelta(minutes=index),
-                    finished_at=now - timedelta(minutes=index) + timedelta(seconds=5),
-                    speedup=1 + index / 100,
-                )
-            )
-    with session_scope(url) as session:
-        yield session
+    jobs = [
+        Job(
+            **{
+                "owner_id": owner_id,
+                "model": "wan-tiny",
+                "status": JobStatus.succeeded,
+                "prompt": f"job number {index} " + ("lighthouse" if index % 10 == 0 else word),
+                "width": 64,
+                "height": 64,
+                "num_frames": 9,
+                "num_inference_steps": 6,
+                "guidance_scale": 5.0,
+                "seed": index,
+                "fps": 16,
+                "cache_strategy": "magcache" if index % 3 == 0 else "none",
+                "created_at": now - timedelta(minutes=index),
+                "finished_at": now - timedelta(minutes=index) + timedelta(seconds=5),
+                "speedup": 1 + index / 100,
+            }
+            | fields
+        )
+        for index in range(count)
+    ]
+    session.add_all(jobs)
+    session.flush()
+    return jobs
+
+
+@pytest.fixture
+def filled() -> Iterator[Session]:
+    """120 jobs on a migrated PostgreSQL database (the production schema and collation)."""
+    with fresh_database() as url:
+        upgrade(url)
+        with session_scope(url) as session:
+            add_jobs(session, create_key(session, "owner")[0].id, 120)
+        with session_scope(url) as session:
+            yield session
 
 
 def seeds(page: dashboard.JobPage) -> list[int]:
@@ -246,3 +350,29 @@ def test_search_by_prompt_and_id(filled: Session) -> None:
     assert some.id in [row.id for row in by_prefix.rows]
     with pytest.raises(repository.CursorError):
         dashboard.jobs_page(filled, dashboard.JobFilter(), after="not-a-cursor")
+
+
+def test_job_page_follows_the_job_by_its_events(page: Page, service: Service) -> None:
+    job = service.submit(**SLOW_JOB)
+    service.wait(job["id"], statuses=("running",))
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    log_in(page, service, "admin")
+    page.wait_for_selector("#dashboard")
+    page.goto(f"{service.url}/admin/jobs/{job['id']}")
+    page.wait_for_selector("#job-progress")
+    page.evaluate("window.sameDocument = true")
+    loads = requests.count(f"{service.url}/admin/jobs/{job['id']}")
+
+    # Steps update the line in place, from the event stream: no reload, no polling.
+    first = page.inner_text("#job-progress")
+    page.wait_for_function("text => document.getElementById('job-progress').textContent !== text", arg=first)
+    assert page.evaluate("window.sameDocument") is True
+    assert requests.count(f"{service.url}/admin/jobs/{job['id']}") == loads
+    assert f"{service.url}/jobs/{job['id']}/events" in requests
+
+    # A change of status (here a cancel) reloads the page, rendered by the server.
+    with service.client("admin") as client:
+        assert client.post(f"/jobs/{job['id']}/cancel").status_code == 202
+    page.wait_for_selector(".badge.big.s-canceled")
+    assert page.evaluate("window.sameDocument") is None

@@ -86,9 +86,14 @@ def test_example_environment_names_only_real_settings() -> None:
     assert set(values) <= fields
     settings = Settings(**{name.removeprefix("SKIPSTEP_").lower(): value for name, value in values.items()})
     assert settings.storage_backend == "s3" and settings.database.startswith("postgresql+psycopg://")
-    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
-    for copied in ("core", "api", "worker", "migrations", "alembic.ini"):
-        assert copied in dockerfile
+    # The sources of every COPY line (its last word is the destination), as whole names, not substrings.
+    copied = {
+        source
+        for line in (ROOT / "deploy" / "Dockerfile").read_text().splitlines()
+        if line.startswith("COPY ")
+        for source in line.split()[1:-1]
+    }
+    assert {"core", "api", "worker", "migrations", "alembic.ini"} <= copied
 
 
 def manifests() -> dict[str, list[dict[str, Any]]]:

@@ -13,12 +13,11 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from contextlib import suppress
 from pathlib import Path
 
 import httpx
 from faults import Stack, TcpProxy
-from service import SMALL_JOB, Service, free_port, fresh_database, s3_settings, wait_until
+from service import SMALL_JOB, Service, free_port, fresh_database, s3_settings, stop_group, wait_until
 from sqlalchemy import func, select
 
 from core.db import Job, JobRun, WebhookDelivery, Worker, session_scope
@@ -85,6 +84,25 @@ def test_a_broker_restarted_empty_loses_no_queued_job(stack: Callable[..., Stack
         assert job["status"] == "succeeded", job["error"]
         assert [run.outcome for run in runs(service, job_id)] == ["succeeded"]
         assert row(service, job_id).attempts == 1
+
+
+def test_readyz_answers_503_naming_what_is_unreachable(stack: Callable[..., Stack]) -> None:
+    made = stack()
+    url = f"{made.service.url}/readyz"
+    assert httpx.get(url, timeout=10).status_code == 200
+    made.broker.kill()
+    made.broker.wait(timeout=10)
+    down = httpx.get(url, timeout=30)
+    assert down.status_code == 503
+    body = down.json()
+    assert body["status"] == "not ready"
+    assert (body["checks"]["database"], body["checks"]["storage"]) == ("ok", "ok")
+    assert body["checks"]["broker"].startswith("unreachable")
+    made.restart_broker_empty()
+    assert httpx.get(url, timeout=10).json() == {
+        "status": "ready",
+        "checks": {"database": "ok", "broker": "ok", "storage": "ok"},
+    }
 
 
 def test_attempts_are_enforced_at_every_claim(stack: Callable[..., Stack]) -> None:
@@ -293,9 +311,12 @@ def test_storage_down_at_upload_is_retried_then_fails_without_server_details(
         service = stack(**s3).service
         service.start_worker(SKIPSTEP_STORAGE_ATTEMPTS="3", SKIPSTEP_STORAGE_RETRY_SECONDS="1")
         proxy.cut()
-        failed = service.wait(service.submit()["id"], timeout=120)
+        failed = service.wait(service.submit(webhook_url="http://127.0.0.1:9/hook")["id"], timeout=120)
         assert failed["status"] == "failed" and failed["error"]["code"] == "storage_failed"
         assert failed["error"]["message"] == "the video could not be stored after 3 attempts"
+        with service.client() as client:
+            [event] = client.get(f"/jobs/{failed['id']}/deliveries").json()["deliveries"]
+        assert event["event_type"] == "job.failed"  # recorded with the failure (this stack sends no webhooks)
         assert "storing the video failed (try 2)" in service.worker_log.read_text()
 
         # Down for the first try only: the retry stores it.
@@ -366,9 +387,7 @@ class Embedded:
 
     def kill(self, process: subprocess.Popen[bytes]) -> None:
         """Stop `skipstep up` and every process it started, if a failed test left them running."""
-        with suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
+        stop_group(process)
 
     def log(self) -> str:
         return self.log_path.read_text()

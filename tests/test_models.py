@@ -92,3 +92,34 @@ def test_full_size_preset_has_the_shapes_of_the_published_profile(tmp_path: Path
     assert 1.41e9 < params < 1.43e9  # Wan2.1-T2V-1.3B
     published = ProfileStore(tmp_path).get("wan2.1-t2v-1.3b")
     assert published.matches(transformer_signature(pipeline.transformer))
+
+
+def hub_cache_with(model_dir: Path, hf_home: Path, repo_id: str) -> Path:
+    """A Hugging Face cache as the hub client lays it out: models--owner--name/snapshots/<commit>/ and
+    refs/main naming the commit."""
+    repo = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
+    commit = "4f2a9c0d1e3b5a7c9e1f2a3b4c5d6e7f8a9b0c1d"
+    shutil.copytree(model_dir, repo / "snapshots" / commit, ignore=shutil.ignore_patterns(MARKER))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    return repo
+
+
+def test_hub_id_loads_from_the_hugging_face_cache_offline(wan_tiny, tmp_path: Path, cli, monkeypatch) -> None:
+    hub_cache_with(wan_tiny.path, tmp_path / "hf", "acme/tiny-wan")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "hub.mp4"
+    shape = ("--width", "64", "--height", "64", "--num-frames", "9", "--steps", "2")
+    result = cli(tmp_path / "home", "generate", "--prompt", "x", "--model", "acme/tiny-wan", *shape, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert out.stat().st_size > 0
+
+
+def test_hub_id_missing_offline_says_how_to_fetch_it(tmp_path: Path, cli, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = cli(tmp_path / "home", "generate", "--prompt", "x", "--model", "acme/not-cached", "--out", "x.mp4")
+    assert result.returncode == 2
+    assert "model acme/not-cached is not in the Hugging Face cache" in result.stderr
+    assert "huggingface-cli download acme/not-cached" in result.stderr

@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 from service import Service, fresh_database
 
+from core.contract.strategies import STRATEGIES
 from core.db import ApiKey, Job, JobStatus, session_scope, utcnow
 from core.db.migrate import upgrade
 from core.jobs import fleet
@@ -28,7 +29,7 @@ def test_models_lists_what_a_job_for_each_model_accepts(service: Service) -> Non
     assert model["limits"]["num_frames"]["rule"] == "4k+1"
     assert model["limits"]["num_inference_steps"] == {"min": 2, "max": 200, "rule": None}
     strategies = {strategy["name"]: strategy for strategy in model["strategies"]}
-    assert set(strategies) == {"none", "teacache", "magcache", "easycache"}
+    assert list(strategies) == list(STRATEGIES)
     assert strategies["magcache"]["needs_calibration"] and strategies["magcache"]["available"]
     assert not strategies["easycache"]["needs_calibration"] and strategies["easycache"]["available"]
     profiles = {profile["name"]: profile for profile in model["profiles"]}

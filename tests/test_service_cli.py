@@ -9,7 +9,8 @@ from sqlalchemy import select
 
 from core.db import ApiKey, session_scope
 from core.db.models import utcnow
-from core.keys import authenticate, signing_secrets
+from core.keys import authenticate
+from core.webhooks.signing import signing_secrets
 
 
 def test_migrate_create_keys_and_rotate_the_webhook_secret(cli, tmp_path: Path) -> None:

@@ -21,15 +21,15 @@ import torch
 from core.caching.base import ScheduleFigures
 from core.caching.profiles import ProfileStore
 from core.contract.jobs import EventType
-from core.contract.request import GenerationRequest
-from core.contract.strategies import CacheSpec
 from core.db import Job, JobStatus, session_scope, utcnow
 from core.db.session import retrying
 from core.errors import CacheConfigError, InvalidRequest
 from core.generation import GenerationResult, Progress, generate
 from core.jobs import dispatch, transitions, workers
+from core.jobs.mapping import request_of
 from core.jobs.transitions import RunOutcome
 from core.models import load_model
+from core.models.compile import prepare_compiled
 from core.settings import Settings
 from core.storage import Storage, StorageError, storage_from, video_key
 from core.video import encode_mp4, to_uint8
@@ -55,6 +55,7 @@ class JobRunner:
         self.lease = timedelta(seconds=settings.job_lease_seconds)
         started = time.perf_counter()
         self.model = load_model(source, settings)
+        prepare_compiled(self.model, settings)
         loaded = time.perf_counter() - started
         self.profiles = ProfileStore(settings.profiles_dir)
         self.storage: Storage = storage_from(settings)
@@ -67,7 +68,14 @@ class JobRunner:
             workers.register(session, self.worker_id, socket.gethostname(), os.getpid(), model, device)
         where = device.name + (f" ({device.description})" if device.description else "")
         where += f", CUDA_VISIBLE_DEVICES={device.visible_devices}" if device.visible_devices else ""
-        log.info("loaded model %s on %s in %.1f s (worker %s)", model, where, loaded, self.worker_id)
+        log.info(
+            "loaded model %s on %s in %.1f s%s (worker %s)",
+            model,
+            where,
+            loaded,
+            ", blocks compiled" if settings.compile else "",
+            self.worker_id,
+        )
         self.heartbeat = Heartbeat(self)
         self.heartbeat.start()
         dispatcher.dispatch(settings, [model])
@@ -126,19 +134,7 @@ class JobRunner:
         job = active.job
         steps = Steps(self, active)
         try:
-            request = GenerationRequest(
-                prompt=job.prompt,
-                negative_prompt=job.negative_prompt,
-                width=job.width,
-                height=job.height,
-                num_frames=job.num_frames,
-                num_inference_steps=job.num_inference_steps,
-                guidance_scale=job.guidance_scale,
-                seed=job.seed,
-                fps=job.fps,
-                cache=CacheSpec(strategy=job.cache_strategy, params=job.cache_params, profile=job.cache_profile),
-                compare=job.compare,
-            )
+            request = request_of(job)
             result = generate(self.model, request, self.profiles, steps.planned, steps.stepped)
         except StopJob as stop:
             self._stopped(active, stop)

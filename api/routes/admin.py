@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qs, urlencode
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, Query, Request, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
@@ -22,10 +22,12 @@ from jinja2 import Undefined
 from sqlalchemy.orm import Session
 
 from api.deps import ADMIN_COOKIE, AdminDep, SessionDep, SettingsDep, admin_cookie_key, bearer_token
-from core import admin_sessions, dashboard
+from api.errors import ApiError
+from core import admin_sessions
 from core.contract.strategies import STRATEGIES
 from core.db import ApiKey, Job, JobStatus, utcnow
-from core.jobs import dispatch, fleet, repository, workers
+from core.jobs import dashboard, dispatch, fleet, repository, workers
+from core.jobs.expected import estimated_start
 from core.keys import authenticate
 from core.settings import Settings
 from core.webhooks.events import history
@@ -128,12 +130,10 @@ def _day(value: str, field: str) -> datetime | None:
     try:
         day = date.fromisoformat(value)
     except ValueError:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{field}: not a date (YYYY-MM-DD)") from None
+        raise ApiError.invalid(field, "not a date (YYYY-MM-DD)") from None
     # The day after `to` bounds the range: keep both ends inside what datetime and the database can hold.
     if not date(1, 1, 2) <= day < date.max:
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT, f"{field}: must be between 0001-01-02 and 9999-12-30"
-        )
+        raise ApiError.invalid(field, "must be between 0001-01-02 and 9999-12-30")
     return datetime.combine(day, time(), tzinfo=UTC)
 
 
@@ -272,7 +272,7 @@ def _overview(session: Session, settings: Settings, query: DashboardQuery) -> di
     try:
         page = dashboard.jobs_page(session, query.job_filter, query.after, query.before, PAGE_SIZE)
     except repository.CursorError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"after/before: {exc}") from None
+        raise ApiError(status.HTTP_422_UNPROCESSABLE_CONTENT, f"after/before: {exc}") from None
     return {
         "now": now,
         "query": query,
@@ -349,7 +349,6 @@ def job_page(
     job_id: uuid.UUID,
     session: SessionDep,
     settings: SettingsDep,
-    refresh: Annotated[float | None, Query(ge=0, le=3600)] = None,
 ) -> Response:
     denied = _denied(request, session)
     if denied is not None:
@@ -360,19 +359,20 @@ def job_page(
         return templates.TemplateResponse(request, "admin/message.html", context, status_code=404)
     owner = session.get(ApiKey, job.owner_id)
     metrics = job.metrics or {}
+    position = dispatch.queue_position(session, job) if job.status == JobStatus.queued else None
     context = {
         "base": _base(request),
         "now": utcnow(),
         "job": job,
         "row": dashboard.JobRow.of(job),
         "owner": owner.name if owner else None,
-        "queue_position": dispatch.queue_position(session, job) if job.status == JobStatus.queued else None,
+        "queue_position": position,
+        "estimated_start": estimated_start(session, job, position, settings.heartbeat_seconds) if position else None,
+        "expected": job.expected,
         "metrics": metrics,
         "branches": metrics.get("branches") or {},
         "step_seconds": metrics.get("step_seconds") or [],
         "deliveries": history(session, job.id),
-        # A finished job does not change any more: only an unfinished one reloads.
-        "refresh": 0 if job.status.finished else settings.dashboard_refresh_seconds if refresh is None else refresh,
     }
     return templates.TemplateResponse(request, "admin/job.html", context)
 
@@ -400,5 +400,5 @@ def sessions_json(_admin: AdminDep, session: SessionDep) -> Any:
 def revoke_session(session_id: uuid.UUID, _admin: AdminDep, session: SessionDep) -> Any:
     """End a dashboard session at once; its cookie stops working."""
     if not admin_sessions.revoke(session, session_id):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no live session {session_id}")
+        raise ApiError(status.HTTP_404_NOT_FOUND, f"no live session {session_id}")
     return JSONResponse({"revoked": str(session_id)})

@@ -6,12 +6,12 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, Query, status
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from api.deps import AdminDep, KeyDep, SessionDep
-from api.errors import ErrorResponse
+from api.errors import ApiError, ErrorResponse
 from core.db import DeliveryStatus, WebhookAttempt, WebhookDelivery
 from core.jobs import repository
 from core.keys import rotate_webhook_secret
@@ -75,7 +75,7 @@ def _view(delivery: WebhookDelivery, attempts: list[WebhookAttempt]) -> Delivery
 def list_deliveries(job_id: uuid.UUID, key: KeyDep, session: SessionDep) -> Any:
     """The job's webhook deliveries, oldest first, each with its attempts."""
     if repository.get(session, job_id, key) is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
+        raise ApiError(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
     return DeliveryList(deliveries=[_view(h.delivery, list(h.attempts)) for h in history(session, job_id)])
 
 
@@ -90,9 +90,9 @@ def resend_delivery(job_id: uuid.UUID, delivery_id: uuid.UUID, _admin: AdminDep,
     query = select(WebhookDelivery).where(WebhookDelivery.id == delivery_id, WebhookDelivery.job_id == job_id)
     original = session.scalar(query)
     if original is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"delivery {delivery_id} of job {job_id} not found")
+        raise ApiError(status.HTTP_404_NOT_FOUND, f"delivery {delivery_id} of job {job_id} not found")
     if not original.status.finished:
-        raise HTTPException(status.HTTP_409_CONFLICT, f"delivery {delivery_id} is still {original.status.value}")
+        raise ApiError(status.HTTP_409_CONFLICT, f"delivery {delivery_id} is still {original.status.value}")
     delivery = resend(session, original)
     session.commit()
     enqueue_delivery(delivery.id)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal
 
 import redis
 from fastapi import APIRouter, Response, status
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 
 from api.deps import SessionDep, SettingsDep, StorageDep
+from api.errors import ErrorResponse
 from api.metrics import registry_for
 from core.storage import StorageError
 
@@ -25,7 +27,19 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "A dependency is unreachable; the body says which."}})
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"]
+    checks: dict[str, str] = Field(
+        description="database, broker and storage: `ok`, or `unreachable: <why>`.",
+        examples=[{"database": "ok", "broker": "unreachable: Connection refused", "storage": "ok"}],
+    )
+
+
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "A dependency is unreachable; `checks` says which."}},
+)
 def readyz(session: SessionDep, settings: SettingsDep, storage: StorageDep) -> Any:
     """Database, broker and storage are all reachable. Which one is not is named; why, only in the logs."""
     checks: dict[str, str] = {}
@@ -55,7 +69,14 @@ def readyz(session: SessionDep, settings: SettingsDep, storage: StorageDep) -> A
     return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks}, status_code=code)
 
 
-@router.get("/metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text exposition."},
+        503: {"model": ErrorResponse, "description": "The database is unreachable right now."},
+    },
+)
 def metrics(settings: SettingsDep) -> Response:
     """Prometheus exposition: jobs by status, queue depth, step time and speedup by strategy; per model: queue
     depth, live and idle workers, wait, denoise time, speedup and jobs per strategy."""

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import logging
 import uuid
+from dataclasses import asdict
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Query, Response, status
+from fastapi import APIRouter, Header, Query, Response, status
 from fastapi.responses import FileResponse, RedirectResponse
 from sqlalchemy.exc import IntegrityError
 
 from api.deps import KeyDep, SessionDep, SettingsDep, StorageDep
-from api.errors import ErrorResponse, FieldError, error_response
+from api.errors import ApiError, ErrorResponse
 from api.limits import RoomForJob, size_refusal
-from api.schemas import JobCreate, JobPage
-from core.contract.models import default_shape
+from api.schemas import JobPage
+from core.caching.profiles import ProfileStore
+from core.contract.models import ModelInfo, describe
+from core.contract.request import JobRequest
 from core.db import ApiKey, Job, JobStatus
+from core.errors import ModelLoadError
 from core.jobs import dispatch, repository, transitions, workers
+from core.jobs.expected import estimated_start, expected
+from core.jobs.mapping import new_job
 from core.jobs.view import JobView, job_view
 from core.webhooks.addresses import UnresolvableHost, UnsafeWebhookURL, resolve_target
 from worker import dispatcher
@@ -31,7 +37,7 @@ NOT_FOUND = {404: {"model": ErrorResponse, "description": "No such job for this 
 def _found(session: SessionDep, job_id: uuid.UUID, key: ApiKey) -> Job:
     job = repository.get(session, job_id, key)
     if job is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
+        raise ApiError(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
     return job
 
 
@@ -39,7 +45,17 @@ def _view(session: SessionDep, job: Job, settings: SettingsDep) -> JobView:
     if job.status != JobStatus.queued:
         return job_view(job, settings.public_url)
     waiting = workers.waiting_for_worker(session, job.model, settings.heartbeat_seconds)
-    return job_view(job, settings.public_url, dispatch.queue_position(session, job), waiting_for_worker=waiting)
+    position = dispatch.queue_position(session, job)
+    start = estimated_start(session, job, position, settings.heartbeat_seconds) if position else None
+    return job_view(job, settings.public_url, position, waiting_for_worker=waiting, estimated_start_at=start)
+
+
+def _model(name: str, settings: SettingsDep) -> ModelInfo:
+    try:
+        return describe(settings.model_sources[name], settings.presets_dir)
+    except ModelLoadError as exc:
+        # The API reads the model's config files (not its weights) to know its size rules.
+        raise ApiError(status.HTTP_503_SERVICE_UNAVAILABLE, f"model {name} is unavailable here: {exc}") from None
 
 
 @router.post(
@@ -53,7 +69,7 @@ def _view(session: SessionDep, job: Job, settings: SettingsDep) -> JobView:
     },
 )
 def submit(
-    body: JobCreate,
+    body: JobRequest,
     key: KeyDep,
     _room: RoomForJob,
     session: SessionDep,
@@ -61,19 +77,13 @@ def submit(
     response: Response,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
 ) -> Any:
-    """Queue a generation job. The row is committed before the job is queued, so nothing is lost."""
+    """Queue a generation job. Sizes are checked by the rules of the job's model family; the row is
+    committed before the job is queued, so nothing is lost."""
     if body.webhook_url is not None:
         try:
             resolve_target(body.webhook_url, settings.webhook_allow_private)
         except (UnsafeWebhookURL, UnresolvableHost) as exc:
-            fields = [FieldError(field="webhook_url", rule=str(exc))]
-            return error_response(status.HTTP_422_UNPROCESSABLE_CONTENT, f"webhook_url: {exc}", fields)
-
-    model = body.model or settings.default_model
-    if model not in settings.model_sources:
-        configured = ", ".join(settings.model_sources)
-        problem = [FieldError(field="model", rule=f"must be a configured model: {configured}")]
-        return error_response(status.HTTP_422_UNPROCESSABLE_CONTENT, f"model: unknown model {model!r}", problem)
+            raise ApiError.invalid("webhook_url", str(exc)) from None
 
     fingerprint = body.fingerprint()
     if idempotency_key is not None:
@@ -81,16 +91,21 @@ def submit(
         if existing is not None:
             return _replay(session, existing, fingerprint, settings, response)
 
-    fields = body.job_fields(default_shape(settings.model_sources[model]))
-    refusal = size_refusal(key, settings, fields)
+    model = body.model or settings.default_model
+    info = _model(model, settings)
+    shape = body.shape(info.family, info.default_shape)
+    refusal = size_refusal(key, settings, asdict(shape))
     if refusal is not None:
         return refusal
-    job = Job(
-        owner_id=key.id,
-        model=model,
+    figures = expected(session, body, shape, model, info, ProfileStore(settings.profiles_dir))
+    job = new_job(
+        body,
+        shape,
+        model,
+        key.id,
         idempotency_key=idempotency_key,
         request_hash=fingerprint,
-        **fields,
+        expected=figures.model_dump(mode="json") if figures is not None else None,
     )
     session.add(job)
     try:
@@ -113,7 +128,7 @@ def submit(
 
 def _replay(session: SessionDep, job: Job, fingerprint: str, settings: SettingsDep, response: Response) -> Any:
     if job.request_hash != fingerprint:
-        return error_response(
+        raise ApiError(
             status.HTTP_409_CONFLICT,
             f"Idempotency-Key was already used for job {job.id} with a different request body",
         )
@@ -135,9 +150,8 @@ def list_jobs(
     """Jobs newest first, filtered by status and cache strategy, one page at a time."""
     try:
         page = repository.page(session, key, status=status_, strategy=strategy, cursor=cursor, limit=limit)
-    except repository.CursorError as exc:
-        fields = [FieldError(field="cursor", rule="must be a next_cursor returned by this API")]
-        return error_response(status.HTTP_422_UNPROCESSABLE_CONTENT, f"cursor: {exc}", fields)
+    except repository.CursorError:
+        raise ApiError.invalid("cursor", "must be a next_cursor returned by this API") from None
     return JobPage(jobs=[job_view(job, settings.public_url) for job in page.jobs], next_cursor=page.next_cursor)
 
 
@@ -159,7 +173,7 @@ def cancel(job_id: uuid.UUID, key: KeyDep, session: SessionDep, settings: Settin
     session.commit()
     if outcome is None:
         job = _found(session, job_id, key)
-        raise HTTPException(status.HTTP_409_CONFLICT, f"job {job.id} has already finished ({job.status.value})")
+        raise ApiError(status.HTTP_409_CONFLICT, f"job {job.id} has already finished ({job.status.value})")
     if isinstance(outcome, transitions.Ended):
         enqueue_delivery(outcome.delivery)
         return _view(session, outcome.job, settings)
@@ -169,8 +183,8 @@ def cancel(job_id: uuid.UUID, key: KeyDep, session: SessionDep, settings: Settin
 @router.get(
     "/{job_id}/video",
     response_class=Response,
-    responses=NOT_FOUND
-    | {
+    responses={
+        404: {"model": ErrorResponse, "description": "No such job for this API key, or it has no video (yet)."},
         200: {"content": {"video/mp4": {}}, "description": "The MP4 (local storage)."},
         307: {"description": "Redirect to a time-limited URL of the MP4 (S3 storage)."},
     },
@@ -178,7 +192,7 @@ def cancel(job_id: uuid.UUID, key: KeyDep, session: SessionDep, settings: Settin
 def video(job_id: uuid.UUID, key: KeyDep, session: SessionDep, storage: StorageDep) -> Any:
     job = _found(session, job_id, key)
     if job.status != JobStatus.succeeded or job.video_key is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job.id} has no video (status {job.status.value})")
+        raise ApiError(status.HTTP_404_NOT_FOUND, f"job {job.id} has no video (status {job.status.value})")
     url = storage.presigned_url(job.video_key)
     if url is not None:
         return RedirectResponse(url, status_code=status.HTTP_307_TEMPORARY_REDIRECT)

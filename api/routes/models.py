@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
-from annotated_types import Ge, Le
+from annotated_types import Ge
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from api.deps import KeyDep, SessionDep, SettingsDep
-from api.schemas import JobCreate
 from core.caching.profiles import ProfileStore
-from core.contract.models import PRESETS, default_shape
-from core.contract.shapes import FamilyRules, family_for_transformer
+from core.contract.models import ModelInfo, describe
+from core.contract.request import JobRequest
+from core.contract.shapes import FamilyRules
 from core.contract.strategies import STRATEGIES
 from core.db import utcnow
+from core.errors import ModelLoadError
 from core.jobs import fleet, workers
+from core.settings import Settings
 
 router = APIRouter(prefix="/models", tags=["models"])
+
+# The setting that caps each size field of a request.
+MAX_SETTINGS = {
+    "width": "request_max_side",
+    "height": "request_max_side",
+    "num_frames": "request_max_frames",
+    "num_inference_steps": "request_max_steps",
+}
 
 
 class ShapeView(BaseModel):
@@ -84,8 +92,8 @@ class RecentView(BaseModel):
 class ModelView(BaseModel):
     name: str
     default: bool = Field(description="Jobs that name no model run on this one.")
-    family: str | None = Field(description="wan, ltx; null while a model directory is not readable here.")
-    default_shape: ShapeView
+    family: str | None = Field(description="wan, ltx, hunyuan; null while the model's files are not readable here.")
+    default_shape: ShapeView | None = Field(description="Null while the model's files are not readable here.")
     limits: LimitsView
     strategies: list[StrategyView]
     profiles: list[ProfileView] = Field(description="Calibration profiles for the model's family.")
@@ -94,33 +102,28 @@ class ModelView(BaseModel):
     recent: RecentView
 
 
-def _family(source: str) -> FamilyRules | None:
-    """A preset's family, or a model directory's from its transformer's config: known without loading weights."""
-    if source in PRESETS:
-        return PRESETS[source].family
+def _info(source: str, settings: Settings) -> ModelInfo | None:
+    """What the model's config files say (no weights loaded); None while they are not readable here."""
     try:
-        config = json.loads((Path(source) / "transformer" / "config.json").read_text())
-        return family_for_transformer(config["_class_name"])
-    except (OSError, ValueError, KeyError):
+        return describe(source, settings.presets_dir)
+    except ModelLoadError:
         return None
 
 
-def _bounds(field: str, rule: str | None) -> Bounds:
+def _bounds(field: str, rule: str | None, settings: Settings) -> Bounds:
     """A request field's bounds as ``POST /jobs`` enforces them."""
-    metadata = JobCreate.model_fields[field].metadata
-    low = next(item.ge for item in metadata if isinstance(item, Ge))
-    high = next(item.le for item in metadata if isinstance(item, Le))
-    return Bounds(min=low, max=high, rule=rule)
+    low = next(item.ge for item in JobRequest.model_fields[field].metadata if isinstance(item, Ge))
+    return Bounds(min=low, max=getattr(settings, MAX_SETTINGS[field]), rule=rule)
 
 
-def _limits(family: FamilyRules | None) -> LimitsView:
+def _limits(family: FamilyRules | None, settings: Settings) -> LimitsView:
     spatial = f"a multiple of {family.spatial_multiple}" if family else None
     temporal = f"{family.temporal_multiple}k+1" if family else None
     return LimitsView(
-        width=_bounds("width", spatial),
-        height=_bounds("height", spatial),
-        num_frames=_bounds("num_frames", temporal),
-        num_inference_steps=_bounds("num_inference_steps", None),
+        width=_bounds("width", spatial, settings),
+        height=_bounds("height", spatial, settings),
+        num_frames=_bounds("num_frames", temporal, settings),
+        num_inference_steps=_bounds("num_inference_steps", None, settings),
     )
 
 
@@ -135,8 +138,8 @@ def list_models(key: KeyDep, session: SessionDep, settings: SettingsDep) -> Any:
     now = utcnow()
     views = []
     for name, source in sources.items():
-        family = _family(source)
-        shape = family.default_shape if family and source not in PRESETS else default_shape(source)
+        info = _info(source, settings)
+        family = info.family if info else None
         own = [p for p in profiles if family and p.transformer.get("class") == family.transformer_class]
         pool = live.get(name, workers.ModelWorkers(0, 0, []))
         numbers = figures[name]
@@ -145,8 +148,8 @@ def list_models(key: KeyDep, session: SessionDep, settings: SettingsDep) -> Any:
                 name=name,
                 default=name == settings.default_model,
                 family=family.name if family else None,
-                default_shape=ShapeView(**vars(shape)),
-                limits=_limits(family),
+                default_shape=ShapeView(**vars(info.default_shape)) if info else None,
+                limits=_limits(family, settings),
                 strategies=[
                     StrategyView(
                         name=info.name,

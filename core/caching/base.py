@@ -1,16 +1,18 @@
 """The shared skeleton of every timestep cache.
 
-A strategy decides, per denoising step and CFG branch, whether the cached unit (the
-transformer's block stack, or the whole model for EasyCache) runs, or whether the
-branch's cached residual (unit output minus unit input, from its last computed call) is
-added to the unit's input instead. This class owns everything around that decision:
-per-branch state, the residual, forced computes, counting, timing and the figures.
+A strategy decides, per denoising step and CFG branch, whether the cached unit (a span of the
+transformer's block stack, or the whole model for EasyCache) runs, or whether the branch's
+cached residual (unit output minus unit input, from its last computed call; or its Taylor
+forecast) is added to the unit's input instead. This class owns everything around that
+decision: per-branch state, the residual, forced computes, counting, timing and the figures.
 
 A strategy supplies its parameter schema and its rule:
 
 - ``new_accumulator`` — the state its rule accumulates between computes (reset on every compute);
 - ``forced`` — the steps it always computes (step 0 always computes: nothing is cached yet);
 - ``can_reuse`` — given the accumulator and this step's signal, may the cached residual be reused?
+- ``unit_blocks`` — which blocks form the unit (default: all; blocks before it always run, and
+  ``BranchState.call_input`` holds their input, so a strategy can compare what they did);
 - the signal, either known before denoising (``signals``: then the whole schedule is computed
   ahead and the loop never synchronises with the device to decide), or measured on-line
   (``runtime_signal``, with ``after_compute`` to update what it measures).
@@ -26,8 +28,10 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import BaseModel
 
+from core.caching.forecast import TaylorSeries
 from core.caching.profiles import Profile
-from core.contract.strategies import STRATEGIES, CacheParams
+from core.contract.schedules import replay
+from core.contract.strategies import STRATEGIES, CacheParams, PredictorParams
 from core.models.families import ModelFamily
 
 
@@ -49,8 +53,11 @@ class BranchState:
     accumulator: Any
     step: int = 0
     computing: bool = True
+    # Input of the transformer's first block in this call, kept while the unit starts later.
+    call_input: torch.Tensor | None = None
     unit_input: torch.Tensor | None = None
     residual: torch.Tensor | None = None
+    forecast: TaylorSeries | None = None
     timer_token: Any = None
     decisions: list[bool] = field(default_factory=list)
 
@@ -152,6 +159,17 @@ class TimestepCache:
 
     # -- the strategy's rule ---------------------------------------------------------------
 
+    @property
+    def predictor_order(self) -> int:
+        """Taylor order of what a skipped call adds (0: the last residual as it was)."""
+        if isinstance(self.params, PredictorParams) and self.params.predictor == "taylorseer":
+            return self.params.predictor_order
+        return 0
+
+    def unit_blocks(self, num_blocks: int) -> tuple[int, int]:
+        """The cached blocks, ``[start, end)``; blocks outside always run."""
+        return 0, num_blocks
+
     def new_accumulator(self) -> Any:
         return None
 
@@ -185,14 +203,9 @@ class TimestepCache:
 
     def replay(self, branch: int, signals: Sequence[float]) -> list[bool]:
         """The compute (True) / reuse (False) decisions of one branch for its per-step signals."""
-        accumulator = self.new_accumulator()
-        decisions = []
-        for step in range(self.plan.num_steps):
-            compute = step == 0 or self.forced(step, branch) or not self.can_reuse(accumulator, signals[step])
-            if compute:
-                accumulator = self.new_accumulator()
-            decisions.append(compute)
-        return decisions
+        return replay(
+            self.plan.num_steps, signals, lambda step: self.forced(step, branch), self.new_accumulator, self.can_reuse
+        )
 
     def planned(self) -> ScheduleFigures | None:
         if self.schedule is None:
@@ -210,6 +223,8 @@ class TimestepCache:
             if branch not in self.plan.branches:
                 raise RuntimeError(f"transformer called in cache context {branch!r}; planned {self.plan.branches}")
             state = BranchState(self.plan.branches.index(branch), branch, self.new_accumulator())
+            if self.predictor_order:
+                state.forecast = TaylorSeries(self.predictor_order)
             self.states[branch] = state
         return state
 
@@ -227,6 +242,8 @@ class TimestepCache:
         state.decisions.append(compute)
         state.computing = compute
         if not compute:
+            if state.forecast is not None:
+                return unit_input + state.forecast.predict(state.step)
             return unit_input + state.residual
         state.accumulator = self.new_accumulator()
         state.unit_input = unit_input
@@ -238,8 +255,11 @@ class TimestepCache:
             self.timer.stop(state.timer_token)
             if self.reuses:
                 state.residual = unit_output - state.unit_input
+                if state.forecast is not None:
+                    state.forecast.update(state.step, state.residual)
             self.after_compute(state, state.unit_input, unit_output)
             state.unit_input = None
+        state.call_input = None
         state.step += 1
 
     def calls(self) -> tuple[int, int]:
@@ -265,6 +285,11 @@ class TimestepCache:
             speedup=_ratio(estimated_full, denoise_seconds),
             ideal_speedup=_ratio(computed + skipped, computed),
         )
+
+
+def relative_change(current: torch.Tensor, previous: torch.Tensor) -> float:
+    """``mean|current - previous| / mean|previous|``, as diffusers' FirstBlockCache and cache-dit compare."""
+    return ((current - previous).abs().mean() / previous.abs().mean()).item()
 
 
 def _ratio(numerator: float, denominator: float) -> float:

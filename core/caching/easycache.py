@@ -5,7 +5,9 @@ transformer: a reused call returns ``x_t + (v - x)`` from the branch's last comp
 After each computed first-branch call, the transformation rate
 ``k = mean|v - v_prev| / mean|x - x_prev|`` is taken between consecutive computed calls. Per
 step, ``E += k * mean|x_t - x_(t-1)| / mean|v_prev|``; reuse while ``E < threshold``. The first
-branch decides and the other CFG branches follow its decision for the step.
+branch decides and the other CFG branches follow its decision for the step. As in the
+reference, the first 10 steps and the last one always compute (``warmup_ratio`` instead
+scales the warm-up with the step count).
 """
 
 from __future__ import annotations
@@ -49,7 +51,9 @@ class EasyCache(TimestepCache):
 
     def forced(self, step: int, branch: int) -> bool:
         steps = self.plan.num_steps
-        return step < int(steps * self.params.warmup_ratio) or step == steps - 1
+        ratio = self.params.warmup_ratio
+        warmup = self.params.warmup_steps if ratio is None else int(steps * ratio)
+        return step < warmup or step == steps - 1
 
     def should_compute(self, state: BranchState, unit_input: torch.Tensor) -> bool:
         if state.index > 0:

@@ -1,13 +1,17 @@
-"""Applies a TimestepCache to a diffusers video transformer without editing the model.
+"""Applies a TimestepCache to a diffusers video transformer without editing the model's code.
 
-The cached unit is either the block stack (hooks on its first, middle and last block) or
-the whole transformer (one hook). The branch comes from the cache context that diffusers
-pipelines open around each transformer call (``cond``, ``uncond`` or ``cond_uncond``).
+For the duration of a run each block of the stack is put in a slot: a thin module that calls
+the block, or skips it, and that feeds the cache what it reads. The decisions, the per-branch
+state and the timing live in the slots, never inside a block, so a block compiled with
+``compile_repeated_blocks`` is traced alone: no graph breaks, no guards on the cache's state.
+The branch comes from the cache context that diffusers pipelines open around each transformer
+call (``cond``, ``uncond`` or ``cond_uncond``), read by a hook on the transformer itself, which
+also runs the decision when the cached unit is the whole model (EasyCache).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -16,7 +20,7 @@ from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
-from core.caching.base import TimestepCache
+from core.caching.base import BranchState, TimestepCache
 
 HOOK_NAME = "skipstep_timestep_cache"
 
@@ -26,46 +30,75 @@ class _NoState(BaseState):
         pass
 
 
-class _UnitHook(ModelHook):
-    """One hook of the cached unit: the head decides, the tail records, the middle follows."""
+def _hidden_states(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+    return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+
+
+class _Runner:
+    """One run's cache driven from the transformer call and its block slots."""
+
+    def __init__(self, cache: TimestepCache, num_blocks: int) -> None:
+        self.cache = cache
+        self.start, self.end = cache.unit_blocks(num_blocks) if cache.scope == "blocks" else (0, 0)
+        self.state: BranchState | None = None
+
+    def model_call(self, branch: str, forward: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any:
+        self.state = self.cache.state_for(branch)
+        if self.cache.scope == "blocks":
+            return forward(*args, **kwargs)
+        state, hidden_states = self.state, _hidden_states(args, kwargs)
+        reused = self.cache.enter(state, hidden_states)
+        if reused is not None:
+            self.cache.exit(state, reused)
+            return Transformer2DModelOutput(sample=reused) if kwargs.get("return_dict", True) else (reused,)
+        output = forward(*args, **kwargs)
+        self.cache.exit(state, output[0] if isinstance(output, tuple) else output.sample)
+        return output
+
+    def block_call(self, index: int, block: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> Any:
+        if not self.start <= index < self.end:
+            if index == 0:
+                self.state.call_input = _hidden_states(args, kwargs)
+            return block(*args, **kwargs)
+        state, family = self.state, self.cache.plan.family
+        if index == self.start:
+            reused = self.cache.enter(state, _hidden_states(args, kwargs))
+            output = block(*args, **kwargs) if reused is None else family.skipped_block_output(reused, args, kwargs)
+        elif state.computing:
+            output = block(*args, **kwargs)
+        else:
+            # The unit's output was already formed at its first block; the rest pass it on.
+            output = family.skipped_block_output(_hidden_states(args, kwargs), args, kwargs)
+        if index == self.end - 1:
+            self.cache.exit(state, family.block_hidden_states(output))
+        return output
+
+
+class _Slot(torch.nn.Module):
+    def __init__(self, block: torch.nn.Module, index: int, runner: _Runner) -> None:
+        super().__init__()
+        self.block = block
+        self.index = index
+        self.runner = runner
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.runner.block_call(self.index, self.block, args, kwargs)
+
+
+class _BranchHook(ModelHook):
+    """On the transformer: learns the call's cache context (its branch) and starts the call."""
 
     # Stateful hooks are the ones whose StateManager diffusers' cache_context updates.
     _is_stateful = True
 
-    def __init__(self, cache: TimestepCache, context: StateManager, head: bool, tail: bool, whole_model: bool):
+    def __init__(self, runner: _Runner) -> None:
         super().__init__()
-        self.cache = cache
-        self.context = context
-        self.head = head
-        self.tail = tail
-        self.whole_model = whole_model
+        self.runner = runner
+        self.context = StateManager(_NoState)
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
         branch = self.context._context.name if self.context._context is not None else "cond"
-        state = self.cache.state_for(branch)
-        hidden_states = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        if self.head:
-            reused = self.cache.enter(state, hidden_states)
-            if reused is not None:
-                if self.tail:
-                    self.cache.exit(state, reused)
-                return self._pack(reused, kwargs) if self.whole_model else reused
-        elif not state.computing:
-            if self.tail:
-                self.cache.exit(state, hidden_states)
-            return hidden_states
-        output = self.fn_ref.original_forward(*args, **kwargs)
-        if self.tail:
-            self.cache.exit(state, self._unpack(output) if self.whole_model else output)
-        return output
-
-    @staticmethod
-    def _pack(sample: torch.Tensor, kwargs: dict[str, Any]) -> Any:
-        return Transformer2DModelOutput(sample=sample) if kwargs.get("return_dict", True) else (sample,)
-
-    @staticmethod
-    def _unpack(output: Any) -> torch.Tensor:
-        return output[0] if isinstance(output, tuple) else output.sample
+        return self.runner.model_call(branch, self.fn_ref.original_forward, args, kwargs)
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         return module
@@ -74,18 +107,18 @@ class _UnitHook(ModelHook):
 @contextmanager
 def attached(cache: TimestepCache, transformer: torch.nn.Module) -> Iterator[None]:
     """Hook ``cache`` into ``transformer`` for the duration of the block; prepare() it first."""
-    units = [transformer] if cache.scope == "model" else list(cache.plan.family.blocks(transformer))
-    context = StateManager(_NoState)
-    root = HookRegistry.check_if_exists_or_initialize(transformer)
-    for index, unit in enumerate(units):
-        hook = _UnitHook(
-            cache, context, head=index == 0, tail=index == len(units) - 1, whole_model=cache.scope == "model"
-        )
-        HookRegistry.check_if_exists_or_initialize(unit).register_hook(hook, HOOK_NAME)
-    root.invalidate_child_registries_cache()
+    # Each block's place: the model's own block list and the index in it (a family may have several lists).
+    places = [(blocks, i) for blocks in cache.plan.family.block_lists(transformer) for i in range(len(blocks))]
+    originals = [blocks[i] for blocks, i in places]
+    runner = _Runner(cache, len(places))
+    registry = HookRegistry.check_if_exists_or_initialize(transformer)
+    registry.register_hook(_BranchHook(runner), HOOK_NAME)
+    if cache.scope == "blocks":
+        for index, ((blocks, i), block) in enumerate(zip(places, originals, strict=True)):
+            blocks[i] = _Slot(block, index, runner)
     try:
         yield
     finally:
-        for unit in units:
-            unit._diffusers_hook.remove_hook(HOOK_NAME, recurse=False)
-        root.invalidate_child_registries_cache()
+        for (blocks, i), block in zip(places, originals, strict=True):
+            blocks[i] = block
+        registry.remove_hook(HOOK_NAME, recurse=False)

@@ -2,47 +2,34 @@
 
 Reference: github.com/Zehong-Ma/MagCache (MagCache4Wan2.1). Per branch, for calls past the
 retention window: ``G *= ratio[t]; k += 1; E += |1 - G|``; reuse while ``E < threshold`` and
-``k <= K``. The decisions read only the ratio table, so the schedule is computed ahead.
+``k <= K``. The decisions read only the ratio table, so the schedule is computed ahead; the rule
+itself is torch-free (``core.contract.schedules``), so the API predicts the same schedule at submit.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from core.caching.base import TimestepCache
+from core.contract.schedules import (
+    MagCacheAccumulator,
+    magcache_forced,
+    magcache_reuse,
+    nearest_interp,
+)
 from core.contract.strategies import MagCacheParams
 from core.errors import CacheConfigError
-
-
-@dataclass
-class _Accumulator:
-    ratio: float = 1.0
-    error: float = 0.0
-    steps: int = 0
-
-
-def nearest_interp(values: Sequence[float], length: int) -> list[float]:
-    """The reference's nearest-index resampling of a per-step table to ``length`` steps."""
-    if length == 1:
-        return [values[-1]]
-    scale = (len(values) - 1) / (length - 1)
-    # round() is round-half-to-even, like the reference's np.round.
-    return [values[round(i * scale)] for i in range(length)]
 
 
 class MagCache(TimestepCache):
     name = "magcache"
     params: MagCacheParams
 
-    def new_accumulator(self) -> _Accumulator:
-        return _Accumulator()
+    def new_accumulator(self) -> MagCacheAccumulator:
+        return MagCacheAccumulator()
 
     def forced(self, step: int, branch: int) -> bool:
-        # The reference counts calls across branches (cond, uncond, cond, ...), not steps.
-        calls_per_step = len(self.plan.branches)
-        retained_calls = int(calls_per_step * self.plan.num_steps * self.params.retention_ratio)
-        return calls_per_step * step + branch < retained_calls
+        return magcache_forced(self.params, self.plan.num_steps, len(self.plan.branches), step, branch)
 
     def signals(self) -> dict[str, Sequence[float]]:
         tables = self.profile.magcache
@@ -53,8 +40,5 @@ class MagCache(TimestepCache):
             )
         return {branch: nearest_interp(tables[branch], self.plan.num_steps) for branch in self.plan.branches}
 
-    def can_reuse(self, accumulator: _Accumulator, ratio: float) -> bool:
-        accumulator.ratio *= ratio
-        accumulator.steps += 1
-        accumulator.error += abs(1 - accumulator.ratio)
-        return accumulator.error < self.params.threshold and accumulator.steps <= self.params.max_skip_steps
+    def can_reuse(self, accumulator: MagCacheAccumulator, ratio: float) -> bool:
+        return magcache_reuse(self.params, accumulator, ratio)

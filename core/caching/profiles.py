@@ -25,6 +25,7 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 # Transformer config keys that identify an architecture for calibration purposes.
 _SIGNATURE_KEYS = (
     "num_layers",
+    "num_single_layers",
     "num_attention_heads",
     "attention_head_dim",
     "ffn_dim",
@@ -40,13 +41,22 @@ _SIGNATURE_KEYS = (
 
 def transformer_signature(transformer: Any) -> dict[str, Any]:
     """A diffusers transformer's class and dimensions, from its config (no torch needed to read it)."""
-    config = transformer.config
-    signature: dict[str, Any] = {"class": type(transformer).__name__}
+    return config_signature({"class": type(transformer).__name__, **transformer.config})
+
+
+def config_signature(config: dict[str, Any]) -> dict[str, Any]:
+    """The signature of a transformer's ``class`` and config, as ``core.contract.models`` reads them from disk."""
+    signature: dict[str, Any] = {"class": config["class"]}
     for key in _SIGNATURE_KEYS:
         if key in config:
             value = config[key]
             signature[key] = list(value) if isinstance(value, tuple) else value
     return signature
+
+
+class TaoCacheTable(BaseModel):
+    cosine: list[float]
+    norm_ratio: list[float]
 
 
 class Profile(BaseModel):
@@ -68,6 +78,9 @@ class Profile(BaseModel):
     teacache: dict[str, list[float]] | None = None
     # The measured (input change, output change) pairs the TeaCache polynomials were fitted to.
     teacache_samples: dict[str, list[tuple[float, float]]] | None = None
+    # TaoCache: per CFG branch, per step, the cosine similarity and norm ratio of the output delta
+    # (this step's output minus the previous step's) to the previous delta; 1.0 where undefined.
+    taocache: dict[str, TaoCacheTable] | None = None
 
     def matches(self, signature: dict[str, Any]) -> bool:
         return all(signature.get(key) == value for key, value in self.transformer.items())

@@ -8,17 +8,31 @@ from __future__ import annotations
 from typing import Any
 
 from core.caching.base import TimestepCache
+from core.caching.dbcache import DBCache
 from core.caching.easycache import EasyCache
+from core.caching.fbcache import FBCache
 from core.caching.magcache import MagCache
 from core.caching.none import NoCache
 from core.caching.profiles import ProfileStore, transformer_signature
+from core.caching.taocache import TaoCache
+from core.caching.taylorseer import TaylorSeer
 from core.caching.teacache import TeaCache
 from core.contract.shapes import Shape
 from core.contract.strategies import CacheSpec
 from core.errors import CacheConfigError
 
 CACHES: dict[str, type[TimestepCache]] = {
-    strategy.name: strategy for strategy in (NoCache, TeaCache, MagCache, EasyCache)
+    strategy.name: strategy
+    for strategy in (
+        NoCache,
+        TeaCache,
+        MagCache,
+        EasyCache,
+        FBCache,
+        DBCache,
+        TaylorSeer,
+        TaoCache,
+    )
 }
 
 

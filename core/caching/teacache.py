@@ -16,10 +16,9 @@ import numpy as np
 import torch
 
 from core.caching.base import TimestepCache
+from core.contract.schedules import teacache_forced
 from core.contract.strategies import TeaCacheParams
 from core.errors import CacheConfigError
-
-RETENTION_STEPS = 5
 
 
 @dataclass
@@ -46,9 +45,7 @@ class TeaCache(TimestepCache):
         return _Accumulator()
 
     def forced(self, step: int, branch: int) -> bool:
-        if self.params.use_ret_steps:
-            return step < RETENTION_STEPS
-        return step == 0 or step == self.plan.num_steps - 1
+        return teacache_forced(self.params, self.plan.num_steps, step)
 
     def signals(self) -> dict[str, Sequence[float]]:
         coefficients = self.profile.teacache.get(self.compared)

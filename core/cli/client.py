@@ -1,4 +1,4 @@
-"""``skipstep submit``: a thin HTTP client of a running service."""
+"""``skipstep submit``: a thin client of a running service, on the SDK (``skipstep.Client``)."""
 
 from __future__ import annotations
 
@@ -6,26 +6,23 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from core.contract.strategies import parse_param
+from core.cli.request import add_request_options, request_fields
+from core.contract.jobs import JobStatus
+from core.contract.request import JobRequest
 from core.errors import SkipstepError
 from core.settings import Settings
+
+if TYPE_CHECKING:
+    from skipstep import JobView
 
 
 def add_commands(commands: Any, settings: Settings) -> None:
     submit = commands.add_parser("submit", help="submit a job to the running service")
-    submit.add_argument("--prompt", required=True)
-    submit.add_argument("--cache", default="none", metavar="STRATEGY")
-    submit.add_argument("--cache-param", action="append", default=[], metavar="NAME=VALUE")
-    submit.add_argument("--width", type=int)
-    submit.add_argument("--height", type=int)
-    submit.add_argument("--num-frames", type=int)
-    submit.add_argument("--steps", type=int, dest="num_inference_steps")
-    submit.add_argument("--seed", type=int)
-    submit.add_argument("--compare", action="store_true", help="also run uncached: fidelity and measured speedup")
+    add_request_options(submit, JobRequest)
     submit.add_argument("--wait", action="store_true", help="follow the job until it finishes")
     submit.add_argument("--out", type=Path, metavar="FILE.mp4", help="with --wait: download the video here")
     submit.add_argument("--api-url", default=settings.public_url)
@@ -34,65 +31,62 @@ def add_commands(commands: Any, settings: Settings) -> None:
 
 
 def _submit(args: argparse.Namespace, settings: Settings) -> int:
-    body: dict[str, Any] = {
-        "prompt": args.prompt,
-        "cache": {"strategy": args.cache, "params": dict(parse_param(item) for item in args.cache_param)},
-        "compare": args.compare,
-    }
-    for field in ("width", "height", "num_frames", "num_inference_steps", "seed"):
-        if getattr(args, field) is not None:
-            body[field] = getattr(args, field)
+    from skipstep import ApiError, Client, WaitTimeout
+
+    # The service validates the body (its limits and models are its own settings).
+    body = request_fields(args, JobRequest)
     deadline = time.monotonic() + args.timeout
-    with httpx.Client(base_url=args.api_url, timeout=30) as client:
-        _wait_ready(client, deadline)
-        # Read only now: a service being started by `skipstep up` writes its key before it is ready.
-        client.headers["Authorization"] = f"Bearer {settings.api_key or _read_key_file(settings)}"
-        response = client.post("/jobs", json=body)
-        if response.status_code != 202:
-            raise SkipstepError(_error_text(response))
-        job = response.json()
-        print(f"job {job['id']} queued")
-        if not args.wait:
-            return 0
-        job = _follow(client, job, deadline)
-        if job["status"] != "succeeded":
-            error = job.get("error") or {}
-            print(f"job {job['id']} {job['status']}: {error.get('message', '')}".rstrip(": "))
-            return 1
-        metrics = job["metrics"]
-        print(
-            f"job {job['id']} succeeded: video {job['result']['video_url']} ({job['result']['bytes']} bytes); "
-            f"denoise {metrics['denoise_seconds']:.2f} s, speedup {metrics['speedup']:.2f}x "
-            f"({metrics['speedup_basis']})"
-        )
-        if args.out is not None:
-            video = client.get(f"/jobs/{job['id']}/video", follow_redirects=True)
-            video.raise_for_status()
-            args.out.write_bytes(video.content)
-            print(f"wrote {args.out}")
+    with httpx.Client(base_url=args.api_url, timeout=30) as probe:
+        _wait_ready(probe, deadline)
+    # Read only now: a service being started by `skipstep up` writes its key before it is ready.
+    with Client(args.api_url, settings.api_key or _read_key_file(settings)) as client:
+        try:
+            job = client.jobs.create(**body)
+            print(f"job {job.id} queued")
+            if not args.wait:
+                return 0
+            show = _Progress()
+            job = client.jobs.wait(job.id, timeout=max(0.0, deadline - time.monotonic()), on_progress=show)
+            show(job)
+            if job.status != JobStatus.succeeded or job.result is None:
+                message = job.error.message if job.error else ""
+                print(f"job {job.id} {job.status.value}: {message}".rstrip(": "))
+                return 1
+            metrics = job.metrics or {}
+            print(
+                f"job {job.id} succeeded: video {job.result.video_url} ({job.result.bytes} bytes); "
+                f"denoise {metrics['denoise_seconds']:.2f} s, speedup {metrics['speedup']:.2f}x "
+                f"({metrics['speedup_basis']})"
+            )
+            if args.out is not None:
+                client.jobs.download(job.id, args.out)
+                print(f"wrote {args.out}")
+        except ApiError as exc:
+            raise SkipstepError(exc.message) from exc
+        except WaitTimeout as exc:
+            raise SkipstepError(f"--timeout: {exc}") from exc
     return 0
 
 
-def _follow(client: httpx.Client, job: dict[str, Any], deadline: float) -> dict[str, Any]:
-    last = ""
-    while job["status"] in ("queued", "running"):
-        if time.monotonic() > deadline:
-            raise SkipstepError(f"--timeout: job {job['id']} still {job['status']}")
-        time.sleep(0.5)
-        job = client.get(f"/jobs/{job['id']}").json()
-        progress = job.get("progress") or {}
-        line = job["status"]
-        if progress:
+class _Progress:
+    """Prints the job's status line to stderr each time it changes."""
+
+    def __init__(self) -> None:
+        self.last = ""
+
+    def __call__(self, job: JobView) -> None:
+        line = job.status.value
+        if job.progress is not None:
+            progress = job.progress
             line += (
-                f" step {progress['step']}/{progress['total']} (computed {progress['computed_calls']}, "
-                f"skipped {progress['skipped_calls']} calls)"
+                f" step {progress.step}/{progress.total} (computed {progress.computed_calls}, "
+                f"skipped {progress.skipped_calls} calls)"
             )
-        elif job["status"] == "queued":
-            line += f", position {job['queue_position']}"
-        if line != last:
+        elif job.status == JobStatus.queued:
+            line += f", position {job.queue_position}"
+        if line != self.last:
             print(line, file=sys.stderr)
-            last = line
-    return job
+            self.last = line
 
 
 def _wait_ready(client: httpx.Client, deadline: float) -> None:
@@ -112,10 +106,3 @@ def _read_key_file(settings: Settings) -> str:
     if not path.exists():
         raise SkipstepError(f"no API key: set SKIPSTEP_API_KEY (or run `skipstep up`, which writes {path})")
     return path.read_text().strip()
-
-
-def _error_text(response: httpx.Response) -> str:
-    try:
-        return str(response.json()["error"]["message"])
-    except (ValueError, KeyError, TypeError):
-        return f"HTTP {response.status_code}: {response.text[:200]}"

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from core.cli.request import add_request_options, request_fields
 from core.contract.request import GenerationRequest
-from core.contract.strategies import STRATEGIES, parse_param
 from core.settings import Settings
 
 if TYPE_CHECKING:
@@ -26,18 +26,8 @@ DEFAULT_CALIBRATION_PROMPTS = (
 
 def add_commands(commands: Any, settings: Settings) -> None:
     gen = commands.add_parser("generate", help="generate one video")
-    gen.add_argument("--prompt", required=True)
-    gen.add_argument("--negative-prompt", default="")
-    _add_model_and_shape(gen, settings)
-    gen.add_argument("--guidance-scale", type=float, default=5.0)
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--fps", type=int, default=16)
-    gen.add_argument("--cache", default="none", metavar="STRATEGY", help=", ".join(STRATEGIES))
-    gen.add_argument(
-        "--cache-param", action="append", default=[], metavar="NAME=VALUE", help="a strategy parameter (repeatable)"
-    )
-    gen.add_argument("--profile", help="calibration profile (default: the nearest for the model and shape)")
-    gen.add_argument("--compare", action="store_true", help="also run uncached: PSNR, SSIM, measured speedup")
+    _add_model(gen, settings)
+    add_request_options(gen, GenerationRequest)
     gen.add_argument("--out", type=Path, required=True, metavar="FILE.mp4")
     gen.set_defaults(run=_generate)
 
@@ -53,8 +43,14 @@ def add_commands(commands: Any, settings: Settings) -> None:
     profiles.set_defaults(run=_profiles)
 
 
+def _add_model(parser: argparse.ArgumentParser, settings: Settings) -> None:
+    parser.add_argument(
+        "--model", default=settings.model, help=f"preset, model directory or hub id (default {settings.model})"
+    )
+
+
 def _add_model_and_shape(parser: argparse.ArgumentParser, settings: Settings) -> None:
-    parser.add_argument("--model", default=settings.model, help=f"preset or model directory (default {settings.model})")
+    _add_model(parser, settings)
     parser.add_argument("--width", type=int)
     parser.add_argument("--height", type=int)
     parser.add_argument("--num-frames", type=int)
@@ -70,20 +66,7 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
     from core.models import load_model
     from core.video import encode_mp4, to_uint8
 
-    params = dict(parse_param(item) for item in args.cache_param)
-    request = GenerationRequest(
-        prompt=args.prompt,
-        negative_prompt=args.negative_prompt,
-        width=args.width,
-        height=args.height,
-        num_frames=args.num_frames,
-        num_inference_steps=args.num_inference_steps,
-        guidance_scale=args.guidance_scale,
-        seed=args.seed,
-        fps=args.fps,
-        cache={"strategy": args.cache, "params": params, "profile": args.profile},
-        compare=args.compare,
-    )
+    request = GenerationRequest(**request_fields(args, GenerationRequest))
     started = time.perf_counter()
     model = load_model(args.model, settings)
     loaded = time.perf_counter()
@@ -160,7 +143,7 @@ def _profiles(args: argparse.Namespace, settings: Settings) -> int:
     from core.caching.profiles import ProfileStore
 
     for profile in ProfileStore(settings.profiles_dir).all():
-        data = [name for name in ("magcache", "teacache") if getattr(profile, name) is not None]
+        data = [name for name in ("magcache", "teacache", "taocache") if getattr(profile, name) is not None]
         print(
             f"{profile.name}: {profile.model} {profile.width}x{profile.height}x{profile.num_frames}, "
             f"{profile.num_inference_steps} steps [{', '.join(data)}]"
@@ -172,7 +155,9 @@ def _format_schedule(title: str, branches: dict, ideal_speedup: float) -> str:
     lines = [f"{title} schedule (C computed, . reused), ideal speedup {ideal_speedup:.2f}x"]
     width = max(map(len, branches))
     for name, figures in branches.items():
-        lines.append(f"  {name:<{width}} {figures.schedule}  {figures.computed}/{figures.computed + figures.skipped}")
+        # A composite's figures name the rule behind each skip (see its strategy's docstring).
+        steps = getattr(figures, "rules", figures.schedule)
+        lines.append(f"  {name:<{width}} {steps}  {figures.computed}/{figures.computed + figures.skipped}")
     return "\n".join(lines)
 
 

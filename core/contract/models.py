@@ -1,12 +1,21 @@
-"""The offline presets as clients see them: name, family and default shape (the builders are engine code)."""
+"""Models as clients see them: the offline presets (name, family, default shape; the builders are
+engine code), and what a configured model is, read from its files without loading any weights."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from core.contract.shapes import LTX, WAN, FamilyRules, Shape
+from core.contract.shapes import HUNYUAN, LTX, WAN, FamilyRules, Shape, family_for_transformer
+from core.errors import ModelLoadError
 
 TINY_SHAPE = Shape(width=128, height=128, num_frames=17, num_inference_steps=20)
+# owner/name as the Hugging Face hub spells a repository.
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 @dataclass(frozen=True)
@@ -22,6 +31,7 @@ PRESETS: dict[str, PresetInfo] = {
     for preset in (
         PresetInfo("wan-tiny", WAN, TINY_SHAPE, "small random Wan2.1 pipeline for tests, the demo and CPU benchmarks"),
         PresetInfo("ltx-tiny", LTX, TINY_SHAPE, "small random LTX-Video pipeline"),
+        PresetInfo("hunyuan-tiny", HUNYUAN, TINY_SHAPE, "small random HunyuanVideo pipeline (embedded guidance)"),
         PresetInfo(
             "wan2.1-1.3b-random",
             WAN,
@@ -32,6 +42,85 @@ PRESETS: dict[str, PresetInfo] = {
 }
 
 
-def default_shape(source: str) -> Shape:
-    """The shape a job gets when it names none, known without loading the model."""
-    return PRESETS[source].default_shape if source in PRESETS else WAN.default_shape
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model source as far as its config files tell, without loading it."""
+
+    source: str
+    family: FamilyRules
+    default_shape: Shape
+    # The transformer's class and config (transformer/config.json); empty when not on disk yet (a preset
+    # that no worker has built).
+    transformer: dict[str, Any] = field(default_factory=dict)
+
+
+def is_hub_id(source: str) -> bool:
+    """``owner/name`` that is not a path on this machine: a Hugging Face hub repository."""
+    return bool(HUB_ID.fullmatch(source)) and not Path(source).expanduser().exists()
+
+
+def hub_cache() -> Path:
+    """Where the hub client keeps repositories: HF_HUB_CACHE, else HF_HOME/hub, as huggingface_hub reads them."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "huggingface"
+    return Path(home).expanduser() / "hub"
+
+
+def hub_snapshot(repo_id: str, revision: str = "main") -> Path | None:
+    """The cached snapshot of a hub model (models--owner--name/snapshots/<commit>), None if not cached."""
+    repo = hub_cache() / f"models--{repo_id.replace('/', '--')}"
+    ref = repo / "refs" / revision
+    commit = ref.read_text().strip() if ref.is_file() else revision
+    snapshot = repo / "snapshots" / commit
+    return snapshot if (snapshot / "model_index.json").is_file() else None
+
+
+def fetch_hint(repo_id: str) -> str:
+    return (
+        f"model {repo_id} is not in the Hugging Face cache ({hub_cache()}) and this machine cannot download it: "
+        f"fetch it with `huggingface-cli download {repo_id}` (or set HF_HOME to a cache that holds it)"
+    )
+
+
+def model_files(source: str, presets_dir: Path) -> Path | None:
+    """The directory that holds a source's diffusers files, None if it has none on this machine yet."""
+    if source in PRESETS:
+        path = presets_dir / source
+    elif is_hub_id(source):
+        return hub_snapshot(source)
+    else:
+        path = Path(source).expanduser()
+    return path if (path / "model_index.json").is_file() else None
+
+
+def describe(source: str, presets_dir: Path) -> ModelInfo:
+    """The family, default shape and transformer config of a preset, a local diffusers directory or a hub
+    id in the Hugging Face cache, from the preset catalogue and the model's JSON files."""
+    folder = model_files(source, presets_dir)
+    transformer = _transformer_config(folder) if folder is not None else {}
+    if source in PRESETS:
+        preset = PRESETS[source]
+        return ModelInfo(source, preset.family, preset.default_shape, transformer)
+    if folder is None:
+        if is_hub_id(source):
+            raise ModelLoadError(fetch_hint(source))
+        raise ModelLoadError(f"model directory {source} does not exist or has no model_index.json")
+    try:
+        family = family_for_transformer(transformer.get("class", ""))
+    except ValueError as exc:
+        raise ModelLoadError(f"model {source}: {exc}") from None
+    return ModelInfo(source, family, family.default_shape, transformer)
+
+
+def _transformer_config(folder: Path) -> dict[str, Any]:
+    """The transformer's class (from model_index.json, else its config's ``_class_name``) and config."""
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+        config_file = folder / "transformer" / "config.json"
+        config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"model {folder}: unreadable config: {exc}") from None
+    entry = index.get("transformer")
+    class_name = entry[1] if isinstance(entry, list) and len(entry) == 2 else config.get("_class_name", "")
+    return {"class": class_name} | {key: value for key, value in config.items() if not key.startswith("_")}

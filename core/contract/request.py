@@ -1,32 +1,107 @@
-"""A generation request: the fields every entry point (CLI, API, worker) validates."""
+"""A generation request: the one model every entry point derives from.
+
+``GenerationRequest`` is what the engine runs (``skipstep generate``, calibration, the worker);
+``JobRequest`` adds what the service needs (the model to run it, webhooks) and is the body of
+``POST /jobs``, what ``skipstep submit`` sends, what a job row maps to and what ``GET /jobs/{id}``
+and webhook events show as ``input``. The upper limits are settings (``SKIPSTEP_REQUEST_MAX_*``); the
+size rules of the model's family are applied with ``shape()`` once the model is known.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import hashlib
+import json
+from collections.abc import Callable
+from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from core.contract.jobs import DEFAULT_EVENTS
 from core.contract.shapes import FamilyRules, Shape
 from core.contract.strategies import CacheSpec
 from core.errors import InvalidRequest
+from core.settings import get_settings
+from core.webhooks.addresses import check_url_syntax
+
+WebhookEventName = Literal["job.started", "job.succeeded", "job.failed", "job.canceled"]
+
+
+def _limit(keyword: str, setting: str) -> Callable[[dict[str, Any]], None]:
+    """Shows a limit from the settings in the JSON schema, as the settings are when the schema is made."""
+
+    def show(schema: dict[str, Any]) -> None:
+        # Optional fields are anyOf [int, null]: the limit belongs to the int.
+        target = next((s for s in schema.get("anyOf", []) if s.get("type") != "null"), schema)
+        target[keyword] = getattr(get_settings(), setting)
+
+    return show
 
 
 class GenerationRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(min_length=1, max_length=4000)
-    negative_prompt: str = Field(default="", max_length=4000)
+    prompt: str = Field(min_length=1, json_schema_extra=_limit("maxLength", "request_max_prompt_chars"))
+    negative_prompt: str = Field(default="", json_schema_extra=_limit("maxLength", "request_max_prompt_chars"))
     # None: the model's default shape (small for presets, the family's native size otherwise).
-    width: int | None = Field(default=None, ge=16, le=4096)
-    height: int | None = Field(default=None, ge=16, le=4096)
-    num_frames: int | None = Field(default=None, ge=1, le=1025)
-    num_inference_steps: int | None = Field(default=None, ge=2, le=1000)
-    guidance_scale: float = Field(default=5.0, ge=0, le=50)
+    width: int | None = Field(
+        default=None,
+        ge=16,
+        description="The family's multiple (16 for Wan, 32 for LTX). Default: the model's.",
+        json_schema_extra=_limit("maximum", "request_max_side"),
+    )
+    height: int | None = Field(
+        default=None,
+        ge=16,
+        description="The family's multiple (16 for Wan, 32 for LTX). Default: the model's.",
+        json_schema_extra=_limit("maximum", "request_max_side"),
+    )
+    num_frames: int | None = Field(
+        default=None,
+        ge=1,
+        description="The family's rule: 4k+1 for Wan (17, 33, 81), 8k+1 for LTX. Default: the model's.",
+        json_schema_extra=_limit("maximum", "request_max_frames"),
+    )
+    num_inference_steps: int | None = Field(
+        default=None,
+        ge=2,
+        description="Default: the model's.",
+        json_schema_extra=_limit("maximum", "request_max_steps"),
+    )
+    guidance_scale: float = Field(default=5.0, ge=0, le=20)
     seed: int = Field(default=0, ge=0, le=2**63 - 1)
-    fps: int = Field(default=16, ge=1, le=120)
+    fps: int = Field(default=16, ge=1, le=60)
     cache: CacheSpec = Field(default_factory=CacheSpec)
     compare: bool = Field(default=False, description="Also run uncached with the same seed and report fidelity.")
 
+    @field_validator("prompt")
+    @classmethod
+    def _not_blank(cls, prompt: str) -> str:
+        if not prompt.strip():
+            raise ValueError("must not be blank")
+        return _at_most_chars(prompt, get_settings().request_max_prompt_chars)
+
+    @field_validator("negative_prompt")
+    @classmethod
+    def _negative_length(cls, text: str) -> str:
+        return _at_most_chars(text, get_settings().request_max_prompt_chars)
+
+    @field_validator("width", "height")
+    @classmethod
+    def _side_limit(cls, side: int | None) -> int | None:
+        return _at_most(side, get_settings().request_max_side)
+
+    @field_validator("num_frames")
+    @classmethod
+    def _frames_limit(cls, frames: int | None) -> int | None:
+        return _at_most(frames, get_settings().request_max_frames)
+
+    @field_validator("num_inference_steps")
+    @classmethod
+    def _steps_limit(cls, steps: int | None) -> int | None:
+        return _at_most(steps, get_settings().request_max_steps)
+
     def shape(self, family: FamilyRules, default: Shape) -> Shape:
-        """The concrete shape, checked against the family's size rules."""
+        """The concrete shape, checked against the family's size rules (InvalidRequest names the field)."""
         shape = Shape(
             width=self.width or default.width,
             height=self.height or default.height,
@@ -36,3 +111,77 @@ class GenerationRequest(BaseModel):
         for field, rule in family.violations(shape):
             raise InvalidRequest(field, rule)
         return shape
+
+
+class JobRequest(GenerationRequest):
+    """A job for the service: ``POST /jobs``'s body, and a job's ``input`` as the API shows it."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "prompt": "a red fox running through snow, cinematic",
+                    "width": 832,
+                    "height": 480,
+                    "num_frames": 81,
+                    "num_inference_steps": 50,
+                    "seed": 42,
+                    "cache": {"strategy": "magcache", "params": {"threshold": 0.12, "max_skip_steps": 2}},
+                    "webhook_url": "https://example.com/hooks/skipstep",
+                    "webhook_events": ["job.succeeded", "job.failed"],
+                }
+            ]
+        },
+    )
+
+    model: str | None = Field(
+        default=None, description="A model the service serves (SKIPSTEP_MODELS); default: the first."
+    )
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1, description="Random when absent; the job records it.")
+    webhook_url: str | None = Field(default=None, max_length=2048)
+    webhook_events: list[WebhookEventName] | None = Field(
+        default=None, description=f"Default: {[event.value for event in DEFAULT_EVENTS]}."
+    )
+
+    @field_validator("model")
+    @classmethod
+    def _configured(cls, model: str | None) -> str | None:
+        configured = get_settings().model_sources
+        if model is not None and model not in configured:
+            raise ValueError(f"unknown model {model!r}; configured: {', '.join(configured)}")
+        return model
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _url_syntax(cls, url: str | None) -> str | None:
+        if url is not None:
+            # Syntax only: whether private addresses are allowed is a setting, which the submit path applies.
+            check_url_syntax(url, allow_private=True)
+        return url
+
+    @field_validator("webhook_events")
+    @classmethod
+    def _events_need_url(
+        cls, events: list[WebhookEventName] | None, info: ValidationInfo
+    ) -> list[WebhookEventName] | None:
+        if events and info.data.get("webhook_url") is None:
+            raise ValueError("needs webhook_url")
+        return events
+
+    def fingerprint(self) -> str:
+        """Identifies the body for Idempotency-Key checks (same key, different body: a conflict)."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _at_most(value: Any, limit: int) -> Any:
+    if value is not None and value > limit:
+        raise ValueError(f"Input should be less than or equal to {limit}")
+    return value
+
+
+def _at_most_chars(text: str, limit: int) -> str:
+    if len(text) > limit:
+        raise ValueError(f"String should have at most {limit} characters")
+    return text

@@ -24,6 +24,11 @@ class FamilyRules:
     spatial_multiple: int
     temporal_multiple: int
     default_shape: Shape
+    # Cache-context names of the transformer calls of one step with classifier-free guidance, in call order.
+    cfg_branches: tuple[str, ...] = ("cond", "uncond")
+
+    def branches(self, do_cfg: bool) -> tuple[str, ...]:
+        return self.cfg_branches if do_cfg else ("cond",)
 
     def violations(self, shape: Shape) -> list[tuple[str, str]]:
         """(field, rule) for every size rule ``shape`` breaks."""
@@ -53,9 +58,22 @@ LTX = FamilyRules(
     spatial_multiple=32,
     temporal_multiple=8,
     default_shape=Shape(width=704, height=480, num_frames=161, num_inference_steps=50),
+    # LTXPipeline runs CFG as one batched call: both branches share a cache context.
+    cfg_branches=("cond_uncond",),
 )
 
-FAMILIES: dict[str, FamilyRules] = {rules.name: rules for rules in (WAN, LTX)}
+# HunyuanVideo: VAE 8x spatial, 4x temporal, 2x2 patches; native 720p, 129 frames (5 s at 24 fps).
+HUNYUAN = FamilyRules(
+    name="hunyuan",
+    transformer_class="HunyuanVideoTransformer3DModel",
+    spatial_multiple=16,
+    temporal_multiple=4,
+    default_shape=Shape(width=1280, height=720, num_frames=129, num_inference_steps=50),
+    # Embedded guidance (a transformer input): HunyuanVideoPipeline makes one call per step.
+    cfg_branches=("cond",),
+)
+
+FAMILIES: dict[str, FamilyRules] = {rules.name: rules for rules in (WAN, LTX, HUNYUAN)}
 
 
 def family_for_transformer(class_name: str) -> FamilyRules:

@@ -8,7 +8,7 @@ schema and one ``StrategyInfo`` line here, one engine module and one line in the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -21,14 +21,29 @@ class CacheParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class TeaCacheParams(CacheParams):
+class PredictorParams(CacheParams):
+    """What a skipped call adds to the cached unit's input: the last residual, or its Taylor forecast."""
+
+    predictor: Literal["reuse", "taylorseer"] = Field(
+        default="reuse",
+        description="reuse: the branch's last computed residual; taylorseer: the residual extrapolated from its "
+        "finite differences over the last computed steps (TaylorSeer).",
+    )
+    predictor_order: int = Field(default=1, ge=1, le=4, description="Taylor order of the taylorseer predictor.")
+
+
+class TeaCacheParams(PredictorParams):
+    # Defaults: the TeaCache4Wan2.1 1.3B "fast" setting (--teacache_thresh 0.08 without --use_ret_steps), the
+    # TeaCache row EasyCache's README compares against. use_ret_steps=true reproduces the reference's
+    # retention-steps rows (its published 1.3B thresholds 0.05-0.10).
     threshold: float = Field(default=0.08, ge=0, description="Accumulated rescaled change below which a step reuses.")
     use_ret_steps: bool = Field(
-        default=True, description="Compare timestep_proj and always compute the first 5 steps (else temb, first/last)."
+        default=False,
+        description="Compare timestep_proj and always compute the first 5 steps (else temb, first and last steps).",
     )
 
 
-class MagCacheParams(CacheParams):
+class MagCacheParams(PredictorParams):
     threshold: float = Field(default=0.12, ge=0, description="Accumulated error below which a step reuses.")
     max_skip_steps: int = Field(default=2, ge=1, description="K: most consecutive reused steps per branch.")
     retention_ratio: float = Field(default=0.2, ge=0, lt=1, description="Share of the first calls that always compute.")
@@ -38,7 +53,82 @@ class EasyCacheParams(CacheParams):
     threshold: float = Field(
         default=0.05, ge=0, description="Accumulated predicted change below which a step reuses (0.1 ~2x, 0.2 ~3x)."
     )
-    warmup_ratio: float = Field(default=0.2, ge=0, lt=1, description="Share of the first steps that always compute.")
+    warmup_steps: int = Field(
+        default=10, ge=0, description="First steps that always compute (the reference hard-codes 10)."
+    )
+    warmup_ratio: float | None = Field(
+        default=None, ge=0, lt=1, description="When set, int(ratio x steps) warm-up steps instead of warmup_steps."
+    )
+
+
+class FBCacheParams(PredictorParams):
+    # diffusers' FirstBlockCacheConfig: threshold 0.05.
+    threshold: float = Field(
+        default=0.05,
+        ge=0,
+        description="Relative L1 change of the first block's residual since the last computed step at or below "
+        "which the remaining blocks reuse their residual.",
+    )
+
+
+class DBCacheParams(PredictorParams):
+    # cache-dit's DBCacheConfig defaults (F8B0, threshold 0.08, 8 warm-up steps, no caps).
+    Fn_compute_blocks: int = Field(
+        default=8, ge=1, description="Fn: first blocks that always compute; their residual is compared."
+    )
+    Bn_compute_blocks: int = Field(
+        default=0, ge=0, description="Bn: last blocks that always compute, on top of the reused middle residual."
+    )
+    residual_diff_threshold: float = Field(
+        default=0.08,
+        ge=0,
+        description="Relative L1 change of the Fn residual below which the middle blocks reuse (>= 1: always).",
+    )
+    max_warmup_steps: int = Field(default=8, ge=0, description="First steps that never reuse.")
+    warmup_interval: int = Field(
+        default=1, ge=1, description="Within the warm-up, only every n-th step is forced (the others may reuse)."
+    )
+    max_cached_steps: int = Field(default=-1, ge=-1, description="Most reused steps per branch (-1: no limit).")
+    max_continuous_cached_steps: int = Field(
+        default=-1,
+        ge=-1,
+        description="Most consecutive reused steps per branch, counted as cache-dit counts (-1: no limit).",
+    )
+    steps_computation_mask: list[Literal[0, 1]] | None = Field(
+        default=None, description="Per step: 1 always computes, 0 may reuse; steps past its end may reuse."
+    )
+    steps_computation_policy: Literal["dynamic", "static"] = Field(
+        default="dynamic", description="For mask-0 steps: dynamic (threshold and caps decide) or static (always reuse)."
+    )
+
+
+class TaylorSeerParams(CacheParams):
+    # diffusers' TaylorSeerCacheConfig defaults: cache_interval 5, disable_cache_before_step 3, max_order 1.
+    order: int = Field(default=1, ge=1, le=4, description="Taylor order of the forecast.")
+    warmup_steps: int = Field(default=3, ge=1, description="First steps that always compute.")
+    interval: int = Field(
+        default=5, ge=1, description="After the warm-up, one computed step in every `interval` steps."
+    )
+    stop_step: int | None = Field(default=None, ge=1, description="Steps from here on always compute (None: none).")
+
+
+class TaoCacheParams(CacheParams):
+    threshold: float = Field(
+        default=0.5,
+        ge=0,
+        description="Accumulated unpredicted change, in last computed deltas, below which a late step is predicted.",
+    )
+    max_skip_steps: int = Field(default=3, ge=1, description="K: most consecutive predicted steps per branch.")
+    start_ratio: float = Field(
+        default=0.5,
+        ge=0,
+        lt=1,
+        description="Share of the first steps left to the early rule; TaoCache predicts only after it.",
+    )
+    early: Literal["none", "magcache", "teacache"] = Field(
+        default="none",
+        description="Rule for the early and middle steps (with its published defaults); none: compute them.",
+    )
 
 
 @dataclass(frozen=True)
@@ -71,6 +161,33 @@ STRATEGIES: dict[str, StrategyInfo] = {
             EasyCacheParams,
             None,
             "Reuse the whole model's transformation while its predicted change is small; no calibration.",
+        ),
+        StrategyInfo(
+            "fbcache",
+            FBCacheParams,
+            None,
+            "Always compute the first block; reuse the others' residual while the first block's residual barely "
+            "changes (diffusers' FirstBlockCache); no calibration.",
+        ),
+        StrategyInfo(
+            "dbcache",
+            DBCacheParams,
+            None,
+            "Always compute the first Fn and last Bn blocks; reuse the middle blocks' residual while the Fn residual "
+            "barely changes, within warm-up, caps and step mask (cache-dit's DBCache); no calibration.",
+        ),
+        StrategyInfo(
+            "taylorseer",
+            TaylorSeerParams,
+            None,
+            "Compute every interval-th step after a warm-up; forecast the blocks' residual in between from its "
+            "finite differences (TaylorSeer); no calibration.",
+        ),
+        StrategyInfo(
+            "taocache",
+            TaoCacheParams,
+            "taocache",
+            "Predict the late steps' output from calibrated cosines and norm ratios of consecutive output deltas.",
         ),
     )
 }

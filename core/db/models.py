@@ -154,6 +154,9 @@ class Job(Base):
     error_code: Mapped[str | None] = mapped_column(String(50))
     error_message: Mapped[str | None] = mapped_column(Text)
 
+    # Bumped by every change a client can see (status, progress): the id of the job's server-sent events.
+    version: Mapped[int] = mapped_column(default=0, server_default="0")
+
 
 class Worker(Base):
     __tablename__ = "workers"

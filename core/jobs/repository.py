@@ -1,5 +1,6 @@
 """Reads of job rows: one job, a key's jobs page by page, counts. State changes are in
-``core.jobs.transitions``, the fair queue order in ``core.jobs.dispatch``."""
+``core.jobs.transitions``, the fair queue order in ``core.jobs.dispatch``, the dashboard's reads in
+``core.jobs.dashboard``, the row <-> request mapping in ``core.jobs.mapping``."""
 
 from __future__ import annotations
 

@@ -4,7 +4,9 @@
 Every transition is one guarded UPDATE, so racing processes (the API, workers given the same
 message, sweeps of several workers) cannot both win; attempts are counted at every claim; each
 terminal transition records its webhook event in the same transaction, so an event is written
-exactly when its status change is, once. Callers commit, then send what the result names.
+exactly when its status change is, once. Every change a client can see bumps ``jobs.version`` (the
+job's event id) and is announced to its event streams once the caller commits (``core.jobs.notify``).
+Callers commit, then send what the result names.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from core.contract.jobs import EventType
 from core.db import Job, JobRun, JobStatus, KeyTurn, utcnow
+from core.jobs import notify
 from core.webhooks.events import record_event
 
 WORKER_LOST = "worker_lost"
@@ -79,6 +82,12 @@ def _end_run(session: Session, job_id: uuid.UUID, attempt: int, outcome: str) ->
     )
 
 
+def _seen(session: Session, job_id: uuid.UUID) -> dict[str, Any]:
+    """The values that mark a visible change of the job: its version bumped, its streams told after commit."""
+    notify.changed(session, job_id)
+    return {"version": Job.version + 1}
+
+
 def _event(session: Session, job: Job, status: JobStatus, public_url: str) -> uuid.UUID | None:
     return record_event(session, job, EventType.on(status), public_url)
 
@@ -98,6 +107,7 @@ def cancel(session: Session, job_id: uuid.UUID, public_url: str) -> Ended | Job 
             cancel_requested_at=func.coalesce(Job.cancel_requested_at, now),
             status=case((queued, JobStatus.canceled), else_=Job.status),
             finished_at=case((queued, now), else_=Job.finished_at),
+            **_seen(session, job_id),
         )
         .returning(Job.status)
         .execution_options(synchronize_session=False)
@@ -138,6 +148,7 @@ def claim(
             progress_at=now,
             dispatched_at=None,
             attempts=Job.attempts + 1,
+            **_seen(session, job_id),
         )
         .execution_options(synchronize_session=False)
     )
@@ -168,7 +179,7 @@ def check_in(
     result = session.execute(
         update(Job)
         .where(_mine(job_id, worker_id))
-        .values(lease_expires_at=utcnow() + lease, **progress)
+        .values(lease_expires_at=utcnow() + lease, **progress, **(_seen(session, job_id) if progress else {}))
         .returning(Job.cancel_requested_at)
         .execution_options(synchronize_session=False)
     )
@@ -185,23 +196,23 @@ def finish(
     always ends the job canceled (its result is dropped)."""
     guard = _mine(job_id, worker_id)
     succeeded = status == JobStatus.succeeded and _set_final(
-        session, and_(guard, Job.cancel_requested_at.is_(None)), status, values
+        session, job_id, and_(guard, Job.cancel_requested_at.is_(None)), status, values
     )
     if not succeeded:
         if status == JobStatus.succeeded:
             status, values = JobStatus.canceled, {}
-        if not _set_final(session, guard, status, values):
+        if not _set_final(session, job_id, guard, status, values):
             return None
     job = session.get_one(Job, job_id, populate_existing=True)
     _end_run(session, job_id, job.attempts, status.value)
     return Ended(job, _event(session, job, status, public_url))
 
 
-def _set_final(session: Session, where: Any, status: JobStatus, values: dict[str, Any]) -> bool:
+def _set_final(session: Session, job_id: uuid.UUID, where: Any, status: JobStatus, values: dict[str, Any]) -> bool:
     result = session.execute(
         update(Job)
         .where(where)
-        .values(status=status, finished_at=utcnow(), lease_expires_at=None, **values)
+        .values(status=status, finished_at=utcnow(), lease_expires_at=None, **values, **_seen(session, job_id))
         .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1
@@ -223,6 +234,7 @@ def hand_back(session: Session, job_id: uuid.UUID, worker_id: str) -> bool:
             progress_step=0,
             computed_calls=0,
             skipped_calls=0,
+            **_seen(session, job_id),
         )
         .execution_options(synchronize_session=False)
     )
@@ -269,14 +281,20 @@ def requeue_lapsed(session: Session, max_attempts: int, public_url: str, limit: 
             requeued = session.execute(
                 update(Job)
                 .where(still_lapsed, Job.cancel_requested_at.is_(None))
-                .values(status=JobStatus.queued, worker_id=None, lease_expires_at=None, dispatched_at=None)
+                .values(
+                    status=JobStatus.queued,
+                    worker_id=None,
+                    lease_expires_at=None,
+                    dispatched_at=None,
+                    **_seen(session, job_id),
+                )
                 .execution_options(synchronize_session=False)
             )
             if requeued.rowcount == 1:
                 _end_run(session, job_id, attempts, RunOutcome.ABANDONED)
                 swept.requeued.append((job_id, model, worker_id))
             continue
-        if _set_final(session, still_lapsed, status, values):
+        if _set_final(session, job_id, still_lapsed, status, values):
             _end_run(session, job_id, attempts, RunOutcome.ABANDONED)
             job = session.get_one(Job, job_id, populate_existing=True)
             delivery = _event(session, job, status, public_url)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import Field
 from sqlalchemy import and_, func, select, update
 from sqlalchemy.orm import Session
 
@@ -83,11 +84,16 @@ def idle_count(session: Session, model: str, heartbeat_seconds: float) -> int:
     return session.scalar(query) or 0
 
 
+def serving_count(session: Session, model: str, heartbeat_seconds: float) -> int:
+    """Live workers of ``model`` that take new jobs (busy or idle, not shutting down)."""
+    query = select(func.count()).where(Worker.model == model, _taking_jobs(heartbeat_seconds))
+    return session.scalar(query) or 0
+
+
 def waiting_for_worker(session: Session, model: str, heartbeat_seconds: float) -> bool:
     """Whether a queued job of ``model`` waits for a worker to start: no live worker of the model takes
     jobs (none runs, or every one is shutting down). Such a job stays queued and runs once one starts."""
-    query = select(Worker.id).where(Worker.model == model, _taking_jobs(heartbeat_seconds)).limit(1)
-    return session.scalar(query) is None
+    return serving_count(session, model, heartbeat_seconds) == 0
 
 
 @dataclass(frozen=True)
@@ -129,20 +135,22 @@ def mark_gone(session: Session, heartbeat_seconds: float) -> list[tuple[str, str
 
 @dataclass(frozen=True)
 class WorkerStatus:
-    id: str
+    id: Annotated[str, Field(description="host:pid, as jobs name their worker.")]
     hostname: str
     pid: int
-    model: str
-    device: str
-    device_name: str | None
-    visible_devices: str | None
-    current_job_id: uuid.UUID | None
-    jobs_done: int
+    model: Annotated[str, Field(description="The model it serves (one queue, `generate.<model>`).")]
+    device: Annotated[str, Field(description="cpu, cuda, cuda:1, ...")]
+    device_name: Annotated[str | None, Field(description="The accelerator's name (e.g. NVIDIA H100); null on CPU.")]
+    visible_devices: Annotated[
+        str | None, Field(description="The host's GPUs it was pinned to (CUDA_VISIBLE_DEVICES); null when unpinned.")
+    ]
+    current_job_id: Annotated[uuid.UUID | None, Field(description="The job it is running; null when idle.")]
+    jobs_done: Annotated[int, Field(description="Jobs it has finished since it started.")]
     started_at: datetime
-    last_seen_at: datetime
-    stopped_at: datetime | None
+    last_seen_at: Annotated[datetime, Field(description="Its latest heartbeat.")]
+    stopped_at: Annotated[datetime | None, Field(description="When it shut down cleanly; null while running.")]
     stop_reason: str | None
-    alive: bool
+    alive: Annotated[bool, Field(description="Heard from within three heartbeats.")]
 
 
 def statuses(session: Session, heartbeat_seconds: float, limit: int = 100) -> list[WorkerStatus]:

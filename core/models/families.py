@@ -14,7 +14,13 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift, retrieve_timesteps
 
-from core.contract.shapes import LTX, WAN, FamilyRules, Shape, family_for_transformer
+from core.contract.shapes import HUNYUAN, LTX, WAN, FamilyRules, Shape, family_for_transformer
+
+
+def in_fp32(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """``module(*args, **kwargs)`` with its parameters in float32, the module itself unchanged."""
+    parameters = {name: parameter.float() for name, parameter in module.named_parameters()}
+    return torch.func.functional_call(module, parameters, args, kwargs)
 
 
 class ModelFamily:
@@ -29,12 +35,25 @@ class ModelFamily:
     def name(self) -> str:
         return self.rules.name
 
-    def blocks(self, transformer: torch.nn.Module) -> torch.nn.ModuleList:
-        return getattr(transformer, self.blocks_attribute)
+    def block_lists(self, transformer: torch.nn.Module) -> list[torch.nn.ModuleList]:
+        """The model's own lists of blocks, in call order (one for most families)."""
+        return [getattr(transformer, self.blocks_attribute)]
+
+    def blocks(self, transformer: torch.nn.Module) -> list[torch.nn.Module]:
+        """Every block, in call order: the cached unit is a run of them."""
+        return [block for blocks in self.block_lists(transformer) for block in blocks]
+
+    def block_hidden_states(self, output: Any) -> torch.Tensor:
+        """The video tokens from a block's output (blocks that also carry text tokens return both)."""
+        return output
+
+    def skipped_block_output(self, hidden_states: torch.Tensor, args: tuple, kwargs: dict[str, Any]) -> Any:
+        """What a skipped block returns to the loop that called it, given the video tokens to pass on."""
+        return hidden_states
 
     def branches(self, do_cfg: bool) -> list[str]:
         """Cache-context names of the transformer calls of one denoising step, in call order."""
-        return ["cond", "uncond"] if do_cfg else ["cond"]
+        return list(self.rules.branches(do_cfg))
 
     def timesteps(self, pipe: DiffusionPipeline, shape: Shape, device: torch.device) -> torch.Tensor:
         """The timesteps the family's pipeline will denoise at, computed as it computes them."""
@@ -62,11 +81,11 @@ class WanFamily(ModelFamily):
 
     @torch.no_grad()
     def timestep_embeddings(self, transformer: torch.nn.Module, timesteps: torch.Tensor) -> dict[str, torch.Tensor]:
+        # In fp32 whatever the model's dtype, as TeaCache's reference computes them.
         embedder = transformer.condition_embedder
-        text_dim = embedder.text_embedder.linear_1.in_features
-        # The text part is irrelevant here; one token keeps the call cheap.
-        text = torch.zeros(len(timesteps), 1, text_dim, device=timesteps.device, dtype=transformer.dtype)
-        temb, timestep_proj, _, _ = embedder(timesteps, text)
+        sinusoid = embedder.timesteps_proj(timesteps).float()
+        temb = in_fp32(embedder.time_embedder, sinusoid)
+        timestep_proj = in_fp32(embedder.time_proj, embedder.act_fn(temb))
         return {"temb": temb, "timestep_proj": timestep_proj}
 
     def encode_prompt(
@@ -86,10 +105,6 @@ class LTXFamily(ModelFamily):
     rules = LTX
     blocks_attribute = "transformer_blocks"
     max_sequence_length = 128
-
-    def branches(self, do_cfg: bool) -> list[str]:
-        # LTXPipeline runs CFG as one batched call: both branches share a cache context.
-        return ["cond_uncond"] if do_cfg else ["cond"]
 
     def timesteps(self, pipe: DiffusionPipeline, shape: Shape, device: torch.device) -> torch.Tensor:
         # As LTXPipeline.__call__: linear sigmas, shifted by the latent sequence length.
@@ -115,8 +130,8 @@ class LTXFamily(ModelFamily):
 
     @torch.no_grad()
     def timestep_embeddings(self, transformer: torch.nn.Module, timesteps: torch.Tensor) -> dict[str, torch.Tensor]:
-        timestep_proj, temb = transformer.time_embed(
-            timesteps, batch_size=len(timesteps), hidden_dtype=transformer.dtype
+        timestep_proj, temb = in_fp32(
+            transformer.time_embed, timesteps, batch_size=len(timesteps), hidden_dtype=torch.float32
         )
         return {"temb": temb, "timestep_proj": timestep_proj}
 
@@ -141,7 +156,56 @@ class LTXFamily(ModelFamily):
         return {"frame_rate": fps}
 
 
-ENGINES: dict[str, ModelFamily] = {family.name: family for family in (WanFamily(), LTXFamily())}
+class HunyuanFamily(ModelFamily):
+    """HunyuanVideo: dual-stream blocks, then single-stream blocks, each returning (video, text) tokens.
+
+    Its guidance is embedded (a guidance-scale input of the transformer, distilled from CFG), so
+    ``HunyuanVideoPipeline`` makes one transformer call per step: one branch, ``cond``, whatever the
+    guidance scale. (True CFG, a second call, only runs with ``true_cfg_scale`` and a negative prompt,
+    which skipstep does not pass.) Every strategy therefore sees one branch and its per-branch tables
+    hold ``cond`` alone.
+    """
+
+    rules = HUNYUAN
+    max_sequence_length = 256
+
+    def block_lists(self, transformer: torch.nn.Module) -> list[torch.nn.ModuleList]:
+        # The cached unit spans both stacks, as in the reference TeaCache/MagCache for HunyuanVideo.
+        return [transformer.transformer_blocks, transformer.single_transformer_blocks]
+
+    def block_hidden_states(self, output: Any) -> torch.Tensor:
+        return output[0]
+
+    def skipped_block_output(self, hidden_states: torch.Tensor, args: tuple, kwargs: dict[str, Any]) -> Any:
+        text = kwargs["encoder_hidden_states"] if "encoder_hidden_states" in kwargs else args[1]
+        return hidden_states, text
+
+    def timesteps(self, pipe: DiffusionPipeline, shape: Shape, device: torch.device) -> torch.Tensor:
+        # As HunyuanVideoPipeline.__call__: linear sigmas from 1, shifted by the scheduler.
+        steps = shape.num_inference_steps
+        sigmas = np.linspace(1.0, 0.0, steps + 1)[:-1]
+        timesteps, _ = retrieve_timesteps(pipe.scheduler, steps, device, sigmas=sigmas)
+        return timesteps
+
+    @torch.no_grad()
+    def timestep_embeddings(self, transformer: torch.nn.Module, timesteps: torch.Tensor) -> dict[str, torch.Tensor]:
+        # The timestep's part of the conditioning vector (the guidance and pooled-text parts are the
+        # same at every step), and its projection into the first block's modulation.
+        embedder = transformer.time_text_embed
+        temb = embedder.timestep_embedder(embedder.time_proj(timesteps).to(transformer.dtype))
+        norm = transformer.transformer_blocks[0].norm1
+        return {"temb": temb, "timestep_proj": norm.linear(norm.silu(temb))}
+
+    def encode_prompt(
+        self, pipe: DiffusionPipeline, prompt: str, negative_prompt: str, do_cfg: bool, device: torch.device
+    ) -> dict[str, Any]:
+        embeds, pooled, mask = pipe.encode_prompt(
+            prompt=prompt, device=device, max_sequence_length=self.max_sequence_length
+        )
+        return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled, "prompt_attention_mask": mask}
+
+
+ENGINES: dict[str, ModelFamily] = {family.name: family for family in (WanFamily(), LTXFamily(), HunyuanFamily())}
 
 
 def family_of(transformer: torch.nn.Module) -> ModelFamily:

@@ -1,4 +1,4 @@
-"""Loading a video pipeline from a local diffusers-format directory, or from a preset."""
+"""Loading a video pipeline: a preset, a local diffusers-format directory or a Hugging Face hub id."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
+from core.contract.models import fetch_hint, hub_snapshot, is_hub_id
 from core.contract.shapes import Shape
 from core.errors import ModelLoadError
 from core.models.families import ModelFamily, family_of
@@ -46,22 +47,44 @@ def resolve_device(name: str) -> torch.device:
 def load_pipeline(path: Path, device: torch.device) -> DiffusionPipeline:
     """Load a pipeline saved in diffusers format: bf16 on CUDA, float32 on CPU."""
     _check_model_dir(path)
+    return _from_pretrained(path, device, f"model directory {path}", local_files_only=True)
+
+
+def load_hub_pipeline(repo_id: str, device: torch.device) -> DiffusionPipeline:
+    """Load a hub model (``owner/name``) as diffusers does: from the Hugging Face cache (HF_HOME), downloading
+    what is missing when the machine is online."""
+    try:
+        return _from_pretrained(repo_id, device, f"model {repo_id}")
+    except ModelLoadError:
+        if hub_snapshot(repo_id) is None:
+            raise ModelLoadError(fetch_hint(repo_id)) from None
+        raise
+
+
+def _from_pretrained(source: Path | str, device: torch.device, what: str, **options: bool) -> DiffusionPipeline:
     _quiet_loading()
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     try:
-        pipeline = DiffusionPipeline.from_pretrained(path, dtype=dtype, local_files_only=True)
+        pipeline = DiffusionPipeline.from_pretrained(source, dtype=dtype, **options)
     except Exception as exc:
-        raise ModelLoadError(f"model directory {path} could not be loaded: {type(exc).__name__}: {exc}") from exc
+        raise ModelLoadError(f"{what} could not be loaded: {type(exc).__name__}: {exc}") from exc
     pipeline.set_progress_bar_config(disable=True)
     return pipeline.to(device)
 
 
 def load_model(source: str, settings: Settings) -> LoadedModel:
-    """Load a preset by name (building it on first use) or a local model directory."""
+    """Load a preset by name (building it on first use), a local model directory or a hub id."""
     device = resolve_device(settings.device)
     _quiet_loading()
-    path = ensure_preset(source, settings.presets_dir) if source in PRESETS else Path(source).expanduser()
-    pipeline = load_pipeline(path, device)
+    if source in PRESETS:
+        path = ensure_preset(source, settings.presets_dir)
+        pipeline = load_pipeline(path, device)
+    elif is_hub_id(source):
+        pipeline = load_hub_pipeline(source, device)
+        path = hub_snapshot(source) or Path(source)
+    else:
+        path = Path(source).expanduser()
+        pipeline = load_pipeline(path, device)
     if getattr(pipeline, "transformer_2", None) is not None:
         raise ModelLoadError(f"model directory {path}: two-stage pipelines (transformer_2) are not supported yet")
     try:

@@ -16,17 +16,32 @@ from pathlib import Path
 
 import torch
 from diffusers import (
+    AutoencoderKLHunyuanVideo,
     AutoencoderKLLTXVideo,
     AutoencoderKLWan,
     DiffusionPipeline,
     FlowMatchEulerDiscreteScheduler,
+    HunyuanVideoPipeline,
+    HunyuanVideoTransformer3DModel,
     LTXPipeline,
     LTXVideoTransformer3DModel,
     UniPCMultistepScheduler,
     WanPipeline,
     WanTransformer3DModel,
 )
-from transformers import T5Config, T5EncoderModel, T5Tokenizer, UMT5Config, UMT5EncoderModel
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTokenizer,
+    LlamaConfig,
+    LlamaModel,
+    LlamaTokenizer,
+    T5Config,
+    T5EncoderModel,
+    T5Tokenizer,
+    UMT5Config,
+    UMT5EncoderModel,
+)
 
 from core.contract.models import PRESETS as PRESET_INFO
 from core.contract.models import PresetInfo
@@ -155,9 +170,89 @@ def build_ltx_tiny() -> DiffusionPipeline:
     )
 
 
+_CHARACTERS = "abcdefghijklmnopqrstuvwxyz0123456789.,:;!?'-()<>|_/\n "
+
+
+def _offline_llama_tokenizer() -> LlamaTokenizer:
+    """A character-level BPE Llama tokenizer from an inline vocabulary (no merges): no file, no download."""
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3}
+    for piece in [*_CHARACTERS, *(f"\u2581{ch}" for ch in _CHARACTERS.strip())]:
+        vocab.setdefault(piece, len(vocab))
+    return LlamaTokenizer(vocab=vocab, merges=[], pad_token="<pad>")
+
+
+def _offline_clip_tokenizer() -> CLIPTokenizer:
+    """A character-level CLIP BPE tokenizer from an inline vocabulary (no merges)."""
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for piece in [*_CHARACTERS.strip(), *(f"{ch}</w>" for ch in _CHARACTERS.strip())]:
+        vocab.setdefault(piece, len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=[])
+
+
+def build_hunyuan_tiny() -> DiffusionPipeline:
+    """HunyuanVideo's architecture, small: Llama and CLIP text encoders, dual- and single-stream blocks, its VAE."""
+    tokenizer, tokenizer_2 = _offline_llama_tokenizer(), _offline_clip_tokenizer()
+    torch.manual_seed(0)
+    text_encoder = LlamaModel(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            # The pipeline reads the hidden states two layers before the last.
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    )
+    text_encoder_2 = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer_2),
+            hidden_size=64,
+            intermediate_size=128,
+            projection_dim=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
+    )
+    torch.manual_seed(1)
+    transformer = HunyuanVideoTransformer3DModel(
+        in_channels=16,
+        out_channels=16,
+        num_attention_heads=4,
+        attention_head_dim=32,
+        num_layers=2,
+        num_single_layers=4,
+        num_refiner_layers=1,
+        text_embed_dim=64,
+        pooled_projection_dim=64,
+        rope_axes_dim=(8, 12, 12),
+    )
+    torch.manual_seed(2)
+    vae = AutoencoderKLHunyuanVideo(
+        latent_channels=16, block_out_channels=(16, 16, 32, 32), layers_per_block=1, norm_num_groups=8
+    )
+    return HunyuanVideoPipeline(
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=transformer,
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+    )
+
+
 BUILDERS: dict[str, Callable[[], DiffusionPipeline]] = {
     "wan-tiny": build_wan_tiny,
     "ltx-tiny": build_ltx_tiny,
+    "hunyuan-tiny": build_hunyuan_tiny,
     "wan2.1-1.3b-random": build_wan_13b_random,
 }
 # What clients see of each preset (family, default shape) is in the request contract.

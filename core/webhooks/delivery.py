@@ -17,11 +17,10 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from core.db import ApiKey, DeliveryStatus, Job, WebhookAttempt, WebhookDelivery, session_scope, utcnow
-from core.keys import signing_secrets
 from core.settings import Settings
 from core.webhooks import endpoints
 from core.webhooks.retry import Decision, Verdict, decide
-from core.webhooks.signing import headers
+from core.webhooks.signing import headers, signing_secrets
 from core.webhooks.transport import AttemptOutcome, deliver
 
 log = logging.getLogger("skipstep.webhooks")

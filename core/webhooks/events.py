@@ -12,16 +12,15 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.db import DeliveryStatus, Job, JobStatus, WebhookAttempt, WebhookDelivery, utcnow
+from core.contract.jobs import EventType
+from core.db import DeliveryStatus, Job, WebhookAttempt, WebhookDelivery, utcnow
 from core.jobs.view import JobView, job_view
-
-STARTED = "job.started"
 
 
 class WebhookEvent(BaseModel):
     """The request body (Standard Webhooks envelope): `data` is the job as GET /jobs/{id} showed it then."""
 
-    type: str
+    type: EventType
     timestamp: datetime
     data: JobView
 
@@ -32,11 +31,7 @@ class DeliveryHistory:
     attempts: Sequence[WebhookAttempt]
 
 
-def event_for(status: JobStatus) -> str:
-    return f"job.{status.value}"
-
-
-def record_event(session: Session, job: Job, event_type: str, public_url: str) -> uuid.UUID | None:
+def record_event(session: Session, job: Job, event_type: EventType, public_url: str) -> uuid.UUID | None:
     """Adds a delivery of the event to the caller's transaction; the caller sends its id to the webhooks
     queue once committed. None if the job does not subscribe to the event or has already recorded it
     (a job taken over after its worker died is claimed again, but starts only once)."""

@@ -1,11 +1,18 @@
 """Standard Webhooks signatures: `v1,` + base64 HMAC-SHA256 of `{id}.{timestamp}.{body}`."""
 
+from __future__ import annotations
+
 import base64
 import binascii
 import hashlib
 import hmac
 from collections.abc import Sequence
+from datetime import datetime
 from secrets import token_bytes
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from core.db import ApiKey
 
 SECRET_PREFIX = "whsec_"
 # The Standard Webhooks specification asks for secrets of 24 to 64 bytes.
@@ -15,6 +22,16 @@ MAX_SECRET_BYTES = 64
 
 def new_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(token_bytes(32)).decode("ascii")
+
+
+def signing_secrets(key: ApiKey, now: datetime) -> list[str]:
+    """The secrets a delivery is signed with now: the key's current one, and the previous one within the
+    grace period of a rotation (``core.keys.rotate_webhook_secret``)."""
+    current = [key.webhook_secret]
+    expires = key.previous_webhook_secret_expires_at
+    if key.previous_webhook_secret and expires is not None and expires > now:
+        current.append(key.previous_webhook_secret)
+    return current
 
 
 def secret_key(secret: str) -> bytes:

@@ -52,7 +52,9 @@
       state.textContent = text;
     }
     function liveLabel() {
-      label(seconds > 0 ? `Live · every ${seconds} s` : "Live refresh off");
+      // A refresh that was under way when the tab was hidden ends after the pause began.
+      if (hidden()) label("Paused while the tab is hidden");
+      else label(seconds > 0 ? `Live · every ${seconds} s` : "Live refresh off");
     }
 
     function swap(fragments) {
@@ -90,7 +92,7 @@
         label(`Refresh failed (${error.message}); retrying`);
       }
     }
-    refresh.paused = () => label("Paused while the tab is hidden");
+    refresh.paused = liveLabel;
 
     const restart = every(seconds, refresh);
 
@@ -157,9 +159,27 @@
   }
 
   function jobPage(root) {
-    // An unfinished job's page reloads until the job finishes; a finished job's never changes.
-    const seconds = Number(root.dataset.refresh) || 0;
-    if (seconds > 0) every(seconds, async () => location.reload());
+    // An unfinished job's page listens to the job's server-sent events (no polling): each step updates
+    // the progress line in place, a change of status reloads the page, which the server renders. A
+    // finished job's page never changes.
+    if (["succeeded", "failed", "canceled"].includes(root.dataset.status)) return;
+    const source = new EventSource(root.dataset.events);
+    source.addEventListener("progress", (event) => {
+      const progress = JSON.parse(event.data);
+      const line = document.getElementById("job-progress");
+      if (line) {
+        line.textContent =
+          `step ${progress.step}/${progress.total} · ${progress.computed_calls} computed, ` +
+          `${progress.skipped_calls} reused`;
+      }
+    });
+    for (const name of ["status", "succeeded", "failed", "canceled"]) {
+      source.addEventListener(name, (event) => {
+        if (JSON.parse(event.data).status === root.dataset.status) return;
+        source.close();
+        location.reload();
+      });
+    }
   }
 
   const board = document.getElementById("dashboard");

@@ -1,0 +1,213 @@
+"""The OpenAPI document as the API behaves: the bearer scheme on the routes that need a key, every error
+status a route can answer with the one error shape, readable operation ids and summaries, the headers
+routes read and set, and the webhook requests the service sends (OpenAPI 3.1 ``webhooks``).
+
+Error statuses come from what a route depends on (a key: 401; an admin key: 403; the database: 503; any
+parameter or body: 422; anything: 500); a route declares the others it answers (404, 409, ...) itself."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Header
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
+
+from api.deps import admin_key, current_key, get_session
+from api.limits import rate_limit, room_for_a_job
+from core.webhooks.events import WebhookEvent
+
+BEARER = "bearerAuth"
+ERROR_REF = "#/components/schemas/ErrorResponse"
+
+# endpoint (module.function) -> (operationId, summary). A route missing here gets ``<tag>-<function>``, and
+# tests/test_openapi.py fails until it is added.
+OPERATIONS: dict[str, tuple[str, str]] = {
+    "api.routes.jobs.submit": ("jobs-create", "Submit a generation job"),
+    "api.routes.jobs.list_jobs": ("jobs-list", "List jobs, newest first"),
+    "api.routes.jobs.get_job": ("jobs-get", "Get a job"),
+    "api.routes.jobs.cancel": ("jobs-cancel", "Cancel a job"),
+    "api.routes.jobs.video": ("jobs-video", "Download a job's MP4"),
+    "api.routes.deliveries.list_deliveries": ("deliveries-list", "List a job's webhook deliveries"),
+    "api.routes.deliveries.resend_delivery": ("deliveries-resend", "Resend a webhook delivery (admin)"),
+    "api.routes.deliveries.rotate_secret": ("keys-rotate-webhook-secret", "Rotate the webhook signing secret"),
+    "api.routes.models.list_models": ("models-list", "List the configured models, their workers and queues"),
+    "api.routes.workers.list_workers": ("workers-list", "List workers (admin)"),
+    "api.routes.health.healthz": ("health-live", "Liveness"),
+    "api.routes.health.readyz": ("health-ready", "Readiness of the database, broker and storage"),
+    "api.routes.health.metrics": ("health-metrics", "Prometheus metrics"),
+}
+
+DEPENDENCY_ERRORS: dict[Callable[..., Any], dict[int, str]] = {
+    current_key: {401: "No valid API key in `Authorization: Bearer <key>`."},
+    admin_key: {403: "The API key is valid but not an admin key."},
+    get_session: {503: "The database is unreachable right now; retry after `Retry-After` seconds."},
+    rate_limit: {429: "Too many requests for this API key; retry after `Retry-After` seconds."},
+    room_for_a_job: {429: "This API key has as many unfinished jobs as it may; retry once some finish."},
+}
+INVALID = {422: "A parameter or body field breaks a rule; `error.fields` names each one and its rule."}
+TOO_LARGE = {413: "The body is over the size limit."}
+UNEXPECTED = {500: "An unexpected error; the body has the same shape as every other error."}
+
+ERROR_HEADERS = {
+    "401": {"WWW-Authenticate": {"description": "`Bearer`", "schema": {"type": "string"}}},
+    "429": {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}},
+    "503": {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}},
+}
+LOCATION = {"description": "The job's URL path, `/jobs/{id}`.", "schema": {"type": "string"}}
+RESPONSE_HEADERS: dict[tuple[str, str], dict[str, Any]] = {
+    ("jobs-create", "202"): {
+        "Location": LOCATION,
+        "Idempotent-Replayed": {
+            "description": "`true` when this answers a repeat of an earlier request with the same "
+            "`Idempotency-Key` (the job is the one created then); absent otherwise.",
+            "schema": {"type": "string", "enum": ["true"]},
+        },
+    },
+    ("jobs-video", "307"): {
+        "Location": {"description": "A time-limited URL of the MP4 in the object store.", "schema": {"type": "string"}}
+    },
+}
+PARAMETER_DESCRIPTIONS = {
+    "idempotency-key": "Makes the submit safe to retry: the same key with the same body answers with the job "
+    "created the first time (and `Idempotent-Replayed: true`); with a different body, 409. Scoped to the API key.",
+}
+
+WEBHOOK_EVENTS = {
+    "job.started": "A worker started the job (sent only when listed in `webhook_events`).",
+    "job.succeeded": "The job finished with a video.",
+    "job.failed": "The job failed; `data.error` says why (`generation_failed`, `storage_failed`, `timeout`, ...).",
+    "job.canceled": "The job was canceled.",
+}
+WEBHOOK_DESCRIPTION = """Sent as `POST` to the job's `webhook_url`, signed as
+[Standard Webhooks](https://www.standardwebhooks.com/) do with the key's webhook secret. A `2xx` answer
+delivers it; other answers and timeouts are retried with backoff, a `410` stops all later events to that URL.
+The same `webhook-id` is kept across retries and resends, so receivers can drop duplicates."""
+
+
+def api_routes(app: FastAPI) -> list[RouteContext]:
+    """The app's JSON API routes as the document shows them (full paths, the routers' dependencies included)."""
+    return [
+        route
+        for route in iter_route_contexts(app.routes)
+        if isinstance(route.original_route, APIRoute) and route.include_in_schema
+    ]
+
+
+def operation_id(route: APIRoute | RouteContext) -> str:
+    named = OPERATIONS.get(endpoint_name(route))
+    if named is not None:
+        return named[0]
+    tag = str(route.tags[0]) if route.tags else "api"
+    return f"{tag}-{route.name.replace('_', '-')}"
+
+
+def endpoint_name(route: APIRoute | RouteContext) -> str:
+    return f"{route.endpoint.__module__}.{route.endpoint.__name__}"
+
+
+def _tree(dependant: Dependant) -> list[Dependant]:
+    """The route's dependant and all its dependencies, however deep."""
+    return [dependant, *(nested for sub in dependant.dependencies for nested in _tree(sub))]
+
+
+def _calls(route: RouteContext) -> set[Callable[..., Any]]:
+    return {dependant.call for dependant in _tree(route.dependant) if dependant.call is not None}
+
+
+def error_statuses(route: RouteContext) -> dict[int, str]:
+    """The error statuses a route answers with because of what it depends on."""
+    calls = _calls(route)
+    statuses = dict(UNEXPECTED)
+    for dependency, errors in DEPENDENCY_ERRORS.items():
+        if dependency in calls:
+            statuses |= errors
+    kinds = ("path_params", "query_params", "header_params", "cookie_params", "body_params")
+    if any(getattr(dependant, kind) for dependant in _tree(route.dependant) for kind in kinds):
+        statuses |= INVALID
+    if any(dependant.body_params for dependant in _tree(route.dependant)):
+        statuses |= TOO_LARGE
+    return statuses
+
+
+def needs_key(route: RouteContext) -> bool:
+    return current_key in _calls(route)
+
+
+def _complete(app: FastAPI, schema: dict[str, Any]) -> None:
+    schema.setdefault("components", {})["securitySchemes"] = {
+        BEARER: {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An API key (`skipstep keys create`), as `Authorization: Bearer <key>`.",
+        }
+    }
+    for route in api_routes(app):
+        for method in route.methods or ():
+            operation = schema["paths"][route.path_format][method.lower()]
+            named = OPERATIONS.get(endpoint_name(route))
+            if named is not None:
+                operation["summary"] = named[1]
+            if needs_key(route):
+                operation["security"] = [{BEARER: []}]
+            responses = operation.setdefault("responses", {})
+            for code, description in error_statuses(route).items():
+                declared = route.responses.get(code, {})
+                response = responses.setdefault(str(code), {})
+                if code == 422 or "model" not in declared:
+                    response["description"] = declared.get("description", description)
+                    response["content"] = {"application/json": {"schema": {"$ref": ERROR_REF}}}
+            for code, headers in ERROR_HEADERS.items():
+                if code in responses:
+                    responses[code]["headers"] = headers
+            for (operation_id_, code), headers in RESPONSE_HEADERS.items():
+                if operation.get("operationId") == operation_id_:
+                    responses[code]["headers"] = headers
+            for parameter in operation.get("parameters", []):
+                described = PARAMETER_DESCRIPTIONS.get(parameter["name"].lower())
+                if described is not None:
+                    parameter["description"] = described
+    # FastAPI's own validation error shape is never answered: every 422 is an ErrorResponse.
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schema["components"]["schemas"].pop(unused, None)
+
+
+def _add_webhooks(app: FastAPI) -> None:
+    for event, description in WEBHOOK_EVENTS.items():
+
+        def receive(
+            body: WebhookEvent,
+            webhook_id: Annotated[str, Header(description="The message id, `msg_...`; the same on every retry.")],
+            webhook_timestamp: Annotated[int, Header(description="Unix seconds when this attempt was signed.")],
+            webhook_signature: Annotated[
+                str,
+                Header(
+                    description="`v1,<base64 HMAC-SHA256 of id.timestamp.body>`, space-separated; two while a "
+                    "rotated secret's grace lasts."
+                ),
+            ],
+        ) -> None:
+            """Answer 2xx once stored; the body is the job as `GET /jobs/{id}` showed it when the event happened."""
+
+        app.webhooks.add_api_route(
+            event,
+            receive,
+            methods=["POST"],
+            summary=f"{event}: {description}",
+            description=WEBHOOK_DESCRIPTION,
+            operation_id=f"webhook-{event.replace('.', '-')}",
+            responses={200: {"description": "Delivered: any 2xx."}, 410: {"description": "Stop sending events."}},
+        )
+
+
+def install(app: FastAPI) -> None:
+    """Make ``app.openapi()`` the complete document."""
+    _add_webhooks(app)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            _complete(app, FastAPI.openapi(app))
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]

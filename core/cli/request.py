@@ -1,0 +1,60 @@
+"""The request's fields as command-line options, derived from the request model itself: ``generate``
+builds a ``GenerationRequest`` from them and ``submit`` sends them as a ``JobRequest`` body, so a field
+added to the contract is an option of both without another list of names."""
+
+from __future__ import annotations
+
+import argparse
+import types
+from typing import Any, Union, get_args, get_origin
+
+from pydantic import BaseModel
+
+from core.contract.strategies import STRATEGIES, parse_param
+
+# Options the command line has always spelled differently from the field.
+OPTION_NAMES = {"num_inference_steps": "--steps"}
+# Fields that are not a single scalar option: the cache (three options) and lists.
+_CACHE = "cache"
+
+
+def add_request_options(parser: argparse.ArgumentParser, request: type[BaseModel], skip: tuple[str, ...] = ()) -> None:
+    """One option per scalar field of ``request`` (unset: the model's default), plus the cache options."""
+    for name, field in request.model_fields.items():
+        if name in skip:
+            continue
+        if name == _CACHE:
+            parser.add_argument("--cache", default="none", metavar="STRATEGY", help=", ".join(STRATEGIES))
+            parser.add_argument(
+                "--cache-param", action="append", default=[], metavar="NAME=VALUE", help="a strategy parameter"
+            )
+            parser.add_argument("--profile", help="calibration profile (default: the nearest for the model and shape)")
+            continue
+        kind = _scalar(field.annotation)
+        if kind is None:
+            continue
+        option = OPTION_NAMES.get(name, "--" + name.replace("_", "-"))
+        help_text = field.description
+        if kind is bool:
+            parser.add_argument(option, dest=name, action="store_true", default=None, help=help_text)
+        else:
+            parser.add_argument(option, dest=name, type=kind, required=field.is_required(), help=help_text)
+
+
+def request_fields(args: argparse.Namespace, request: type[BaseModel]) -> dict[str, Any]:
+    """The fields the command line set, as the request model names them."""
+    fields = {name: getattr(args, name) for name in request.model_fields if getattr(args, name, None) is not None}
+    if _CACHE in request.model_fields and hasattr(args, "cache"):
+        cache: dict[str, Any] = {"strategy": args.cache, "params": dict(parse_param(p) for p in args.cache_param)}
+        if args.profile is not None:
+            cache["profile"] = args.profile
+        fields[_CACHE] = cache
+    return fields
+
+
+def _scalar(annotation: Any) -> type | None:
+    """int, float, str or bool for ``T`` and ``T | None``; None for anything else."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        members = [arg for arg in get_args(annotation) if arg is not type(None)]
+        annotation = members[0] if len(members) == 1 else None
+    return annotation if annotation in (int, float, str, bool) else None

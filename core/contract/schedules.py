@@ -1,0 +1,112 @@
+"""Schedules known before denoising, in pure Python: the decision rules of the strategies whose signals
+come from a calibration profile (MagCache's ratios, TeaCache's rescaled embedding changes).
+
+The engine's strategies (``core.caching``) decide with these same functions while a job runs; the API
+uses them to tell, at submit, what a job will compute and skip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from core.contract.strategies import MagCacheParams, TeaCacheParams
+
+# TeaCache with use_ret_steps computes its first steps whatever the signal says.
+TEACACHE_RETENTION_STEPS = 5
+
+
+def replay(
+    num_steps: int,
+    signals: Sequence[float],
+    forced: Callable[[int], bool],
+    new_accumulator: Callable[[], Any],
+    can_reuse: Callable[[Any, float], bool],
+) -> list[bool]:
+    """The compute (True) / reuse (False) decisions of one branch for its per-step signals: step 0 and
+    the forced steps compute; otherwise the rule decides, and every compute resets its accumulator."""
+    accumulator = new_accumulator()
+    decisions = []
+    for step in range(num_steps):
+        compute = step == 0 or forced(step) or not can_reuse(accumulator, signals[step])
+        if compute:
+            accumulator = new_accumulator()
+        decisions.append(compute)
+    return decisions
+
+
+def nearest_interp(values: Sequence[float], length: int) -> list[float]:
+    """MagCache's nearest-index resampling of a per-step table to ``length`` steps."""
+    if length == 1:
+        return [values[-1]]
+    scale = (len(values) - 1) / (length - 1)
+    # round() is round-half-to-even, like the reference's np.round.
+    return [values[round(i * scale)] for i in range(length)]
+
+
+@dataclass
+class MagCacheAccumulator:
+    ratio: float = 1.0
+    error: float = 0.0
+    steps: int = 0
+
+
+def magcache_forced(params: MagCacheParams, num_steps: int, branches: int, step: int, branch: int) -> bool:
+    # The reference counts calls across branches (cond, uncond, cond, ...), not steps.
+    retained_calls = int(branches * num_steps * params.retention_ratio)
+    return branches * step + branch < retained_calls
+
+
+def magcache_reuse(params: MagCacheParams, accumulator: MagCacheAccumulator, ratio: float) -> bool:
+    """``G *= ratio; k += 1; E += |1 - G|``; reuse while ``E < threshold`` and ``k <= K``."""
+    accumulator.ratio *= ratio
+    accumulator.steps += 1
+    accumulator.error += abs(1 - accumulator.ratio)
+    return accumulator.error < params.threshold and accumulator.steps <= params.max_skip_steps
+
+
+def magcache_schedule(
+    params: MagCacheParams, ratios: dict[str, Sequence[float]], branches: Sequence[str], num_steps: int
+) -> dict[str, list[bool]]:
+    """Per branch, MagCache's decisions from a profile's ratio tables (KeyError: a branch has none)."""
+    return {
+        branch: replay(
+            num_steps,
+            nearest_interp(ratios[branch], num_steps),
+            lambda step, index=index: magcache_forced(params, num_steps, len(branches), step, index),
+            MagCacheAccumulator,
+            lambda accumulator, ratio: magcache_reuse(params, accumulator, ratio),
+        )
+        for index, branch in enumerate(branches)
+    }
+
+
+def teacache_forced(params: TeaCacheParams, num_steps: int, step: int) -> bool:
+    if params.use_ret_steps:
+        return step < TEACACHE_RETENTION_STEPS
+    return step == 0 or step == num_steps - 1
+
+
+def polyval(coefficients: Sequence[float], x: float) -> float:
+    """np.poly1d(coefficients)(x): highest power first."""
+    value = 0.0
+    for coefficient in coefficients:
+        value = value * x + coefficient
+    return value
+
+
+def teacache_schedule(
+    params: TeaCacheParams, coefficients: Sequence[float], changes: Sequence[float], branches: Sequence[str]
+) -> dict[str, list[bool]]:
+    """TeaCache's decisions from the relative L1 change of the compared embedding at each step after the
+    first (it depends on the timesteps alone, so every branch gets the same schedule)."""
+    num_steps = len(changes) + 1
+    signals = [0.0, *(polyval(coefficients, change) for change in changes)]
+
+    def reuse(accumulator: list[float], signal: float) -> bool:
+        accumulator[0] += signal
+        return accumulator[0] < params.threshold
+
+    decisions = replay(num_steps, signals, lambda step: teacache_forced(params, num_steps, step), lambda: [0.0], reuse)
+    return {branch: list(decisions) for branch in branches}

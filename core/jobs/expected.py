@@ -1,0 +1,176 @@
+"""What a job is expected to do, known before it runs: for strategies whose schedule follows from a
+calibration profile (MagCache; TeaCache where the profile holds the embedding changes for the job's
+steps), the computed and skipped calls per branch and the ideal speedup, with a denoise time estimated
+from recent jobs of the same model, shape and strategy; and, while it is queued, when it may start.
+
+Pure Python on the profile's numbers: the API process computes this without the engine.
+"""
+
+from __future__ import annotations
+
+import statistics
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel, Field
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from core.caching.profiles import Profile, ProfileStore, config_signature
+from core.contract.models import ModelInfo
+from core.contract.request import JobRequest
+from core.contract.schedules import magcache_schedule, teacache_schedule
+from core.contract.shapes import Shape
+from core.db import Job, JobStatus, utcnow
+from core.errors import CacheConfigError
+from core.jobs import workers
+
+# How many of the latest finished jobs an estimate reads.
+RECENT_JOBS = 20
+
+
+class ExpectedBranch(BaseModel):
+    computed: int
+    skipped: int
+    schedule: str = Field(description="One character per step: C computed, . cached residual reused.")
+
+
+class Expected(BaseModel):
+    strategy: str
+    profile: str
+    steps_total: int
+    branches: dict[str, ExpectedBranch]
+    ideal_speedup: float = Field(description="Transformer calls over computed calls.")
+    estimated_denoise_seconds: float | None = Field(
+        description="Expected computed calls times the median seconds per computed call of recent jobs of the "
+        "same model, shape and strategy; null when there are none."
+    )
+    estimate_jobs: int = Field(description="How many recent jobs the estimate is based on.")
+
+
+def expected(
+    session: Session, request: JobRequest, shape: Shape, model: str, info: ModelInfo, profiles: ProfileStore
+) -> Expected | None:
+    """The job's schedule as the worker will plan it, or None where it is not known ahead."""
+    strategy = request.cache.strategy
+    params = request.cache.parsed_params()
+    branches = info.family.branches(request.guidance_scale > 1.0)
+    profile = _profile(request, shape, info, profiles)
+    if profile is None:
+        return None
+    if strategy == "magcache" and profile.magcache is not None and set(branches) <= set(profile.magcache):
+        schedule = magcache_schedule(params, profile.magcache, branches, shape.num_inference_steps)
+    elif strategy == "teacache":
+        changes = _teacache_changes(profile, params.use_ret_steps, shape, info)
+        if changes is None:
+            return None
+        compared = "timestep_proj" if params.use_ret_steps else "temb"
+        schedule = teacache_schedule(params, profile.teacache[compared], changes, branches)
+    else:
+        return None
+    computed = sum(sum(decisions) for decisions in schedule.values())
+    total = sum(len(decisions) for decisions in schedule.values())
+    per_call = _seconds_per_computed_call(session, model, shape, strategy)
+    return Expected(
+        strategy=strategy,
+        profile=profile.name,
+        steps_total=shape.num_inference_steps,
+        branches={
+            branch: ExpectedBranch(
+                computed=sum(decisions),
+                skipped=len(decisions) - sum(decisions),
+                schedule="".join("C" if d else "." for d in decisions),
+            )
+            for branch, decisions in schedule.items()
+        },
+        ideal_speedup=round(total / computed, 4),
+        estimated_denoise_seconds=round(statistics.median(per_call) * computed, 3) if per_call else None,
+        estimate_jobs=len(per_call),
+    )
+
+
+def _profile(request: JobRequest, shape: Shape, info: ModelInfo, profiles: ProfileStore) -> Profile | None:
+    """The profile the worker will use: the named one, else the nearest for the model's transformer (by its
+    config on disk; for a preset not built yet, the profiles recorded for that preset)."""
+    needs = request.cache.info.needs
+    if needs is None:
+        return None
+    try:
+        if request.cache.profile is not None:
+            return profiles.get(request.cache.profile)
+    except CacheConfigError:
+        return None  # the worker fails the job and says why
+    if info.transformer:
+        return profiles.nearest(config_signature(info.transformer), shape, needs)
+    candidates = [p for p in profiles.all() if p.model == info.source and getattr(p, needs) is not None]
+    return min(candidates, key=lambda p: p.distance(shape), default=None)
+
+
+def _teacache_changes(profile: Profile, use_ret_steps: bool, shape: Shape, info: ModelInfo) -> list[float] | None:
+    """The compared embedding's per-step changes, where the profile recorded them at the job's timesteps:
+    the same step count (and, for families whose timesteps shift with the video size, the same size)."""
+    compared = "timestep_proj" if use_ret_steps else "temb"
+    samples = (profile.teacache_samples or {}).get(compared)
+    if (
+        not samples
+        or compared not in (profile.teacache or {})
+        or profile.num_inference_steps != shape.num_inference_steps
+    ):
+        return None
+    same_size = (profile.width, profile.height, profile.num_frames) == (shape.width, shape.height, shape.num_frames)
+    if info.family.name != "wan" and not same_size:
+        return None
+    # Samples run prompt after prompt; the input changes are the same for each (timesteps alone).
+    return [change for change, _ in samples[: shape.num_inference_steps - 1]]
+
+
+def _seconds_per_computed_call(session: Session, model: str, shape: Shape, strategy: str) -> list[float]:
+    rows = session.execute(
+        select(Job.denoise_seconds, Job.computed_calls)
+        .where(
+            Job.model == model,
+            Job.status == JobStatus.succeeded,
+            Job.width == shape.width,
+            Job.height == shape.height,
+            Job.num_frames == shape.num_frames,
+            Job.num_inference_steps == shape.num_inference_steps,
+            Job.cache_strategy == strategy,
+            Job.computed_calls > 0,
+        )
+        .order_by(Job.finished_at.desc())
+        .limit(RECENT_JOBS)
+    ).all()
+    return [seconds / calls for seconds, calls in rows if seconds]
+
+
+def estimated_start(session: Session, job: Job, position: int, heartbeat_seconds: float) -> datetime | None:
+    """When a queued job may start: the jobs ahead of it spread over the model's workers that take jobs,
+    each taking the median run time of the model's recent jobs. None while it waits for a worker or no job
+    of the model has finished yet."""
+    live = workers.serving_count(session, job.model, heartbeat_seconds)
+    if live == 0:
+        return None
+    durations = _recent_run_seconds(session, job.model)
+    if not durations:
+        return None
+    running = session.scalar(select(func.count()).where(Job.model == job.model, Job.status == JobStatus.running)) or 0
+    ahead, free = position - 1, max(live - running, 0)
+    now = utcnow()
+    if ahead < free:
+        return now
+    rounds = (ahead - free) // live + 1
+    return now + timedelta(seconds=rounds * statistics.median(durations))
+
+
+def _recent_run_seconds(session: Session, model: str) -> list[float]:
+    rows = session.execute(
+        select(Job.started_at, Job.finished_at)
+        .where(Job.model == model, Job.status == JobStatus.succeeded, Job.started_at.isnot(None))
+        .order_by(Job.finished_at.desc())
+        .limit(RECENT_JOBS)
+    ).all()
+    return [(finished - started).total_seconds() for started, finished in rows if finished is not None]
+
+
+def stored(figures: Expected | None) -> dict[str, Any] | None:
+    return figures.model_dump(mode="json") if figures is not None else None

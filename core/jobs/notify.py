@@ -1,0 +1,69 @@
+"""Tells a job's event streams that the job changed.
+
+The state machine (``core.jobs.transitions``) marks each job it changes; once the session's transaction
+commits, the job ids are published on the broker's Redis (channel ``skipstep:job:<id>``), where the
+streams (``core.jobs.stream``) wait. Only the commit publishes, so a stream never hears of a change it
+cannot read yet, and a rolled-back change is never announced. Best effort: a stream also re-reads its
+job on a bounded poll, so a lost notification delays an event, never loses it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from functools import lru_cache
+
+import redis
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from core.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+_CHANGED = "skipstep_changed_jobs"
+# After a failed publish, skip publishing this long: a worker's step check-ins must not wait on a down broker.
+_BACKOFF_SECONDS = 5.0
+_failed_at = 0.0
+
+
+def channel(job_id: uuid.UUID) -> str:
+    return f"skipstep:job:{job_id}"
+
+
+def changed(session: Session, job_id: uuid.UUID) -> None:
+    """Announce ``job_id`` once ``session`` commits."""
+    session.info.setdefault(_CHANGED, set()).add(job_id)
+
+
+@lru_cache
+def _client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+
+
+def publish(job_ids: set[uuid.UUID]) -> None:
+    global _failed_at
+    url = get_settings().broker_url
+    if url is None or time.monotonic() - _failed_at < _BACKOFF_SECONDS:
+        return
+    try:
+        with _client(url).pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.publish(channel(job_id), "changed")
+            pipe.execute()
+    except redis.RedisError as exc:
+        _failed_at = time.monotonic()
+        log.warning("could not announce job changes on the broker (streams fall back to polling): %s", exc)
+
+
+@event.listens_for(Session, "after_commit")
+def _after_commit(session: Session) -> None:
+    job_ids = session.info.pop(_CHANGED, None)
+    if job_ids:
+        publish(job_ids)
+
+
+@event.listens_for(Session, "after_rollback")
+def _after_rollback(session: Session) -> None:
+    session.info.pop(_CHANGED, None)
