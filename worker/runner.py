@@ -66,11 +66,11 @@ class JobRunner:
         with session_scope(settings.database) as session:
             workers.register(session, self.worker_id, socket.gethostname(), os.getpid(), model, device)
         log.info(
-            "loaded model %s on %s in %.1f s (compiled: %s, worker %s)",
+            "loaded model %s on %s in %.1f s%s (worker %s)",
             model,
             device,
             loaded,
-            settings.compile,
+            ", blocks compiled" if settings.compile else "",
             self.worker_id,
         )
         self.heartbeat = Heartbeat(self)
