@@ -47,6 +47,11 @@ class BranchMetrics(BaseModel):
     computed: int = Field(description="Steps whose transformer call ran for this CFG branch.")
     skipped: int = Field(description="Steps that reused the cached residual instead.")
     schedule: str = Field(description='One character per step: "C" computed, "." cached residual reused.')
+    rules: str | None = Field(
+        default=None,
+        description='TaoCache composites: which rule decided each step, "C" computed, "m"/"t" reused by '
+        'MagCache/TeaCache, "p" predicted by TaoCache.',
+    )
 
 
 class FidelityMetrics(BaseModel):
