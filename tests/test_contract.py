@@ -118,7 +118,7 @@ def test_estimates_from_recent_jobs_and_live_workers(front: Service) -> None:
             done.denoise_seconds, done.computed_calls = seconds, 4
             session.add(done)
         worker_id = f"{socket.gethostname()}:test-{os.getpid()}"
-        workers.register(session, worker_id, socket.gethostname(), os.getpid(), "wan-tiny", "cpu")
+        workers.register(session, worker_id, socket.gethostname(), os.getpid(), "wan-tiny", workers.Device("cpu"))
     try:
         job = front.submit(cache=MAGCACHE, **WAN_JOB)
         computed = sum(b["computed"] for b in job["expected"]["branches"].values())
