@@ -91,7 +91,7 @@ def test_admin_key_required(page: Page, service: Service) -> None:
         "canceled",
         "finished_last_hour",
     }
-    assert set(overview.json()["html"]) == {"counters", "jobs", "workers", "queue"}
+    assert set(overview.json()["html"]) == {"counters", "jobs", "workers", "queue", "models"}
 
 
 def test_dashboard_live_filters_and_job_page(page: Page, service: Service) -> None:
