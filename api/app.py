@@ -7,7 +7,7 @@ from fastapi.staticfiles import StaticFiles
 
 from api import errors, middleware, openapi
 from api.limits import RATE_LIMITED
-from api.routes import admin, deliveries, events, health, jobs, openai_videos, workers
+from api.routes import admin, deliveries, events, health, jobs, models, openai_videos, workers
 
 DESCRIPTION = """
 Submit text-to-video jobs, follow them, fetch the MP4. Each job names a timestep-cache
@@ -23,7 +23,7 @@ def create_app() -> FastAPI:
     )
     errors.install(app)
     middleware.install(app)
-    for router in (jobs.router, events.router, openai_videos.router, deliveries.router, workers.router):
+    for router in (jobs.router, events.router, openai_videos.router, deliveries.router, models.router, workers.router):
         app.include_router(router, dependencies=RATE_LIMITED)
     app.include_router(health.router)
     app.include_router(admin.router)

@@ -12,17 +12,21 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from core.db import Job, JobStatus, session_scope, utcnow
-from core.jobs import dashboard, repository
+from core.jobs import dashboard, fleet, repository, workers
 
 WINDOW = timedelta(hours=1)
 
 
 class JobCollector(Collector):
-    def __init__(self, database: str) -> None:
+    def __init__(self, database: str, models: tuple[str, ...], heartbeat_seconds: float) -> None:
         self.database = database
+        self.models = models
+        self.heartbeat_seconds = heartbeat_seconds
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         with session_scope(self.database) as session:
+            per_model = fleet.figures(session, self.models)
+            live = workers.by_model(session, self.heartbeat_seconds)
             counts = repository.counts_by_status(session)
             oldest = dashboard.queue_state(session, counts[JobStatus.queued]).oldest_created_at
             since = utcnow() - WINDOW
@@ -61,10 +65,64 @@ class JobCollector(Collector):
             speedup.add_metric([strategy], mean_speedup or 0.0)
             step.add_metric([strategy], mean_step or 0.0)
         yield from (finished, speedup, step)
+        yield from _model_families(per_model, live)
+
+
+def _model_families(
+    per_model: dict[str, fleet.ModelFigures], live: dict[str, workers.ModelWorkers]
+) -> Iterator[GaugeMetricFamily]:
+    """The same figures per model (label ``model``), for a fleet that serves several."""
+    now = utcnow()
+    gauges = {
+        "queue": GaugeMetricFamily("skipstep_model_queue_depth", "Jobs waiting, per model.", labels=["model"]),
+        "running": GaugeMetricFamily("skipstep_model_running", "Jobs running, per model.", labels=["model"]),
+        "oldest": GaugeMetricFamily(
+            "skipstep_model_oldest_queued_seconds", "Age of the model's oldest waiting job.", labels=["model"]
+        ),
+        "live": GaugeMetricFamily("skipstep_model_workers_live", "Live workers, per model.", labels=["model"]),
+        "idle": GaugeMetricFamily("skipstep_model_workers_idle", "Live workers holding no job.", labels=["model"]),
+        "wait": GaugeMetricFamily(
+            "skipstep_model_wait_seconds",
+            "Submit-to-start wait of the jobs finished in the last hour (mean, p95).",
+            labels=["model", "stat"],
+        ),
+        "denoise": GaugeMetricFamily(
+            "skipstep_model_denoise_seconds_mean", "Mean denoise seconds of the last hour's jobs.", labels=["model"]
+        ),
+        "speedup": GaugeMetricFamily(
+            "skipstep_model_speedup_mean", "Mean cache speedup of the last hour's jobs.", labels=["model"]
+        ),
+        "succeeded": GaugeMetricFamily(
+            "skipstep_model_recent_jobs_succeeded",
+            "Jobs succeeded in the last hour, per model and strategy.",
+            labels=["model", "strategy"],
+        ),
+        "failed": GaugeMetricFamily(
+            "skipstep_model_recent_jobs_failed", "Jobs failed in the last hour, per model.", labels=["model"]
+        ),
+    }
+    for model, numbers in per_model.items():
+        pool = live.get(model, workers.ModelWorkers(0, 0, []))
+        gauges["queue"].add_metric([model], numbers.queued)
+        gauges["running"].add_metric([model], numbers.running)
+        gauges["oldest"].add_metric([model], numbers.oldest_queued_seconds(now))
+        gauges["live"].add_metric([model], pool.live)
+        gauges["idle"].add_metric([model], pool.idle)
+        gauges["failed"].add_metric([model], numbers.failed)
+        if numbers.wait_mean_seconds is not None and numbers.wait_p95_seconds is not None:
+            gauges["wait"].add_metric([model, "mean"], numbers.wait_mean_seconds)
+            gauges["wait"].add_metric([model, "p95"], numbers.wait_p95_seconds)
+        if numbers.denoise_mean_seconds is not None:
+            gauges["denoise"].add_metric([model], numbers.denoise_mean_seconds)
+        if numbers.speedup_mean is not None:
+            gauges["speedup"].add_metric([model], numbers.speedup_mean)
+        for strategy, count in numbers.succeeded_by_strategy.items():
+            gauges["succeeded"].add_metric([model, strategy], count)
+    yield from gauges.values()
 
 
 @lru_cache
-def registry_for(database: str) -> CollectorRegistry:
+def registry_for(database: str, models: tuple[str, ...], heartbeat_seconds: float) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(JobCollector(database))
+    registry.register(JobCollector(database, models, heartbeat_seconds))
     return registry

@@ -32,6 +32,7 @@ OPERATIONS: dict[str, tuple[str, str]] = {
     "api.routes.deliveries.list_deliveries": ("deliveries-list", "List a job's webhook deliveries"),
     "api.routes.deliveries.resend_delivery": ("deliveries-resend", "Resend a webhook delivery (admin)"),
     "api.routes.deliveries.rotate_secret": ("keys-rotate-webhook-secret", "Rotate the webhook signing secret"),
+    "api.routes.models.list_models": ("models-list", "List the configured models, their workers and queues"),
     "api.routes.workers.list_workers": ("workers-list", "List workers (admin)"),
     "api.routes.health.healthz": ("health-live", "Liveness"),
     "api.routes.health.readyz": ("health-ready", "Readiness of the database, broker and storage"),

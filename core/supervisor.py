@@ -8,12 +8,15 @@ the API, then the embedded broker.
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from core.errors import SkipstepError
 
 FIRST_BACKOFF_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 60.0
@@ -58,6 +61,51 @@ class Child:
             self.process, self.restart_at = None, now + backoff
         if now >= self.restart_at:
             self.start()
+
+
+GPU_ID = re.compile(r"\d+|(GPU|MIG)-[0-9A-Za-z-]+")
+
+
+def assign_gpus(spec: str, models: Sequence[str]) -> list[tuple[str, str]]:
+    """(GPU, model) for each GPU of ``--gpus``: ``0,1,...`` (the models take the GPUs in turn) or
+    ``0=MODEL,1=MODEL,...``; a GPU is an index or a ``GPU-``/``MIG-`` UUID, as CUDA_VISIBLE_DEVICES takes it.
+    One worker per GPU, and every model gets at least one."""
+    entries = [entry.strip() for entry in spec.split(",") if entry.strip()]
+    if not entries:
+        raise SkipstepError("--gpus: expected GPU ids, e.g. 0,1 or 0=wan-tiny,1=ltx-tiny")
+    named: list[tuple[str, str | None]] = []
+    for entry in entries:
+        gpu, sep, model = (part.strip() for part in entry.partition("="))
+        if not GPU_ID.fullmatch(gpu):
+            raise SkipstepError(f"--gpus: {gpu!r} is not a GPU index or a GPU-/MIG- UUID")
+        if sep and model not in models:
+            raise SkipstepError(f"--gpus: {model!r} is not a configured model ({', '.join(models)})")
+        named.append((gpu, model if sep else None))
+    gpus = [gpu for gpu, _ in named]
+    if len(set(gpus)) != len(gpus):
+        raise SkipstepError(f"--gpus: each GPU runs one worker; {spec!r} names one twice")
+    unnamed = iter(range(len(named)))
+    plan = [(gpu, model or models[next(unnamed) % len(models)]) for gpu, model in named]
+    missing = [model for model in models if model not in {model for _, model in plan}]
+    if missing:
+        raise SkipstepError(
+            f"--gpus: no GPU left for {', '.join(missing)}; give each model a GPU (e.g. 0={models[0]},1=...) "
+            "or serve fewer models on this host (SKIPSTEP_MODELS)"
+        )
+    return plan
+
+
+def gpu_workers(command: Sequence[str], plan: Sequence[tuple[str, str]], env: Mapping[str, str]) -> list[Child]:
+    """One worker per GPU of ``plan``, each pinned to its GPU: the process sees only that device (as ``cuda``),
+    so no two workers share one and none falls back to the CPU unnoticed."""
+    return [
+        Child(
+            f"worker {model} on GPU {gpu}",
+            [*command, "--model", model],
+            {**env, "CUDA_VISIBLE_DEVICES": gpu, "SKIPSTEP_DEVICE": "cuda"},
+        )
+        for gpu, model in plan
+    ]
 
 
 def say(line: str) -> None:

@@ -415,18 +415,21 @@ class Embedded:
 
 
 def test_fair_share_across_keys(stack: Callable[..., Stack]) -> None:
-    """One key's queue delays another key's single job by at most the job already running on the worker, and
-    the queue positions the API reports are the order in which the jobs then start."""
+    """One key's queue delays another key's single job by at most the job already running on the worker; within
+    a key a higher priority goes first; the queue positions the API reports are the order in which jobs start."""
     service = stack().service
     service.start_worker()
     alice_first = service.submit(**LONG_JOB)["id"]
     running_step(service, alice_first)
     alice_rest = [service.submit(**TINY_JOB, seed=seed)["id"] for seed in range(5)]
+    alice_urgent = service.submit(**TINY_JOB, seed=9, priority=5)["id"]
     bob = service.submit("bob", **TINY_JOB)["id"]
     assert service.get(bob, "bob")["queue_position"] == 1
-    assert [service.get(job_id)["queue_position"] for job_id in alice_rest] == [2, 3, 4, 5, 6]
-    for job_id in alice_rest:
+    assert service.get(alice_urgent)["queue_position"] == 2
+    assert [service.get(job_id)["queue_position"] for job_id in alice_rest] == [3, 4, 5, 6, 7]
+    for job_id in [alice_urgent, *alice_rest]:
         assert service.wait(job_id, timeout=120)["status"] == "succeeded"
     assert service.wait(bob, key="bob", timeout=120)["status"] == "succeeded"
-    started = {job_id: row(service, job_id).started_at for job_id in [alice_first, bob, *alice_rest]}
-    assert sorted(started, key=started.__getitem__) == [alice_first, bob, *alice_rest]
+    order = [alice_first, bob, alice_urgent, *alice_rest]
+    started = {job_id: row(service, job_id).started_at for job_id in order}
+    assert sorted(started, key=started.__getitem__) == order

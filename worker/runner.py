@@ -37,6 +37,7 @@ from core.webhooks.events import record_event
 from worker import dispatcher
 from worker.active import ActiveJob, HandedBack, JobCanceled, JobTimedOut, LeaseLost, StopJob
 from worker.app import enqueue_delivery
+from worker.device import describe as describe_device
 from worker.heartbeat import Heartbeat
 
 log = logging.getLogger("skipstep.worker")
@@ -62,13 +63,15 @@ class JobRunner:
         self.active: ActiveJob | None = None
         # When SIGTERM arrived (time.monotonic()); set from a signal handler, so nothing else is done there.
         self.shutdown_requested_at: float | None = None
-        device = str(self.model.device)
+        device = describe_device(self.model.device)
         with session_scope(settings.database) as session:
             workers.register(session, self.worker_id, socket.gethostname(), os.getpid(), model, device)
+        where = device.name + (f" ({device.description})" if device.description else "")
+        where += f", CUDA_VISIBLE_DEVICES={device.visible_devices}" if device.visible_devices else ""
         log.info(
             "loaded model %s on %s in %.1f s%s (worker %s)",
             model,
-            device,
+            where,
             loaded,
             ", blocks compiled" if settings.compile else "",
             self.worker_id,

@@ -26,7 +26,7 @@ from api.errors import ApiError
 from core import admin_sessions
 from core.contract.strategies import STRATEGIES
 from core.db import ApiKey, Job, JobStatus, utcnow
-from core.jobs import dashboard, dispatch, repository, workers
+from core.jobs import dashboard, dispatch, fleet, repository, workers
 from core.jobs.expected import estimated_start
 from core.keys import authenticate
 from core.settings import Settings
@@ -38,7 +38,7 @@ templates = Jinja2Templates(directory=API_DIR / "templates")
 
 REFRESH_CHOICES = (0.0, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 PAGE_SIZE = 50
-FRAGMENTS = ("counters", "jobs", "workers", "queue")
+FRAGMENTS = ("counters", "jobs", "workers", "queue", "models")
 PALETTE = ("#2563eb", "#ea580c", "#16a34a", "#9333ea", "#db2777", "#0891b2", "#ca8a04")
 KNOWN_COLORS = {"none": "#64748b", "teacache": PALETTE[0], "magcache": PALETTE[1], "easycache": PALETTE[2]}
 
@@ -141,6 +141,7 @@ def dashboard_query(
     settings: SettingsDep,
     status_: Annotated[str, Query(alias="status", pattern="^(|queued|running|succeeded|failed|canceled)$")] = "",
     strategy: Annotated[str, Query(max_length=32)] = "",
+    model: Annotated[str, Query(max_length=100)] = "",
     from_: Annotated[str, Query(alias="from")] = "",
     to: str = "",
     q: Annotated[str, Query(max_length=200)] = "",
@@ -154,13 +155,14 @@ def dashboard_query(
     job_filter = dashboard.JobFilter(
         status=JobStatus(status_) if status_ else None,
         strategy=strategy or None,
+        model=model or None,
         created_from=_day(from_, "from"),
         created_before=until + timedelta(days=1) if until else None,
         search=q.strip(),
         sort=dashboard.Sort(sort),
         descending=order == "desc",
     )
-    values = {"status": status_, "strategy": strategy, "from": from_, "to": to, "q": q.strip()}
+    values = {"status": status_, "strategy": strategy, "model": model, "from": from_, "to": to, "q": q.strip()}
     values |= {"sort": "" if sort == "created" else sort, "order": "" if order == "desc" else order}
     values["refresh"] = "" if refresh is None else f"{refresh:g}"
     return DashboardQuery(
@@ -265,6 +267,7 @@ def logout(request: Request, session: SessionDep) -> Response:
 
 def _overview(session: Session, settings: Settings, query: DashboardQuery) -> dict[str, Any]:
     now = utcnow()
+    models = fleet.figures(session, settings.model_sources)
     counters = dashboard.counters(session, now)
     try:
         page = dashboard.jobs_page(session, query.job_filter, query.after, query.before, PAGE_SIZE)
@@ -276,6 +279,11 @@ def _overview(session: Session, settings: Settings, query: DashboardQuery) -> di
         "counters": counters,
         "page": page,
         "queue": dashboard.queue_state(session, counters.queued),
+        "models": models,
+        "model_workers": workers.by_model(session, settings.heartbeat_seconds),
+        "waiting_for_worker": {
+            model: workers.waiting_for_worker(session, model, settings.heartbeat_seconds) for model in models
+        },
         "workers": workers.statuses(session, settings.heartbeat_seconds, limit=dashboard.WORKERS_SHOWN),
         "heartbeat_seconds": settings.heartbeat_seconds,
         "scan_limit": dashboard.SCAN_LIMIT,
@@ -297,10 +305,11 @@ def dashboard_page(request: Request, session: SessionDep, settings: SettingsDep,
     if denied is not None:
         return denied
     strategies = sorted(set(STRATEGIES) | ({query.job_filter.strategy} - {None}))
+    model_choices = [*settings.model_sources, *({query.job_filter.model} - {None} - set(settings.model_sources))]
     refresh_choices = sorted(set(REFRESH_CHOICES) | {query.refresh})
     context = _overview(session, settings, query) | _summary_context(session)
     context |= {"base": _base(request), "strategies": strategies, "statuses": list(JobStatus)}
-    context |= {"refresh_choices": refresh_choices}
+    context |= {"refresh_choices": refresh_choices, "model_choices": model_choices}
     return templates.TemplateResponse(request, "admin/dashboard.html", context)
 
 
@@ -315,6 +324,7 @@ def overview_json(
         "generated_at": context["now"],
         "counters": asdict(context["counters"]),
         "queue": asdict(context["queue"]),
+        "models": {model: asdict(numbers) for model, numbers in context["models"].items()},
         "workers": [asdict(worker) for worker in context["workers"]],
         "jobs": [asdict(row) for row in page.rows],
         "next_cursor": page.next_cursor,

@@ -78,5 +78,7 @@ def readyz(session: SessionDep, settings: SettingsDep, storage: StorageDep) -> A
     },
 )
 def metrics(settings: SettingsDep) -> Response:
-    """Prometheus exposition: jobs by status, queue depth, step time and speedup by strategy."""
-    return Response(generate_latest(registry_for(settings.database)), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus exposition: jobs by status, queue depth, step time and speedup by strategy; per model: queue
+    depth, live and idle workers, wait, denoise time, speedup and jobs per strategy."""
+    registry = registry_for(settings.database, tuple(settings.model_sources), settings.heartbeat_seconds)
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

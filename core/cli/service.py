@@ -20,12 +20,22 @@ def add_commands(commands: Any, settings: Settings) -> None:
     up = commands.add_parser("up", help="run the service: API, GPU workers, webhook worker (and an embedded broker)")
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=8000)
+    up.add_argument(
+        "--gpus",
+        metavar="ID[=MODEL],...",
+        help="one worker per GPU, each pinned to its GPU with CUDA_VISIBLE_DEVICES: 0,1 (models take the GPUs in "
+        "turn) or 0=MODEL,1=MODEL; default: one worker per model on SKIPSTEP_DEVICE",
+    )
     up.set_defaults(run=_up)
     down = commands.add_parser("down", help="stop the service that `skipstep up` started")
     down.set_defaults(run=_down)
 
     worker = commands.add_parser("worker", help="run a GPU worker for one model (a Celery worker on its queue)")
-    worker.add_argument("--model", default=settings.default_model, help="a configured model (default: the first)")
+    worker.add_argument(
+        "--model",
+        default=settings.served_model,
+        help="a configured model (default: SKIPSTEP_WORKER_MODEL, else the first)",
+    )
     worker.set_defaults(run=_worker)
 
     migrate = commands.add_parser("migrate", help="create or upgrade the database schema")
@@ -45,8 +55,9 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
 
     from core.db.migrate import upgrade
     from core.storage import storage_from
-    from core.supervisor import Child, say, supervise
+    from core.supervisor import Child, assign_gpus, gpu_workers, say, supervise
 
+    plan = assign_gpus(args.gpus, list(settings.model_sources)) if args.gpus is not None else None
     settings.home.mkdir(parents=True, exist_ok=True)
     env = os.environ | {"SKIPSTEP_PUBLIC_URL": os.environ.get("SKIPSTEP_PUBLIC_URL", f"http://{args.host}:{args.port}")}
     children: list[Child] = []
@@ -66,8 +77,11 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
     python = sys.executable
     api = [python, "-m", "uvicorn", "api.app:app", "--host", args.host, "--port", str(args.port)]
     children.append(Child("api", api, env))
-    for model in settings.model_sources:
-        children.append(Child(f"worker {model}", [python, "-m", "core.cli", "worker", "--model", model], env))
+    worker = [python, "-m", "core.cli", "worker"]
+    if plan is None:
+        children += [Child(f"worker {model}", [*worker, "--model", model], env) for model in settings.model_sources]
+    else:
+        children += gpu_workers(worker, plan, env)
     webhooks = [python, "-m", "celery", "-A", "worker.app", "worker", "-Q", "webhooks", "-l", "info"]
     webhooks += ["--pool", "threads", "-c", "32"]  # attempts wait on the network, not the CPU
     webhooks += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
@@ -77,12 +91,12 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
     url = f"http://{args.host}:{args.port}"
     say(f"skipstep is starting on {url} (API docs at {url}/docs, dashboard at {url}/admin)")
     try:
-        return supervise(children, stop_seconds=_stop_seconds(settings))
+        return supervise(children, stop_seconds=stop_seconds(settings))
     finally:
         pid_file.unlink(missing_ok=True)
 
 
-def _stop_seconds(settings: Settings) -> float:
+def stop_seconds(settings: Settings) -> float:
     """How long a stop may take: the workers' shutdown grace, then time to hand the job back."""
     return settings.shutdown_grace_seconds + settings.heartbeat_seconds + 30
 
@@ -97,7 +111,7 @@ def _down(_args: argparse.Namespace, settings: Settings) -> int:
     except ProcessLookupError:
         pid_file.unlink()
         raise SkipstepError(f"no running service: process {pid} is gone") from None
-    deadline = time.monotonic() + _stop_seconds(settings) + 10
+    deadline = time.monotonic() + stop_seconds(settings) + 10
     while pid_file.exists():
         if time.monotonic() > deadline:
             raise SkipstepError(f"the service (pid {pid}) did not stop in time; it may still be stopping")

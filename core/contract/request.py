@@ -139,6 +139,12 @@ class JobRequest(GenerationRequest):
         default=None, description="A model the service serves (SKIPSTEP_MODELS); default: the first."
     )
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1, description="Random when absent; the job records it.")
+    priority: int = Field(
+        default=0,
+        ge=-10,
+        le=10,
+        description="Order among this API key's own queued jobs (higher first); keys still take turns.",
+    )
     webhook_url: str | None = Field(default=None, max_length=2048)
     webhook_events: list[WebhookEventName] | None = Field(
         default=None, description=f"Default: {[event.value for event in DEFAULT_EVENTS]}."

@@ -166,6 +166,10 @@ class Worker(Base):
     pid: Mapped[int]
     model: Mapped[str] = mapped_column(Text)
     device: Mapped[str] = mapped_column(String(50))
+    # The accelerator's name (torch.cuda.get_device_name); None on CPU.
+    device_name: Mapped[str | None] = mapped_column(String(200))
+    # The host GPUs the process was pinned to (CUDA_VISIBLE_DEVICES), None if it was not pinned.
+    visible_devices: Mapped[str | None] = mapped_column(String(200))
     current_job_id: Mapped[uuid.UUID | None]
     jobs_done: Mapped[int] = mapped_column(default=0)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -60,6 +60,7 @@ INDEXED_SORTS = {Sort.created, Sort.finished}
 class JobFilter:
     status: JobStatus | None = None
     strategy: str | None = None
+    model: str | None = None
     created_from: datetime | None = None
     created_before: datetime | None = None
     search: str = ""
@@ -77,6 +78,7 @@ class JobRow:
     id: uuid.UUID
     prompt: str
     status: JobStatus
+    model: str
     step: int
     total: int
     strategy: str
@@ -105,6 +107,7 @@ class JobRow:
             id=job.id,
             prompt=job.prompt,
             status=job.status,
+            model=job.model,
             step=job.progress_step,
             total=job.progress_total or job.num_inference_steps,
             strategy=job.cache_strategy,
@@ -258,6 +261,8 @@ def _conditions(job_filter: JobFilter) -> list[ColumnElement[bool]]:
         conditions.append(Job.status == job_filter.status)
     if job_filter.strategy:
         conditions.append(Job.cache_strategy == job_filter.strategy)
+    if job_filter.model:
+        conditions.append(Job.model == job_filter.model)
     if job_filter.created_from is not None:
         conditions.append(Job.created_at >= job_filter.created_from)
     if job_filter.created_before is not None:

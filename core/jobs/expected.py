@@ -144,9 +144,10 @@ def _seconds_per_computed_call(session: Session, model: str, shape: Shape, strat
 
 
 def estimated_start(session: Session, job: Job, position: int, heartbeat_seconds: float) -> datetime | None:
-    """When a queued job may start: the jobs ahead of it spread over the model's live workers, each taking
-    the median run time of the model's recent jobs. None with no live worker or no finished job yet."""
-    live = workers.live_models(session, heartbeat_seconds).get(job.model, 0)
+    """When a queued job may start: the jobs ahead of it spread over the model's workers that take jobs,
+    each taking the median run time of the model's recent jobs. None while it waits for a worker or no job
+    of the model has finished yet."""
+    live = workers.serving_count(session, job.model, heartbeat_seconds)
     if live == 0:
         return None
     durations = _recent_run_seconds(session, job.model)

@@ -32,6 +32,7 @@ def new_job(request: JobRequest, shape: Shape, model: str, owner_id: uuid.UUID, 
         cache_params=request.cache.params,
         cache_profile=request.cache.profile,
         compare=request.compare,
+        priority=request.priority,
         webhook_url=request.webhook_url,
         webhook_events=list(events),
         **columns,
@@ -56,6 +57,7 @@ def request_of(job: Job) -> JobRequest:
             strategy=job.cache_strategy, params=job.cache_params, profile=job.cache_profile
         ),
         compare=job.compare,
+        priority=job.priority,
         webhook_url=job.webhook_url,
         webhook_events=list(job.webhook_events),
     )

@@ -21,10 +21,22 @@ DRAINING = "draining"
 GONE = "gone"
 
 
-def register(session: Session, worker_id: str, hostname: str, pid: int, model: str, device: str) -> None:
+@dataclass(frozen=True)
+class Device:
+    """The device a worker holds: its torch name in the process (``cuda:0``, ``cpu``), the accelerator's
+    name, and the host's GPUs it was pinned to (``CUDA_VISIBLE_DEVICES``), which tell two workers'
+    ``cuda:0`` apart."""
+
+    name: str
+    description: str | None = None
+    visible_devices: str | None = None
+
+
+def register(session: Session, worker_id: str, hostname: str, pid: int, model: str, device: Device) -> None:
     now = utcnow()
     worker = session.get(Worker, worker_id) or Worker(id=worker_id)
-    worker.hostname, worker.pid, worker.model, worker.device = hostname, pid, model, device
+    worker.hostname, worker.pid, worker.model = hostname, pid, model
+    worker.device, worker.device_name, worker.visible_devices = device.name, device.description, device.visible_devices
     worker.started_at = worker.last_seen_at = now
     worker.current_job_id, worker.stopped_at, worker.stop_reason, worker.jobs_done = None, None, None, 0
     session.add(worker)
@@ -59,21 +71,53 @@ def _alive(heartbeat_seconds: float) -> Any:
     return and_(Worker.stopped_at.is_(None), Worker.last_seen_at >= cutoff)
 
 
+def _taking_jobs(heartbeat_seconds: float) -> Any:
+    """Alive and not shutting down: it will take the model's next job."""
+    return and_(_alive(heartbeat_seconds), Worker.stop_reason.is_(None))
+
+
 def idle_count(session: Session, model: str, heartbeat_seconds: float) -> int:
     """Live workers of ``model`` that hold no job and take new ones."""
     query = select(func.count()).where(
-        Worker.model == model,
-        _alive(heartbeat_seconds),
-        Worker.stop_reason.is_(None),
-        Worker.current_job_id.is_(None),
+        Worker.model == model, _taking_jobs(heartbeat_seconds), Worker.current_job_id.is_(None)
     )
     return session.scalar(query) or 0
 
 
-def live_models(session: Session, heartbeat_seconds: float) -> dict[str, int]:
-    """Live workers per model."""
-    rows = session.execute(select(Worker.model, func.count()).where(_alive(heartbeat_seconds)).group_by(Worker.model))
-    return dict(rows.tuples().all())
+def serving_count(session: Session, model: str, heartbeat_seconds: float) -> int:
+    """Live workers of ``model`` that take new jobs (busy or idle, not shutting down)."""
+    query = select(func.count()).where(Worker.model == model, _taking_jobs(heartbeat_seconds))
+    return session.scalar(query) or 0
+
+
+def waiting_for_worker(session: Session, model: str, heartbeat_seconds: float) -> bool:
+    """Whether a queued job of ``model`` waits for a worker to start: no live worker of the model takes
+    jobs (none runs, or every one is shutting down). Such a job stays queued and runs once one starts."""
+    return serving_count(session, model, heartbeat_seconds) == 0
+
+
+@dataclass(frozen=True)
+class ModelWorkers:
+    """A model's live workers: how many, how many of those hold no job, and the devices they hold."""
+
+    live: int
+    idle: int
+    devices: list[str]
+
+
+def by_model(session: Session, heartbeat_seconds: float) -> dict[str, ModelWorkers]:
+    """Live workers per model (models without one are absent)."""
+    rows = session.execute(
+        select(Worker.model, Worker.hostname, Worker.device, Worker.visible_devices, Worker.current_job_id)
+        .where(_alive(heartbeat_seconds))
+        .order_by(Worker.model, Worker.hostname, Worker.started_at)
+    ).all()
+    models: dict[str, ModelWorkers] = {}
+    for model, hostname, device, visible, job_id in rows:
+        current = models.get(model, ModelWorkers(0, 0, []))
+        where = f"{hostname}/{device}" + (f" (GPU {visible})" if visible else "")
+        models[model] = ModelWorkers(current.live + 1, current.idle + (job_id is None), [*current.devices, where])
+    return models
 
 
 def mark_gone(session: Session, heartbeat_seconds: float) -> list[tuple[str, str, int]]:
@@ -96,6 +140,10 @@ class WorkerStatus:
     pid: int
     model: Annotated[str, Field(description="The model it serves (one queue, `generate.<model>`).")]
     device: Annotated[str, Field(description="cpu, cuda, cuda:1, ...")]
+    device_name: Annotated[str | None, Field(description="The accelerator's name (e.g. NVIDIA H100); null on CPU.")]
+    visible_devices: Annotated[
+        str | None, Field(description="The host's GPUs it was pinned to (CUDA_VISIBLE_DEVICES); null when unpinned.")
+    ]
     current_job_id: Annotated[uuid.UUID | None, Field(description="The job it is running; null when idle.")]
     jobs_done: Annotated[int, Field(description="Jobs it has finished since it started.")]
     started_at: datetime
@@ -116,6 +164,8 @@ def statuses(session: Session, heartbeat_seconds: float, limit: int = 100) -> li
             pid=worker.pid,
             model=worker.model,
             device=worker.device,
+            device_name=worker.device_name,
+            visible_devices=worker.visible_devices,
             current_job_id=worker.current_job_id,
             jobs_done=worker.jobs_done,
             started_at=worker.started_at,

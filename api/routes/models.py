@@ -1,0 +1,196 @@
+"""The models this service serves, as a resource: what each accepts and how its workers and queue stand."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from annotated_types import Ge
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from api.deps import KeyDep, SessionDep, SettingsDep
+from core.caching.profiles import ProfileStore
+from core.contract.models import ModelInfo, describe
+from core.contract.request import JobRequest
+from core.contract.shapes import FamilyRules
+from core.contract.strategies import STRATEGIES
+from core.db import utcnow
+from core.errors import ModelLoadError
+from core.jobs import fleet, workers
+from core.settings import Settings
+
+router = APIRouter(prefix="/models", tags=["models"])
+
+# The setting that caps each size field of a request.
+MAX_SETTINGS = {
+    "width": "request_max_side",
+    "height": "request_max_side",
+    "num_frames": "request_max_frames",
+    "num_inference_steps": "request_max_steps",
+}
+
+
+class ShapeView(BaseModel):
+    width: int
+    height: int
+    num_frames: int
+    num_inference_steps: int
+
+
+class Bounds(BaseModel):
+    min: int
+    max: int
+    rule: str | None = Field(description="The model family's rule, where it has one.")
+
+
+class LimitsView(BaseModel):
+    width: Bounds
+    height: Bounds
+    num_frames: Bounds
+    num_inference_steps: Bounds
+
+
+class ProfileView(BaseModel):
+    name: str
+    calibrated_on: str = Field(description="The model the profile was calibrated on.")
+    shape: ShapeView
+    strategies: list[str] = Field(description="The strategies whose data the profile carries.")
+
+
+class StrategyView(BaseModel):
+    name: str
+    summary: str
+    needs_calibration: bool
+    available: bool = Field(description="Needs no calibration, or a profile for the model's family has its data.")
+
+
+class WorkersView(BaseModel):
+    live: int = Field(description="Workers of this model heard from within three heartbeats.")
+    idle: int = Field(description="Live workers holding no job.")
+    devices: list[str] = Field(description="host/device of each live worker (admin keys only).")
+
+
+class QueueView(BaseModel):
+    queued: int
+    running: int
+    oldest_queued_seconds: float
+    waiting_for_worker: bool = Field(description="No live worker takes this model's jobs: they wait for one to start.")
+
+
+class RecentView(BaseModel):
+    window_seconds: float
+    succeeded: int
+    failed: int
+    jobs_per_hour: float
+    succeeded_by_strategy: dict[str, int]
+    wait_mean_seconds: float | None = Field(description="Submit to start, jobs finished in the window.")
+    wait_p95_seconds: float | None
+    denoise_mean_seconds: float | None
+    speedup_mean: float | None
+
+
+class ModelView(BaseModel):
+    name: str
+    default: bool = Field(description="Jobs that name no model run on this one.")
+    family: str | None = Field(description="wan, ltx, hunyuan; null while the model's files are not readable here.")
+    default_shape: ShapeView | None = Field(description="Null while the model's files are not readable here.")
+    limits: LimitsView
+    strategies: list[StrategyView]
+    profiles: list[ProfileView] = Field(description="Calibration profiles for the model's family.")
+    workers: WorkersView
+    queue: QueueView
+    recent: RecentView
+
+
+def _info(source: str, settings: Settings) -> ModelInfo | None:
+    """What the model's config files say (no weights loaded); None while they are not readable here."""
+    try:
+        return describe(source, settings.presets_dir)
+    except ModelLoadError:
+        return None
+
+
+def _bounds(field: str, rule: str | None, settings: Settings) -> Bounds:
+    """A request field's bounds as ``POST /jobs`` enforces them."""
+    low = next(item.ge for item in JobRequest.model_fields[field].metadata if isinstance(item, Ge))
+    return Bounds(min=low, max=getattr(settings, MAX_SETTINGS[field]), rule=rule)
+
+
+def _limits(family: FamilyRules | None, settings: Settings) -> LimitsView:
+    spatial = f"a multiple of {family.spatial_multiple}" if family else None
+    temporal = f"{family.temporal_multiple}k+1" if family else None
+    return LimitsView(
+        width=_bounds("width", spatial, settings),
+        height=_bounds("height", spatial, settings),
+        num_frames=_bounds("num_frames", temporal, settings),
+        num_inference_steps=_bounds("num_inference_steps", None, settings),
+    )
+
+
+@router.get("", response_model=list[ModelView])
+def list_models(key: KeyDep, session: SessionDep, settings: SettingsDep) -> Any:
+    """Every configured model, the default first: what a job for it accepts, which cache strategies and
+    calibration profiles apply, its live workers, its queue and its last hour."""
+    sources = settings.model_sources
+    live = workers.by_model(session, settings.heartbeat_seconds)
+    figures = fleet.figures(session, sources)
+    profiles = ProfileStore(settings.profiles_dir).all()
+    now = utcnow()
+    views = []
+    for name, source in sources.items():
+        info = _info(source, settings)
+        family = info.family if info else None
+        own = [p for p in profiles if family and p.transformer.get("class") == family.transformer_class]
+        pool = live.get(name, workers.ModelWorkers(0, 0, []))
+        numbers = figures[name]
+        views.append(
+            ModelView(
+                name=name,
+                default=name == settings.default_model,
+                family=family.name if family else None,
+                default_shape=ShapeView(**vars(info.default_shape)) if info else None,
+                limits=_limits(family, settings),
+                strategies=[
+                    StrategyView(
+                        name=info.name,
+                        summary=info.summary,
+                        needs_calibration=info.needs is not None,
+                        available=info.needs is None or any(getattr(p, info.needs) is not None for p in own),
+                    )
+                    for info in STRATEGIES.values()
+                ],
+                profiles=[
+                    ProfileView(
+                        name=p.name,
+                        calibrated_on=p.model,
+                        shape=ShapeView(
+                            width=p.width,
+                            height=p.height,
+                            num_frames=p.num_frames,
+                            num_inference_steps=p.num_inference_steps,
+                        ),
+                        strategies=[i.name for i in STRATEGIES.values() if i.needs and getattr(p, i.needs) is not None],
+                    )
+                    for p in own
+                ],
+                workers=WorkersView(live=pool.live, idle=pool.idle, devices=pool.devices if key.is_admin else []),
+                queue=QueueView(
+                    queued=numbers.queued,
+                    running=numbers.running,
+                    oldest_queued_seconds=numbers.oldest_queued_seconds(now),
+                    waiting_for_worker=workers.waiting_for_worker(session, name, settings.heartbeat_seconds),
+                ),
+                recent=RecentView(
+                    window_seconds=fleet.WINDOW.total_seconds(),
+                    succeeded=numbers.succeeded,
+                    failed=numbers.failed,
+                    jobs_per_hour=numbers.jobs_per_hour,
+                    succeeded_by_strategy=numbers.succeeded_by_strategy,
+                    wait_mean_seconds=numbers.wait_mean_seconds,
+                    wait_p95_seconds=numbers.wait_p95_seconds,
+                    denoise_mean_seconds=numbers.denoise_mean_seconds,
+                    speedup_mean=numbers.speedup_mean,
+                ),
+            )
+        )
+    return views
