@@ -19,13 +19,15 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 def get_session(settings: SettingsDep) -> Iterator[Session]:
-    """A session committed when the route returns; routes commit earlier where order matters."""
+    """A session committed when the route returns, before the response goes out (``scope="function"``): a
+    client that reads the database after its answer sees what the route wrote. Routes commit earlier where
+    order matters."""
     with sessions(settings.database)() as session:
         yield session
         session.commit()
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 def get_storage(request: Request, settings: SettingsDep) -> Storage:

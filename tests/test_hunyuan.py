@@ -67,14 +67,19 @@ def test_uncached_output_equals_the_diffusers_pipeline(hunyuan_tiny, profiles, s
     assert ours.cache.branches["cond"].computed == STEPS
 
 
-@pytest.mark.parametrize("strategy", ["teacache", "magcache", "easycache", "taocache"])
+@pytest.mark.parametrize(
+    "strategy", ["teacache", "magcache", "easycache", "taocache", "fbcache", "dbcache", "taylorseer"]
+)
 def test_every_strategy_runs_and_skips(hunyuan_tiny, profiles, small_request, strategy) -> None:
     # Thresholds that skip on random weights (the published defaults are tuned for trained models).
     params = {
         "teacache": {"threshold": 0.5},
         "magcache": {"threshold": 0.5, "max_skip_steps": 3},
-        "easycache": {"threshold": 0.3},
+        "easycache": {"threshold": 0.3, "warmup_steps": 2},
         "taocache": {"threshold": 2.0},
+        "fbcache": {"threshold": 0.5},
+        "dbcache": {"Fn_compute_blocks": 1, "residual_diff_threshold": 0.5, "max_warmup_steps": 2},
+        "taylorseer": {"warmup_steps": 2, "interval": 3},
     }[strategy]
     result = generate(hunyuan_tiny, small_request("hunyuan", cache={"strategy": strategy, "params": params}), profiles)
     report = result.cache
