@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from core.db.session import UNREACHABLE
@@ -74,12 +74,31 @@ OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate
 OPENAI_FIELDS = {"width": "size", "height": "size", "num_frames": "seconds"}
 
 
+class OpenAIErrorBody(BaseModel):
+    message: str
+    type: str = Field(description="`invalid_request_error`, `authentication_error`, `rate_limit_error`, ...")
+    param: str | None = Field(description="The OpenAI request field at fault, if one is.")
+    code: str
+
+
+class OpenAIErrorResponse(BaseModel):
+    """The error shape under ``/v1/``, as OpenAI's API and its clients have it."""
+
+    error: OpenAIErrorBody
+
+
+def openai_status(status_code: int) -> int:
+    """OpenAI answers a request that breaks a field's rule with 400 where skipstep says 422."""
+    return status.HTTP_400_BAD_REQUEST if status_code == status.HTTP_422_UNPROCESSABLE_CONTENT else status_code
+
+
 def openai_error_response(status_code: int, message: str, param: str | None = None, **headers: str) -> Any:
-    """``{"error": {"message", "type", "param", "code"}}``, as OpenAI's API and its clients have it."""
-    status_code = status.HTTP_400_BAD_REQUEST if status_code == status.HTTP_422_UNPROCESSABLE_CONTENT else status_code
+    status_code = openai_status(status_code)
     kind = OPENAI_TYPES.get(status_code, "invalid_request_error" if status_code < 500 else "server_error")
-    error = {"message": message, "type": kind, "param": param, "code": CODES.get(status_code, "error")}
-    return JSONResponse({"error": error}, status_code=status_code, headers=headers or None)
+    body = OpenAIErrorResponse(
+        error=OpenAIErrorBody(message=message, type=kind, param=param, code=CODES.get(status_code, "error"))
+    )
+    return JSONResponse(body.model_dump(), status_code=status_code, headers=headers or None)
 
 
 def _respond(request: Request, status_code: int, message: str, fields: list[FieldError] | None, **headers: str) -> Any:
@@ -120,8 +139,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(InvalidRequest)
     async def invalid_for_model(_request: Request, exc: InvalidRequest) -> Any:
-        # A size rule of the job's model family, checked once the model is known.
-        fields = [FieldError(field=exc.field, rule=exc.rule)]
+        # The size rules of the job's model family, checked once the model is known.
+        fields = [FieldError(field=field, rule=rule) for field, rule in exc.problems]
         return error_response(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc), fields)
 
     # Starlette's own errors (no such route, method not allowed) in the same shape.

@@ -15,11 +15,13 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
 
 from api.deps import admin_key, current_key, get_session
+from api.errors import OPENAI_PREFIX, openai_status
 from api.limits import rate_limit, room_for_a_job
 from core.webhooks.events import WebhookEvent
 
 BEARER = "bearerAuth"
 ERROR_REF = "#/components/schemas/ErrorResponse"
+OPENAI_ERROR_REF = "#/components/schemas/OpenAIErrorResponse"
 
 # endpoint (module.function) -> (operationId, summary). A route missing here gets ``<tag>-<function>``, and
 # tests/test_openapi.py fails until it is added.
@@ -32,6 +34,12 @@ OPERATIONS: dict[str, tuple[str, str]] = {
     "api.routes.deliveries.list_deliveries": ("deliveries-list", "List a job's webhook deliveries"),
     "api.routes.deliveries.resend_delivery": ("deliveries-resend", "Resend a webhook delivery (admin)"),
     "api.routes.deliveries.rotate_secret": ("keys-rotate-webhook-secret", "Rotate the webhook signing secret"),
+    "api.routes.events.job_events": ("jobs-events", "Follow a job's progress (server-sent events)"),
+    "api.routes.openai_videos.create": ("openai-videos-create", "Create a video (OpenAI videos API)"),
+    "api.routes.openai_videos.list_videos": ("openai-videos-list", "List videos (OpenAI videos API)"),
+    "api.routes.openai_videos.retrieve": ("openai-videos-retrieve", "Get a video (OpenAI videos API)"),
+    "api.routes.openai_videos.delete": ("openai-videos-delete", "Cancel a video's job (OpenAI videos API)"),
+    "api.routes.openai_videos.content": ("openai-videos-content", "Download a video's MP4 (OpenAI videos API)"),
     "api.routes.models.list_models": ("models-list", "List the configured models, their workers and queues"),
     "api.routes.workers.list_workers": ("workers-list", "List workers (admin)"),
     "api.routes.health.healthz": ("health-live", "Liveness"),
@@ -131,6 +139,15 @@ def error_statuses(route: RouteContext) -> dict[int, str]:
     return statuses
 
 
+def error_ref(route: APIRoute | RouteContext) -> str:
+    """The error shape a route answers with: OpenAI's under its prefix, skipstep's elsewhere."""
+    return OPENAI_ERROR_REF if route.path_format.startswith(OPENAI_PREFIX) else ERROR_REF
+
+
+def documented_status(route: APIRoute | RouteContext, code: int) -> int:
+    return openai_status(code) if route.path_format.startswith(OPENAI_PREFIX) else code
+
+
 def needs_key(route: RouteContext) -> bool:
     return current_key in _calls(route)
 
@@ -152,12 +169,15 @@ def _complete(app: FastAPI, schema: dict[str, Any]) -> None:
             if needs_key(route):
                 operation["security"] = [{BEARER: []}]
             responses = operation.setdefault("responses", {})
-            for code, description in error_statuses(route).items():
+            if route.path_format.startswith(OPENAI_PREFIX):
+                responses.pop("422", None)  # FastAPI's own; OpenAI's clients get a 400 instead
+            for answered, description in error_statuses(route).items():
+                code = documented_status(route, answered)
                 declared = route.responses.get(code, {})
                 response = responses.setdefault(str(code), {})
                 if code == 422 or "model" not in declared:
                     response["description"] = declared.get("description", description)
-                    response["content"] = {"application/json": {"schema": {"$ref": ERROR_REF}}}
+                    response["content"] = {"application/json": {"schema": {"$ref": error_ref(route)}}}
             for code, headers in ERROR_HEADERS.items():
                 if code in responses:
                     responses[code]["headers"] = headers

@@ -12,10 +12,9 @@ class ModelLoadError(SkipstepError):
 class InvalidRequest(SkipstepError):
     """A request field breaks a rule that only the loaded model can check."""
 
-    def __init__(self, field: str, rule: str) -> None:
-        super().__init__(f"{field}: {rule}")
-        self.field = field
-        self.rule = rule
+    def __init__(self, field: str, rule: str, *more: tuple[str, str]) -> None:
+        self.problems = [(field, rule), *more]
+        super().__init__("; ".join(f"{name}: {broken}" for name, broken in self.problems))
 
 
 class CacheConfigError(SkipstepError):

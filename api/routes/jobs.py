@@ -169,15 +169,21 @@ def get_job(job_id: uuid.UUID, key: KeyDep, session: SessionDep, settings: Setti
 def cancel(job_id: uuid.UUID, key: KeyDep, session: SessionDep, settings: SettingsDep) -> Any:
     """A queued job is canceled at once; a running job stops at its next denoising step."""
     _found(session, job_id, key)
-    outcome = transitions.cancel(session, job_id, settings.public_url)
-    session.commit()
-    if outcome is None:
+    canceled = cancel_job(session, job_id, settings)
+    if canceled is None:
         job = _found(session, job_id, key)
         raise ApiError(status.HTTP_409_CONFLICT, f"job {job.id} has already finished ({job.status.value})")
+    return _view(session, canceled, settings)
+
+
+def cancel_job(session: SessionDep, job_id: uuid.UUID, settings: SettingsDep) -> Job | None:
+    """Cancel (or ask a running job to stop), committed, its webhook event sent; None if it had finished."""
+    outcome = transitions.cancel(session, job_id, settings.public_url)
+    session.commit()
     if isinstance(outcome, transitions.Ended):
         enqueue_delivery(outcome.delivery)
-        return _view(session, outcome.job, settings)
-    return _view(session, outcome, settings)
+        return outcome.job
+    return outcome
 
 
 @router.get(

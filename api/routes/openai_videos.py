@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from api.deps import KeyDep, SessionDep, SettingsDep, StorageDep
-from api.errors import OPENAI_FIELDS, ApiError, openai_error_response
+from api.errors import OPENAI_FIELDS, ApiError, OpenAIErrorResponse, openai_error_response
 from api.limits import RoomForJob
 from api.routes import jobs
 from core.contract.request import JobRequest
@@ -37,6 +37,9 @@ from core.jobs import repository
 from core.jobs.view import JobView, job_view
 
 router = APIRouter(prefix="/v1/videos", tags=["openai"])
+NO_VIDEO: dict[int | str, dict[str, Any]] = {
+    404: {"model": OpenAIErrorResponse, "description": "No such video for this API key (`after`: no such id)."}
+}
 
 SIZE = re.compile(r"(\d+)x(\d+)")
 TEMPORAL_MULTIPLE = 4
@@ -189,7 +192,11 @@ def _as_openai(result: Any) -> Any:
     return video(result)
 
 
-@router.post("", response_model=Video, responses={400: {"description": "OpenAI's error shape."}})
+@router.post(
+    "",
+    response_model=Video,
+    responses={400: {"model": OpenAIErrorResponse, "description": "A field breaks a rule; `param` names it."}},
+)
 async def create(
     request: Request,
     key: KeyDep,
@@ -207,7 +214,7 @@ async def create(
     return _as_openai(jobs.submit(body, key, room, session, settings, response, idempotency_key))
 
 
-@router.get("", response_model=VideoList)
+@router.get("", response_model=VideoList, responses=NO_VIDEO)
 def list_videos(
     key: KeyDep,
     session: SessionDep,
@@ -231,30 +238,24 @@ def list_videos(
     )
 
 
-@router.get("/{video_id}", response_model=Video)
+@router.get("/{video_id}", response_model=Video, responses=NO_VIDEO)
 def retrieve(video_id: uuid.UUID, key: KeyDep, session: SessionDep, settings: SettingsDep) -> Any:
     return video(jobs.get_job(video_id, key, session, settings))
 
 
-@router.delete("/{video_id}", response_model=VideoDeleted)
+@router.delete("/{video_id}", response_model=VideoDeleted, responses=NO_VIDEO)
 def delete(video_id: uuid.UUID, key: KeyDep, session: SessionDep, settings: SettingsDep) -> Any:
     """Cancels a queued or running job; a finished job is kept and answers `deleted: false`."""
     job = _found(session, video_id, key)
-    if job.status.finished:
-        return VideoDeleted(id=str(job.id), deleted=False)
-    try:
-        jobs.cancel(video_id, key, session, settings)
-    except ApiError as exc:
-        if exc.status_code != status.HTTP_409_CONFLICT:
-            raise
-        return VideoDeleted(id=str(job.id), deleted=False)
-    return VideoDeleted(id=str(job.id), deleted=True)
+    canceled = None if job.status.finished else jobs.cancel_job(session, job.id, settings)
+    return VideoDeleted(id=str(job.id), deleted=canceled is not None)
 
 
 @router.get(
     "/{video_id}/content",
     response_class=Response,
-    responses={200: {"content": {"video/mp4": {}}}, 307: {"description": "Redirect to the MP4 (S3 storage)."}},
+    responses={200: {"content": {"video/mp4": {}}}, 307: {"description": "Redirect to the MP4 (S3 storage)."}}
+    | NO_VIDEO,
 )
 def content(
     video_id: uuid.UUID,

@@ -101,15 +101,16 @@ class GenerationRequest(BaseModel):
         return _at_most(steps, get_settings().request_max_steps)
 
     def shape(self, family: FamilyRules, default: Shape) -> Shape:
-        """The concrete shape, checked against the family's size rules (InvalidRequest names the field)."""
+        """The concrete shape, checked against the family's size rules (InvalidRequest names every field)."""
         shape = Shape(
             width=self.width or default.width,
             height=self.height or default.height,
             num_frames=self.num_frames or default.num_frames,
             num_inference_steps=self.num_inference_steps or default.num_inference_steps,
         )
-        for field, rule in family.violations(shape):
-            raise InvalidRequest(field, rule)
+        problems = family.violations(shape)
+        if problems:
+            raise InvalidRequest(*problems[0], *problems[1:])
         return shape
 
 
