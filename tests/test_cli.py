@@ -72,8 +72,7 @@ def test_cli_prints_the_schedule_and_the_figures(cli, home: Path, tmp_path: Path
     assert "planned schedule (C computed, . reused)" in result.stderr
     assert (
         "cache magcache {'predictor': 'reuse', 'predictor_order': 1, "
-        "'threshold': 0.12, 'max_skip_steps': 2, 'retention_ratio': 0.2}"
-        in result.stdout
+        "'threshold': 0.12, 'max_skip_steps': 2, 'retention_ratio': 0.2}" in result.stdout
     )
     assert "profile wan-tiny-128x128x17-20steps" in result.stdout
     lines = result.stdout.splitlines()
