@@ -48,15 +48,14 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
             show = _Progress()
             job = client.jobs.wait(job.id, timeout=max(0.0, deadline - time.monotonic()), on_progress=show)
             show(job)
-            if job.status != JobStatus.succeeded or job.result is None:
+            if job.status != JobStatus.succeeded or job.result is None or job.metrics is None:
                 message = job.error.message if job.error else ""
                 print(f"job {job.id} {job.status.value}: {message}".rstrip(": "))
                 return 1
-            metrics = job.metrics or {}
+            metrics = job.metrics
             print(
                 f"job {job.id} succeeded: video {job.result.video_url} ({job.result.bytes} bytes); "
-                f"denoise {metrics['denoise_seconds']:.2f} s, speedup {metrics['speedup']:.2f}x "
-                f"({metrics['speedup_basis']})"
+                f"denoise {metrics.denoise_seconds:.2f} s, speedup {metrics.speedup:.2f}x ({metrics.speedup_basis})"
             )
             if args.out is not None:
                 client.jobs.download(job.id, args.out)
