@@ -134,14 +134,14 @@ def install(app: FastAPI) -> None:
         return _respond(request, status.HTTP_503_SERVICE_UNAVAILABLE, message, None, **{"Retry-After": "5"})
 
     @app.exception_handler(ApiError)
-    async def api_error(_request: Request, exc: ApiError) -> Any:
-        return error_response(exc.status_code, exc.message, exc.fields, **(exc.headers or {}))
+    async def api_error(request: Request, exc: ApiError) -> Any:
+        return _respond(request, exc.status_code, exc.message, exc.fields, **(exc.headers or {}))
 
     @app.exception_handler(InvalidRequest)
-    async def invalid_for_model(_request: Request, exc: InvalidRequest) -> Any:
+    async def invalid_for_model(request: Request, exc: InvalidRequest) -> Any:
         # The size rules of the job's model family, checked once the model is known.
         fields = [FieldError(field=field, rule=rule) for field, rule in exc.problems]
-        return error_response(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc), fields)
+        return _respond(request, status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc), fields)
 
     # Starlette's own errors (no such route, method not allowed) in the same shape.
     @app.exception_handler(HTTPException)

@@ -53,7 +53,7 @@ def test_idempotent_create_cancel_and_errors(client: Client) -> None:
     with pytest.raises(ApiError) as invalid:
         client.jobs.create("bad size", width=65)
     assert invalid.value.status_code == 422 and invalid.value.code == "invalid_request"
-    assert invalid.value.fields == [FieldError("width", "Input should be a multiple of 16")]
+    assert invalid.value.fields == [FieldError("width", "must be a multiple of 16 for wan models")]
     with pytest.raises(ApiError) as conflict:
         client.jobs.create("another body", idempotency_key="sdk-1")
     assert conflict.value.status_code == 409
