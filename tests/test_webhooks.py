@@ -267,15 +267,18 @@ def test_after_a_410_the_endpoint_gets_no_more_events(service: Service, receiver
 def test_a_job_that_fails_in_generation_ends_generation_failed_and_posts_job_failed(
     service: Service, receiver: Receiver
 ) -> None:
-    """A job the worker cannot run (here a row the API would have refused: fps 0, which the worker's own request
-    validation rejects inside its generation step) fails with ``generation_failed`` and sends ``job.failed``."""
+    """A job the worker cannot finish (here a row the API would have refused: fps 0, which breaks the step after
+    denoising) fails at once with ``generation_failed`` (not retried until its attempts run out) and sends
+    ``job.failed``."""
     path = new_path()
     with session_scope(service.settings.database) as session:
         alice = session.scalar(select(ApiKey).where(ApiKey.name == "alice"))
         job_id = str(add_job(session, alice.id, receiver.url(path), ["job.failed"], status=JobStatus.queued, fps=0).id)
     failed = service.wait(job_id)  # sent to the worker by a heartbeat's dispatch sweep
     assert failed["status"] == "failed" and failed["error"]["code"] == "generation_failed", failed
-    assert "fps" in failed["error"]["message"]
+    assert failed["error"]["message"] == "ZeroDivisionError: division by zero"
+    with session_scope(service.settings.database) as session:
+        assert session.get(Job, uuid.UUID(job_id)).attempts == 1
     assert failed["result"] is None and failed["finished_at"] is not None
 
     [request] = receiver.wait_for(path, 1)

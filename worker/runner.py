@@ -22,7 +22,7 @@ from core.caching.base import ScheduleFigures
 from core.caching.profiles import ProfileStore
 from core.contract.jobs import EventType
 from core.db import Job, JobStatus, session_scope, utcnow
-from core.db.session import retrying
+from core.db.session import UNREACHABLE, retrying
 from core.errors import CacheConfigError, InvalidRequest
 from core.generation import GenerationResult, Progress, generate
 from core.jobs import dispatch, transitions, workers
@@ -108,6 +108,13 @@ class JobRunner:
         log.info("job %s: claimed (attempt %d of %d)", job_id, job.attempts, self.settings.max_job_attempts)
         try:
             self._run(self.active)
+        except UNREACHABLE:
+            raise
+        except Exception as exc:
+            # Past generation (encoding, figures): the same job would fail the same way on every attempt,
+            # so it ends now instead of being redelivered until its attempts run out.
+            log.exception("job %s: failed after generation", job_id)
+            self._finish(self.active, JobStatus.failed, error_code="generation_failed", error_message=_describe(exc))
         finally:
             self.active = None
             retrying(self._idle, self._deadline(), "reporting the worker idle")
