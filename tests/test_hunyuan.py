@@ -129,7 +129,7 @@ def test_size_rules_of_the_family(overrides, field, rule) -> None:
     request = GenerationRequest(prompt="a fox", **overrides)
     with pytest.raises(InvalidRequest) as caught:
         request.shape(HUNYUAN, HUNYUAN.default_shape)
-    assert (caught.value.field, caught.value.rule) == (field, rule)
+    assert caught.value.problems == [(field, rule)]
 
 
 def test_family_rules_and_defaults_are_known_without_loading() -> None:
