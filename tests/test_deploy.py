@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 import yaml
-from service import fresh_database
+from service import fresh_database, job_row
 from sqlalchemy import text
 
 from api.app import app
 from core.cli import parser
 from core.cli.service import stop_seconds
-from core.db import ApiKey, Job, JobStatus, session_scope
+from core.db import ApiKey, JobStatus, session_scope
 from core.db.migrate import upgrade
 from core.settings import Settings
 from worker.app import WEBHOOKS_QUEUE
@@ -218,31 +218,14 @@ def test_each_autoscaler_counts_its_models_waiting_and_running_jobs(jobs_databas
         statuses = [JobStatus.queued] * 3 + [JobStatus.running] + [JobStatus.succeeded, JobStatus.failed]
         for model in configured().model_sources:
             for status in statuses:
-                session.add(job(owner.id, model, status))
-        session.add(job(owner.id, "other-model", JobStatus.queued))
+                session.add(job_row(owner.id, model, status))
+        session.add(job_row(owner.id, "other-model", JobStatus.queued))
     for scaler in objects("ScaledObject").values():
         deployment = objects("Deployment")[scaler["spec"]["scaleTargetRef"]["name"]]
         (trigger,) = scaler["spec"]["triggers"]
         assert f"'{worker_model(deployment)}'" in trigger["metadata"]["query"]
         with session_scope(jobs_database) as session:
             assert session.scalar(text(trigger["metadata"]["query"])) == 4
-
-
-def job(owner_id: uuid.UUID, model: str, status: JobStatus) -> Job:
-    return Job(
-        owner_id=owner_id,
-        model=model,
-        status=status,
-        prompt="p",
-        width=64,
-        height=64,
-        num_frames=9,
-        num_inference_steps=4,
-        guidance_scale=5.0,
-        seed=1,
-        fps=16,
-        cache_strategy="none",
-    )
 
 
 def test_scaling_guide_names_real_settings_and_metrics() -> None:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
-from service import Service, fresh_database
+from service import Service, fresh_database, job_row
 
 from core.contract.strategies import STRATEGIES
 from core.db import ApiKey, Job, JobStatus, session_scope, utcnow
@@ -74,20 +74,7 @@ def test_fleet_figures_per_model(database: str) -> None:
     minutes = timedelta(minutes=1)
 
     def job(model: str, status: JobStatus, **fields: object) -> Job:
-        return Job(
-            owner_id=owner.id,
-            model=model,
-            status=status,
-            prompt="p",
-            width=64,
-            height=64,
-            num_frames=9,
-            num_inference_steps=4,
-            guidance_scale=5.0,
-            seed=1,
-            fps=16,
-            **({"cache_strategy": "none"} | fields),
-        )
+        return job_row(owner.id, model, status, **fields)
 
     with session_scope(database) as session:
         owner = ApiKey(name="k", key_hash=uuid.uuid4().hex, webhook_secret="whsec_x")
