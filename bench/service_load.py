@@ -31,6 +31,7 @@ from core.db import Job, session_scope
 from core.db.migrate import upgrade
 from core.keys import create_key
 
+RAMP = 0.02
 JOB = {"width": 64, "height": 64, "num_frames": 9, "num_inference_steps": 6}
 
 
@@ -63,8 +64,11 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 120)
     raise SystemExit("the API did not become ready")
 
 
-async def client_loop(url: str, key: str, run: str, numbers: asyncio.Queue[int], results: dict[str, list]) -> None:
+async def client_loop(
+    url: str, key: str, run: str, numbers: asyncio.Queue[int], results: dict[str, list], delay: float
+) -> None:
     headers = {"Authorization": f"Bearer {key}"}
+    await asyncio.sleep(delay)
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as client:
         while True:
             try:
@@ -96,7 +100,11 @@ async def load(url: str, keys: list[str], run: str, submits: int) -> tuple[dict[
         numbers.put_nowait(number)
     results: dict[str, list] = {"submit": [], "poll": [], "accepted": [], "errors": []}
     started = time.perf_counter()
-    await asyncio.gather(*(client_loop(url, key, run, numbers, results) for key in keys))
+    # Clients arrive RAMP seconds apart, as they would; connected in one burst, the API process that wakes
+    # first accepts every connection (asyncio accepts up to 100 per wake-up) and the others idle.
+    await asyncio.gather(
+        *(client_loop(url, key, run, numbers, results, index * RAMP) for index, key in enumerate(keys))
+    )
     return results, time.perf_counter() - started
 
 

@@ -48,6 +48,12 @@ class Settings(BaseSettings):
 
     # Service
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default: SQLite under home.")
+    database_pool_size: int = Field(
+        default=20,
+        ge=1,
+        description="PostgreSQL connections each process keeps open; an API process serves up to 40 requests at "
+        "once, and a connection opened beyond the pool is closed after its request.",
+    )
     broker_url: str | None = Field(
         default=None, description="Celery broker (Redis) URL; unset: `skipstep up` starts an embedded Redis."
     )

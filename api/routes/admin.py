@@ -360,6 +360,7 @@ def job_page(
     owner = session.get(ApiKey, job.owner_id)
     metrics = job.metrics or {}
     position = dispatch.queue_position(session, job) if job.status == JobStatus.queued else None
+    live = workers.serving_count(session, job.model, settings.heartbeat_seconds) if position else 0
     context = {
         "base": _base(request),
         "now": utcnow(),
@@ -367,7 +368,7 @@ def job_page(
         "row": dashboard.JobRow.of(job),
         "owner": owner.name if owner else None,
         "queue_position": position,
-        "estimated_start": estimated_start(session, job, position, settings.heartbeat_seconds) if position else None,
+        "estimated_start": estimated_start(session, job, position, live) if position else None,
         "expected": job.expected,
         "metrics": metrics,
         "branches": metrics.get("branches") or {},

@@ -44,10 +44,10 @@ def _found(session: SessionDep, job_id: uuid.UUID, key: ApiKey) -> Job:
 def _view(session: SessionDep, job: Job, settings: SettingsDep) -> JobView:
     if job.status != JobStatus.queued:
         return job_view(job, settings.public_url)
-    waiting = workers.waiting_for_worker(session, job.model, settings.heartbeat_seconds)
+    live = workers.serving_count(session, job.model, settings.heartbeat_seconds)
     position = dispatch.queue_position(session, job)
-    start = estimated_start(session, job, position, settings.heartbeat_seconds) if position else None
-    return job_view(job, settings.public_url, position, waiting_for_worker=waiting, estimated_start_at=start)
+    start = estimated_start(session, job, position, live) if position else None
+    return job_view(job, settings.public_url, position, waiting_for_worker=live == 0, estimated_start_at=start)
 
 
 def _model(name: str, settings: SettingsDep) -> ModelInfo:

@@ -14,6 +14,8 @@ from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.settings import get_settings
+
 T = TypeVar("T")
 log = logging.getLogger("skipstep.db")
 # What a database that is briefly unreachable (restarting, failing over, a dropped connection) raises.
@@ -38,7 +40,8 @@ def engine_for(url: str) -> Engine:
 
         return engine
     # Bound parameters (prompts, key hashes) never appear in error messages or logs.
-    return create_engine(url, pool_pre_ping=True, hide_parameters=True)
+    pool_size = get_settings().database_pool_size
+    return create_engine(url, pool_pre_ping=True, hide_parameters=True, pool_size=pool_size, max_overflow=pool_size)
 
 
 @lru_cache

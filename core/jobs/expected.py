@@ -23,7 +23,6 @@ from core.contract.schedules import magcache_schedule, teacache_schedule
 from core.contract.shapes import Shape
 from core.db import Job, JobStatus, utcnow
 from core.errors import CacheConfigError
-from core.jobs import workers
 
 # How many of the latest finished jobs an estimate reads.
 RECENT_JOBS = 20
@@ -143,11 +142,10 @@ def _seconds_per_computed_call(session: Session, model: str, shape: Shape, strat
     return [seconds / calls for seconds, calls in rows if seconds]
 
 
-def estimated_start(session: Session, job: Job, position: int, heartbeat_seconds: float) -> datetime | None:
-    """When a queued job may start: the jobs ahead of it spread over the model's workers that take jobs,
-    each taking the median run time of the model's recent jobs. None while it waits for a worker or no job
-    of the model has finished yet."""
-    live = workers.serving_count(session, job.model, heartbeat_seconds)
+def estimated_start(session: Session, job: Job, position: int, live: int) -> datetime | None:
+    """When a queued job may start: the jobs ahead of it spread over the ``live`` workers of its model that
+    take jobs (workers.serving_count), each taking the median run time of the model's recent jobs. None while
+    it waits for a worker or no job of the model has finished yet."""
     if live == 0:
         return None
     durations = _recent_run_seconds(session, job.model)
