@@ -1,6 +1,7 @@
 """The OpenAPI document as the API behaves: the bearer scheme on the routes that need a key, every error
 status a route can answer with the one error shape, readable operation ids and summaries, the headers
-routes read and set, and the webhook requests the service sends (OpenAPI 3.1 ``webhooks``).
+routes read and set, the webhook requests the service sends (OpenAPI 3.1 ``webhooks``), and the request's
+``cache`` as one variant per strategy with its own parameter schema and defaults.
 
 Error statuses come from what a route depends on (a key: 401; an admin key: 403; the database: 503; any
 parameter or body: 422; anything: 500); a route declares the others it answers (404, 409, ...) itself."""
@@ -13,10 +14,12 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Header
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
+from pydantic.json_schema import models_json_schema
 
 from api.deps import admin_key, current_key, get_session
 from api.errors import OPENAI_PREFIX, openai_status
 from api.limits import rate_limit, room_for_a_job
+from core.contract.strategies import STRATEGIES, CacheParams
 from core.webhooks.events import WebhookEvent
 
 BEARER = "bearerAuth"
@@ -191,6 +194,45 @@ def _complete(app: FastAPI, schema: dict[str, Any]) -> None:
     # FastAPI's own validation error shape is never answered: every 422 is an ErrorResponse.
     for unused in ("HTTPValidationError", "ValidationError"):
         schema["components"]["schemas"].pop(unused, None)
+    _cache_variants(schema["components"]["schemas"])
+
+
+def _cache_variants(components: dict[str, Any]) -> None:
+    """``CacheSpec`` as the discriminated union it is: validation reads ``params`` with the model of the
+    strategy named (core.contract.strategies), so each strategy gets a variant whose ``params`` is that model,
+    with its fields, rules and defaults."""
+    spec = components["CacheSpec"]
+    models = [(info.Params, "validation") for info in STRATEGIES.values() if info.Params is not CacheParams]
+    _, definitions = models_json_schema(models, ref_template="#/components/schemas/{model}")
+    components.update(definitions["$defs"])
+    mapping = {}
+    for name, info in STRATEGIES.items():
+        variant = f"Cache{name.capitalize()}"
+        params = (
+            {"$ref": f"#/components/schemas/{info.Params.__name__}"}
+            if info.Params is not CacheParams
+            else {"type": "object", "additionalProperties": False, "description": "No parameters."}
+        )
+        components[variant] = {
+            "title": variant,
+            "description": info.summary,
+            "type": "object",
+            "properties": {
+                "strategy": {"type": "string", "const": name, "description": "The strategy."},
+                "params": params,
+                "profile": spec["properties"]["profile"],
+            },
+            "required": ["strategy"],
+            "additionalProperties": False,
+        }
+        mapping[name] = f"#/components/schemas/{variant}"
+    components["CacheSpec"] = {
+        "title": "CacheSpec",
+        "description": "The timestep-cache strategy, its parameters (each strategy's own, every one optional "
+        "with the default shown) and the calibration profile. Without `cache`, the strategy is `none`.",
+        "oneOf": [{"$ref": ref} for ref in mapping.values()],
+        "discriminator": {"propertyName": "strategy", "mapping": mapping},
+    }
 
 
 def _add_webhooks(app: FastAPI) -> None:
