@@ -212,3 +212,8 @@ def test_taocache_job_through_the_api(service) -> None:
     skipped = sum(b["skipped"] for b in metrics["branches"].values())
     assert job["progress"]["skipped_calls"] == skipped > 0
     assert metrics["ideal_speedup"] > 1
+    # Known at submit, without the engine: the schedule the worker ran, the early rule's part included.
+    assert submitted["expected"]["branches"] == {
+        name: {key: branch[key] for key in ("computed", "skipped", "schedule")}
+        for name, branch in metrics["branches"].items()
+    }

@@ -45,7 +45,6 @@ tensors are formed on-line.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -54,20 +53,17 @@ import torch
 from core.caching.base import BranchFigures, BranchState, CacheReport, RunPlan, ScheduleFigures, TimestepCache
 from core.caching.magcache import MagCache
 from core.caching.teacache import TeaCache
-from core.contract.schedules import nearest_interp
+from core.contract.schedules import (
+    TaoCacheAccumulator,
+    taocache_branch,
+    taocache_predict,
+    taocache_signals,
+    taocache_start,
+)
 from core.contract.strategies import TaoCacheParams
 from core.errors import CacheConfigError
 
 EARLY_RULES: dict[str, tuple[type[TimestepCache], str]] = {"magcache": (MagCache, "m"), "teacache": (TeaCache, "t")}
-# Steps 0 and 1 give no delta pair: nothing to predict from.
-FIRST_PREDICTABLE = 2
-
-
-@dataclass
-class _Accumulator:
-    ratio: float = 1.0
-    error: float = 0.0
-    steps: int = 0
 
 
 @dataclass
@@ -87,7 +83,7 @@ class TaoCache(TimestepCache):
 
     def prepare(self, plan: RunPlan) -> None:
         self.plan = plan
-        self.start = max(FIRST_PREDICTABLE, int(plan.num_steps * self.params.start_ratio))
+        self.start = taocache_start(self.params, plan.num_steps)
         self.history = {branch: _History() for branch in plan.branches}
         self.rules: dict[str, str] = {}
         self.early = self._early_schedule(plan)
@@ -106,8 +102,8 @@ class TaoCache(TimestepCache):
         early.prepare(plan)
         return early.schedule
 
-    def new_accumulator(self) -> _Accumulator:
-        return _Accumulator()
+    def new_accumulator(self) -> TaoCacheAccumulator:
+        return TaoCacheAccumulator()
 
     def signals(self) -> dict[str, Sequence[tuple[float, float]]]:
         tables = self.profile.taocache
@@ -118,36 +114,17 @@ class TaoCache(TimestepCache):
                 raise CacheConfigError(
                     f"cache.profile: profile {self.profile.name!r} has no TaoCache table for branch {branch!r}"
                 )
-            table = tables[branch]
-            cosines = nearest_interp(table.cosine, steps)
-            ratios = nearest_interp(table.norm_ratio, steps)
-            self.tables[branch] = list(zip(cosines, ratios, strict=True))
+            self.tables[branch] = taocache_signals(tables[branch].cosine, tables[branch].norm_ratio, steps)
         return self.tables
 
-    def can_reuse(self, accumulator: _Accumulator, signal: tuple[float, float]) -> bool:
-        cosine, ratio = signal
-        accumulator.ratio *= ratio
-        accumulator.steps += 1
-        accumulator.error += accumulator.ratio * math.sqrt(max(0.0, 1.0 - min(cosine, 1.0) ** 2))
-        return accumulator.error < self.params.threshold and accumulator.steps <= self.params.max_skip_steps
+    def can_reuse(self, accumulator: TaoCacheAccumulator, signal: tuple[float, float]) -> bool:
+        return taocache_predict(self.params, accumulator, signal)
 
     def replay(self, branch: int, signals: Sequence[tuple[float, float]]) -> list[bool]:
         name = self.plan.branches[branch]
+        early = self.early[name] if self.early is not None else None
         early_code = EARLY_RULES[self.params.early][1] if self.early is not None else ""
-        accumulator = self.new_accumulator()
-        decisions, rules = [], []
-        for step in range(self.plan.num_steps):
-            if step < self.start:
-                compute = self.early is None or self.early[name][step]
-                rule = early_code
-            else:
-                compute = not self.can_reuse(accumulator, signals[step])
-                rule = "p"
-            if compute:
-                accumulator = self.new_accumulator()
-            decisions.append(compute)
-            rules.append("C" if compute else rule)
-        self.rules[name] = "".join(rules)
+        decisions, self.rules[name] = taocache_branch(self.params, signals, early, early_code)
         return decisions
 
     def enter(self, state: BranchState, unit_input: torch.Tensor) -> torch.Tensor | None:

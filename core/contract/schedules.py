@@ -1,5 +1,6 @@
 """Schedules known before denoising, in pure Python: the decision rules of the strategies whose signals
-come from a calibration profile (MagCache's ratios, TeaCache's rescaled embedding changes).
+come from a calibration profile (MagCache's ratios, TeaCache's rescaled embedding changes, TaoCache's
+cosines and norm ratios of consecutive output deltas).
 
 The engine's strategies (``core.caching``) decide with these same functions while a job runs; the API
 uses them to tell, at submit, what a job will compute and skip.
@@ -7,14 +8,17 @@ uses them to tell, at submit, what a job will compute and skip.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from core.contract.strategies import MagCacheParams, TeaCacheParams
+from core.contract.strategies import MagCacheParams, TaoCacheParams, TeaCacheParams
 
 # TeaCache with use_ret_steps computes its first steps whatever the signal says.
 TEACACHE_RETENTION_STEPS = 5
+# TaoCache: steps 0 and 1 give no delta pair to predict from.
+TAOCACHE_FIRST_PREDICTABLE = 2
 
 
 def replay(
@@ -110,3 +114,52 @@ def teacache_schedule(
 
     decisions = replay(num_steps, signals, lambda step: teacache_forced(params, num_steps, step), lambda: [0.0], reuse)
     return {branch: list(decisions) for branch in branches}
+
+
+@dataclass
+class TaoCacheAccumulator:
+    ratio: float = 1.0
+    error: float = 0.0
+    steps: int = 0
+
+
+def taocache_start(params: TaoCacheParams, num_steps: int) -> int:
+    """The first step TaoCache decides; the steps before it compute or follow the early rule."""
+    return max(TAOCACHE_FIRST_PREDICTABLE, int(num_steps * params.start_ratio))
+
+
+def taocache_signals(
+    cosines: Sequence[float], norm_ratios: Sequence[float], num_steps: int
+) -> list[tuple[float, float]]:
+    """A profile's per-step (cosine, norm ratio) table resampled to the job's steps, as MagCache's ratios are."""
+    return list(zip(nearest_interp(cosines, num_steps), nearest_interp(norm_ratios, num_steps), strict=True))
+
+
+def taocache_predict(params: TaoCacheParams, accumulator: TaoCacheAccumulator, signal: tuple[float, float]) -> bool:
+    """``G *= r; k += 1; E += G * sqrt(1 - c^2)``; predict while ``E < threshold`` and ``k <= K``."""
+    cosine, ratio = signal
+    accumulator.ratio *= ratio
+    accumulator.steps += 1
+    accumulator.error += accumulator.ratio * math.sqrt(max(0.0, 1.0 - min(cosine, 1.0) ** 2))
+    return accumulator.error < params.threshold and accumulator.steps <= params.max_skip_steps
+
+
+def taocache_branch(
+    params: TaoCacheParams, signals: Sequence[tuple[float, float]], early: Sequence[bool] | None, early_code: str
+) -> tuple[list[bool], str]:
+    """One branch's decisions and the rule behind each (``C`` computed, ``p`` predicted by TaoCache,
+    ``early_code`` reused by the early rule): before the start step the early rule's decisions (all
+    computed without one), from it on TaoCache's."""
+    start = taocache_start(params, len(signals))
+    accumulator = TaoCacheAccumulator()
+    decisions, rules = [], []
+    for step, signal in enumerate(signals):
+        if step < start:
+            compute, rule = early is None or early[step], early_code
+        else:
+            compute, rule = not taocache_predict(params, accumulator, signal), "p"
+        if compute:
+            accumulator = TaoCacheAccumulator()
+        decisions.append(compute)
+        rules.append("C" if compute else rule)
+    return decisions, "".join(rules)

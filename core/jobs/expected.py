@@ -1,6 +1,6 @@
 """What a job is expected to do, known before it runs: for strategies whose schedule follows from a
-calibration profile (MagCache; TeaCache where the profile holds the embedding changes for the job's
-steps), the computed and skipped calls per branch and the ideal speedup, with a denoise time estimated
+calibration profile (MagCache; TaoCache; TeaCache where the profile holds the embedding changes for the
+job's steps), the computed and skipped calls per branch and the ideal speedup, with a denoise time estimated
 from recent jobs of the same model, shape and strategy; and, while it is queued, when it may start.
 
 Pure Python on the profile's numbers: the API process computes this without the engine.
@@ -9,6 +9,7 @@ Pure Python on the profile's numbers: the API process computes this without the 
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -19,8 +20,9 @@ from sqlalchemy.orm import Session
 from core.caching.profiles import Profile, ProfileStore, config_signature
 from core.contract.models import ModelInfo
 from core.contract.request import JobRequest
-from core.contract.schedules import magcache_schedule, teacache_schedule
+from core.contract.schedules import magcache_schedule, taocache_branch, taocache_signals, teacache_schedule
 from core.contract.shapes import Shape
+from core.contract.strategies import MagCacheParams, TeaCacheParams
 from core.db import Job, JobStatus, utcnow
 from core.errors import CacheConfigError
 
@@ -52,20 +54,12 @@ def expected(
 ) -> Expected | None:
     """The job's schedule as the worker will plan it, or None where it is not known ahead."""
     strategy = request.cache.strategy
-    params = request.cache.parsed_params()
     branches = info.family.branches(request.guidance_scale > 1.0)
     profile = _profile(request, shape, info, profiles)
     if profile is None:
         return None
-    if strategy == "magcache" and profile.magcache is not None and set(branches) <= set(profile.magcache):
-        schedule = magcache_schedule(params, profile.magcache, branches, shape.num_inference_steps)
-    elif strategy == "teacache":
-        changes = _teacache_changes(profile, params.use_ret_steps, shape, info)
-        if changes is None:
-            return None
-        compared = "timestep_proj" if params.use_ret_steps else "temb"
-        schedule = teacache_schedule(params, profile.teacache[compared], changes, branches)
-    else:
+    schedule = _schedule(strategy, request.cache.parsed_params(), profile, branches, shape, info)
+    if schedule is None:
         return None
     computed = sum(sum(decisions) for decisions in schedule.values())
     total = sum(len(decisions) for decisions in schedule.values())
@@ -86,6 +80,40 @@ def expected(
         estimated_denoise_seconds=round(statistics.median(per_call) * computed, 3) if per_call else None,
         estimate_jobs=len(per_call),
     )
+
+
+def _schedule(
+    strategy: str, params: Any, profile: Profile, branches: Sequence[str], shape: Shape, info: ModelInfo
+) -> dict[str, list[bool]] | None:
+    """Per branch, the decisions the worker's strategy will take from this profile; None where the profile
+    lacks what it needs (the worker then fails the job or, for TeaCache, decides on-line)."""
+    steps = shape.num_inference_steps
+    if strategy == "magcache" and profile.magcache is not None and set(branches) <= set(profile.magcache):
+        return magcache_schedule(params, profile.magcache, branches, steps)
+    if strategy == "teacache":
+        changes = _teacache_changes(profile, params.use_ret_steps, shape, info)
+        if changes is None:
+            return None
+        compared = "timestep_proj" if params.use_ret_steps else "temb"
+        return teacache_schedule(params, profile.teacache[compared], changes, branches)
+    if strategy == "taocache" and profile.taocache is not None and set(branches) <= set(profile.taocache):
+        early = None
+        if params.early != "none":
+            # The early rule runs with its published defaults (core.caching.taocache).
+            defaults = MagCacheParams() if params.early == "magcache" else TeaCacheParams()
+            early = _schedule(params.early, defaults, profile, branches, shape, info)
+            if early is None:
+                return None
+        return {
+            branch: taocache_branch(
+                params,
+                taocache_signals(profile.taocache[branch].cosine, profile.taocache[branch].norm_ratio, steps),
+                early[branch] if early is not None else None,
+                "",
+            )[0]
+            for branch in branches
+        }
+    return None
 
 
 def _profile(request: JobRequest, shape: Shape, info: ModelInfo, profiles: ProfileStore) -> Profile | None:
