@@ -40,6 +40,41 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def start_up(skipstep: list[str], env: dict[str, str], log: Path, attempts: int = 5) -> tuple[subprocess.Popen, int]:
+    """`skipstep up` on a free port, answering; in a process group of its own, so that a failed test can stop
+    it and every child it started. Another port if the one picked was taken before the API bound it."""
+    for _ in range(attempts):
+        port = free_port()
+        with log.open("ab") as out:
+            up = subprocess.Popen(
+                [*skipstep, "up", "--port", str(port)],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        url = f"http://127.0.0.1:{port}/healthz"
+
+        def answers_or_port_taken(url: str = url) -> str | None:
+            if "address already in use" in log.read_text():
+                return "taken"
+            try:
+                return "up" if httpx.get(url, timeout=2).status_code == 200 else None
+            except httpx.TransportError:
+                return None
+
+        try:
+            outcome = wait_until(answers_or_port_taken, 180, 0.2, "skipstep up to answer")
+        except AssertionError:
+            stop_group(up)
+            raise
+        if outcome == "up":
+            return up, port
+        stop_group(up)
+        log.write_text("")
+    raise AssertionError(f"skipstep up found no free port in {attempts} attempts")
+
+
 def wait_until(condition: Any, timeout: float, interval: float = 0.1, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 from faults import Stack, TcpProxy
-from service import SMALL_JOB, Service, free_port, fresh_database, s3_settings, stop_group, wait_until
+from service import SMALL_JOB, Service, fresh_database, s3_settings, start_up, stop_group, wait_until
 from sqlalchemy import func, select
 
 from core.db import Job, JobRun, WebhookDelivery, Worker, session_scope
@@ -369,15 +369,14 @@ class Embedded:
 
     def __init__(self, home: Path, env: dict[str, str], log_path: Path) -> None:
         self.home, self.env, self.log_path = home, env, log_path
-        self.url = f"http://127.0.0.1:{free_port()}"
+        self.url = ""
         self.command = [sys.executable, "-m", "core.cli"]
 
     def up(self) -> subprocess.Popen[bytes]:
-        """`skipstep up` in a process group of its own, so that a failed test can stop all it started."""
-        with self.log_path.open("ab") as log:
-            port = self.url.rsplit(":", 1)[1]
-            command = [*self.command, "up", "--port", port]
-            process = subprocess.Popen(command, env=self.env, stdout=log, stderr=log, start_new_session=True)
+        """`skipstep up` on a free port, in a process group of its own, so that a failed test can stop all it
+        started."""
+        process, port = start_up(self.command, self.env, self.log_path)
+        self.url = f"http://127.0.0.1:{port}"
         wait_until(self.ready, 120, 0.2, "skipstep up")
         return process
 

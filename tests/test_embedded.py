@@ -10,45 +10,9 @@ import sys
 from pathlib import Path
 
 import av
-import httpx
-from service import free_port, stop_group, wait_until
+from service import start_up, stop_group, wait_until
 
 from core.settings import Settings
-
-
-def start_up(skipstep: list[str], env: dict[str, str], log: Path, attempts: int = 5) -> tuple[subprocess.Popen, int]:
-    """`skipstep up` on a free port, answering; in a process group of its own, so that a failed test can stop
-    it and every child it started. Another port if the one picked was taken before the API bound it."""
-    for _ in range(attempts):
-        port = free_port()
-        with log.open("ab") as out:
-            up = subprocess.Popen(
-                [*skipstep, "up", "--port", str(port)],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        url = f"http://127.0.0.1:{port}/healthz"
-
-        def answers_or_port_taken(url: str = url) -> str | None:
-            if "address already in use" in log.read_text():
-                return "taken"
-            try:
-                return "up" if httpx.get(url, timeout=2).status_code == 200 else None
-            except httpx.TransportError:
-                return None
-
-        try:
-            outcome = wait_until(answers_or_port_taken, 180, 0.2, "skipstep up to answer")
-        except AssertionError:
-            stop_group(up)
-            raise
-        if outcome == "up":
-            return up, port
-        stop_group(up)
-        log.write_text("")
-    raise AssertionError(f"skipstep up found no free port in {attempts} attempts")
 
 
 def test_up_submit_wait_and_down(settings: Settings, wan_tiny: object, tmp_path: Path) -> None:
