@@ -15,7 +15,14 @@ from core.keys import authenticate
 from core.settings import Settings, get_settings
 from core.storage import Storage, storage_from
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+async def current_settings() -> Settings:
+    """The settings, read once per process; ``async`` so that FastAPI does not hand it to a worker thread
+    on every request (each hop costs more than the lookup)."""
+    return get_settings()
+
+
+SettingsDep = Annotated[Settings, Depends(current_settings)]
 
 
 def get_session(settings: SettingsDep) -> Iterator[Session]:

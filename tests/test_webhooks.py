@@ -23,11 +23,12 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from api.app import app
+from api.deps import current_settings
 from core.contract.jobs import EventType
 from core.db import ApiKey, DeliveryStatus, Job, JobStatus, WebhookAttempt, WebhookDelivery, session_scope, utcnow
 from core.db.migrate import upgrade
 from core.keys import create_key
-from core.settings import Settings, get_settings
+from core.settings import Settings
 from core.webhooks.delivery import attempt_delivery, claim, take_due
 from core.webhooks.events import record_event
 from core.webhooks.retry import Verdict
@@ -360,7 +361,7 @@ PRIVATE_URLS = [
 def test_private_webhook_urls_are_refused_at_submit(strict: Settings) -> None:
     with session_scope(strict.database) as session:
         raw = create_key(session, "strict")[1]
-    app.dependency_overrides[get_settings] = lambda: strict
+    app.dependency_overrides[current_settings] = lambda: strict
     try:
         with TestClient(app, headers={"Authorization": f"Bearer {raw}"}) as client:
             for url in PRIVATE_URLS:
