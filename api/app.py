@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from api import errors, middleware, openapi
+from api import docs, errors, middleware, openapi
 from api.limits import RATE_LIMITED
 from api.routes import admin, deliveries, events, health, jobs, models, openai_videos, workers
 
@@ -19,7 +19,12 @@ Authenticate with `Authorization: Bearer <API key>` (create keys with `skipstep 
 
 def create_app() -> FastAPI:
     app = FastAPI(
-        title="skipstep", version="0.1.0", description=DESCRIPTION, generate_unique_id_function=openapi.operation_id
+        title="skipstep",
+        version="0.1.0",
+        description=DESCRIPTION,
+        generate_unique_id_function=openapi.operation_id,
+        docs_url=None,
+        redoc_url=None,
     )
     errors.install(app)
     middleware.install(app)
@@ -29,6 +34,7 @@ def create_app() -> FastAPI:
     app.include_router(admin.router)
     app.mount("/admin/static", StaticFiles(directory=admin.STATIC_DIR), name="admin-static")
     openapi.install(app)
+    docs.install(app)
     return app
 
 
