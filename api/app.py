@@ -8,10 +8,11 @@ from fastapi.staticfiles import StaticFiles
 from api import docs, errors, middleware, openapi
 from api.limits import RATE_LIMITED
 from api.routes import admin, deliveries, events, health, jobs, models, openai_videos, workers
+from core.contract.strategies import STRATEGIES
 
-DESCRIPTION = """
+DESCRIPTION = f"""
 Submit text-to-video jobs, follow them, fetch the MP4. Each job names a timestep-cache
-strategy (`none`, `teacache`, `magcache`, `easycache`) and reports what it saved.
+strategy ({", ".join(f"`{name}`" for name in STRATEGIES)}) and reports what it saved.
 
 Authenticate with `Authorization: Bearer <API key>` (create keys with `skipstep keys create`).
 """
