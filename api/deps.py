@@ -24,6 +24,9 @@ async def current_settings() -> Settings:
 
 SettingsDep = Annotated[Settings, Depends(current_settings)]
 
+NO_KEY = "a valid API key is required as 'Authorization: Bearer <key>'"
+ADMIN_ONLY = "this route needs an admin API key"
+
 
 def get_session(settings: SettingsDep) -> Iterator[Session]:
     """A session committed when the route returns, before the response goes out (``scope="function"``): a
@@ -67,11 +70,7 @@ def current_key(request: Request, session: SessionDep) -> ApiKey:
     token = bearer_token(request)
     key = authenticate(session, token) if token else admin_cookie_key(request, session)
     if key is None:
-        raise ApiError(
-            status.HTTP_401_UNAUTHORIZED,
-            "a valid API key is required as 'Authorization: Bearer <key>'",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        raise ApiError(status.HTTP_401_UNAUTHORIZED, NO_KEY, headers={"WWW-Authenticate": "Bearer"})
     return key
 
 
@@ -80,7 +79,7 @@ KeyDep = Annotated[ApiKey, Depends(current_key)]
 
 def admin_key(key: KeyDep) -> ApiKey:
     if not key.is_admin:
-        raise ApiError(status.HTTP_403_FORBIDDEN, "this route needs an admin API key")
+        raise ApiError(status.HTTP_403_FORBIDDEN, ADMIN_ONLY)
     return key
 
 

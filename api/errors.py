@@ -29,18 +29,30 @@ CODES = {
 
 
 class FieldError(BaseModel):
-    field: str
-    rule: str
+    field: str = Field(
+        description="The field at fault, dotted for nested ones (`cache.params`); a parameter or header by its name.",
+        examples=["num_frames"],
+    )
+    rule: str = Field(description="The rule it breaks.", examples=["must be 4k+1 (e.g. 9, 17, 33) for wan models"])
 
 
 class ErrorBody(BaseModel):
-    code: str
-    message: str
-    fields: list[FieldError] | None = None
+    code: str = Field(
+        description="The status as a word: " + ", ".join(f"`{code}`" for code in CODES.values()) + " (`error` "
+        "for any other).",
+        examples=["invalid_request"],
+    )
+    message: str = Field(
+        description="What went wrong, for people.",
+        examples=["num_frames: must be 4k+1 (e.g. 9, 17, 33) for wan models"],
+    )
+    fields: list[FieldError] | None = Field(
+        default=None, description="With `invalid_request` (422): each field at fault and its rule; absent otherwise."
+    )
 
 
 class ErrorResponse(BaseModel):
-    error: ErrorBody
+    error: ErrorBody = Field(description="What went wrong.")
 
 
 class ApiError(Exception):
@@ -67,6 +79,8 @@ def error_response(status_code: int, message: str, fields: list[FieldError] | No
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status_code, headers=headers or None)
 
 
+DATABASE_DOWN = "the database is unreachable right now; retry shortly"
+
 # Under this prefix errors take OpenAI's shape, for clients of its API (api/routes/openai_videos.py).
 OPENAI_PREFIX = "/v1/"
 OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error", 503: "server_error"}
@@ -75,16 +89,23 @@ OPENAI_FIELDS = {"width": "size", "height": "size", "num_frames": "seconds"}
 
 
 class OpenAIErrorBody(BaseModel):
-    message: str
-    type: str = Field(description="`invalid_request_error`, `authentication_error`, `rate_limit_error`, ...")
-    param: str | None = Field(description="The OpenAI request field at fault, if one is.")
-    code: str
+    message: str = Field(
+        description="What went wrong, for people.", examples=["size: must be WIDTHxHEIGHT, e.g. 832x480"]
+    )
+    type: str = Field(
+        description="`invalid_request_error`, `authentication_error`, `rate_limit_error`, ...",
+        examples=["invalid_request_error"],
+    )
+    param: str | None = Field(
+        description="The OpenAI request field at fault, if one is; null otherwise.", examples=["size"]
+    )
+    code: str = Field(description="The status as a word, as skipstep's errors have it.", examples=["bad_request"])
 
 
 class OpenAIErrorResponse(BaseModel):
     """The error shape under ``/v1/``, as OpenAI's API and its clients have it."""
 
-    error: OpenAIErrorBody
+    error: OpenAIErrorBody = Field(description="What went wrong.")
 
 
 def openai_status(status_code: int) -> int:
@@ -130,8 +151,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(UNREACHABLE[1])
     async def database_down(request: Request, _exc: Exception) -> Any:
         # The pool reconnects by itself once the database is back; clients retry.
-        message = "the database is unreachable right now; retry shortly"
-        return _respond(request, status.HTTP_503_SERVICE_UNAVAILABLE, message, None, **{"Retry-After": "5"})
+        return _respond(request, status.HTTP_503_SERVICE_UNAVAILABLE, DATABASE_DOWN, None, **{"Retry-After": "5"})
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> Any:

@@ -9,5 +9,8 @@ from core.jobs.view import JobView
 
 
 class JobPage(BaseModel):
-    jobs: list[JobView]
-    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null on the last page.")
+    jobs: list[JobView] = Field(description="This page's jobs, newest first.")
+    next_cursor: str | None = Field(
+        description="Pass as ?cursor= for the next page; null on the last page.",
+        examples=["MjAyNS0wNi0wMVQxMjowMDowMCswMDowMHwzZjZjMWEyZS04YjRkLTRjMWUtOWE1Ny0yZDBlNmYxYjljODQ="],
+    )

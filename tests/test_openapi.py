@@ -1,6 +1,8 @@
 """The OpenAPI document is complete and true: every status a route's code can answer with is documented with
 the one error shape, the bearer scheme is on every route that needs a key, operation ids are readable, the
-webhook requests are described; and a client generated from the served document works against a live stack."""
+webhook requests are described, every field and parameter has a description and an example, and every
+response and response header an example, that fits its schema; and a client generated from the served
+document works against a live stack."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 import pytest
 from fastapi.routing import RouteContext
 from service import SMALL_JOB, Service
@@ -138,7 +141,95 @@ def test_the_webhook_requests_are_described() -> None:
     assert body == {"$ref": "#/components/schemas/WebhookEvent"}
     assert {p["name"] for p in sent["parameters"]} == {"webhook-id", "webhook-timestamp", "webhook-signature"}
     event = SCHEMA["components"]["schemas"]["WebhookEvent"]
-    assert event["properties"]["data"] == {"$ref": "#/components/schemas/JobView"}
+    assert event["properties"]["data"]["$ref"] == "#/components/schemas/JobView"
+
+
+# Media types whose content is a file, with no example to show.
+BINARY = {"video/mp4"}
+
+
+def misfit(example: Any, schema: dict[str, Any]) -> str | None:
+    """Why an example does not fit its schema (resolving the document's $refs), or None if it does."""
+    validator = jsonschema.Draft202012Validator(
+        {**schema, "components": SCHEMA["components"]}, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+    )
+    error = jsonschema.exceptions.best_match(validator.iter_errors(example))
+    return None if error is None else f"{error.json_path}: {error.message}"
+
+
+def operations() -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (f"{method.upper()} {path}", operation)
+        for group in ("paths", "webhooks")
+        for path, methods in SCHEMA[group].items()
+        for method, operation in methods.items()
+    ]
+
+
+def test_every_schema_property_has_a_description_and_examples_that_fit() -> None:
+    problems = []
+    for name, component in SCHEMA["components"]["schemas"].items():
+        for field, prop in (component.get("properties") or {}).items():
+            where = f"{name}.{field}"
+            if not prop.get("description"):
+                problems.append(f"{where}: no description")
+            if not prop.get("examples"):
+                problems.append(f"{where}: no examples")
+            problems += [f"{where}: {why}" for example in prop.get("examples", []) if (why := misfit(example, prop))]
+    assert problems == []
+
+
+def test_every_parameter_has_a_description_and_an_example_that_fits() -> None:
+    problems = []
+    for label, operation in operations():
+        for parameter in operation.get("parameters", []):
+            where = f"{label} {parameter['name']}"
+            if not parameter.get("description"):
+                problems.append(f"{where}: no description")
+            if "example" not in parameter:
+                problems.append(f"{where}: no example")
+            elif why := misfit(parameter["example"], parameter["schema"]):
+                problems.append(f"{where}: {why}")
+    assert problems == []
+
+
+def test_every_response_and_response_header_has_an_example_that_fits() -> None:
+    problems = []
+    for label, operation in operations():
+        for code, response in operation["responses"].items():
+            where = f"{label} {code}"
+            for media, content in response.get("content", {}).items():
+                if "example" not in content and media not in BINARY:
+                    problems.append(f"{where} {media}: no example")
+                elif (
+                    "example" in content
+                    and "schema" in content
+                    and (why := misfit(content["example"], content["schema"]))
+                ):
+                    problems.append(f"{where} {media}: {why}")
+            for header, described in response.get("headers", {}).items():
+                if "example" not in described:
+                    problems.append(f"{where} {header}: no example")
+                elif why := misfit(described["example"], described["schema"]):
+                    problems.append(f"{where} {header}: {why}")
+    assert problems == []
+
+
+def test_error_examples_answer_with_the_message_of_their_status() -> None:
+    create = SCHEMA["paths"]["/jobs"]["post"]["responses"]
+    invalid = create["422"]["content"]["application/json"]["example"]["error"]
+    assert invalid["code"] == "invalid_request" and invalid["fields"][0]["field"] == "num_frames"
+    assert create["401"]["content"]["application/json"]["example"]["error"]["code"] == "unauthorized"
+    assert create["202"]["content"]["application/json"]["example"]["status"] == "queued"
+    openai = SCHEMA["paths"]["/v1/videos"]["post"]["responses"]["400"]["content"]["application/json"]["example"]
+    assert openai["error"] == {
+        "message": "size: must be WIDTHxHEIGHT, e.g. 832x480",
+        "type": "invalid_request_error",
+        "param": "size",
+        "code": "bad_request",
+    }
+    got = SCHEMA["paths"]["/jobs/{job_id}"]["get"]["responses"]["200"]["content"]["application/json"]["example"]
+    assert got["status"] == "succeeded" and got["error"] is None and got["metrics"]["strategy"] == "magcache"
 
 
 JOB_OPERATIONS = ("create", "get", "cancel")

@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from api.deps import AdminDep, KeyDep, SessionDep
 from api.errors import ApiError, ErrorResponse
+from core.contract import examples
 from core.db import DeliveryStatus, WebhookAttempt, WebhookDelivery
 from core.jobs import repository
 from core.keys import rotate_webhook_secret
@@ -24,36 +25,61 @@ NOT_FOUND = {404: {"model": ErrorResponse, "description": "No such job (or deliv
 
 
 class AttemptView(BaseModel):
-    number: int
-    attempted_at: datetime
-    status_code: int | None = Field(description="The receiver's HTTP status; null if no response came.")
-    error: str | None = Field(description="Why no response came (timeout, refused address, ...).")
-    duration_ms: float
-    outcome: str = Field(description="delivered, retry, failed or gone (the receiver answered 410).")
-    reason: str
-    next_attempt_at: datetime | None
+    number: int = Field(description="1 for the delivery's first attempt.", examples=[1])
+    attempted_at: datetime = Field(description="When the request was sent.", examples=["2025-06-01T12:01:18Z"])
+    status_code: int | None = Field(description="The receiver's HTTP status; null if no response came.", examples=[200])
+    error: str | None = Field(
+        description="Why no response came (timeout, refused address, ...); null when one came.",
+        examples=["no complete response within the 15 s deadline"],
+    )
+    duration_ms: float = Field(description="Milliseconds from sending to the response (or giving up).", examples=[84.3])
+    outcome: str = Field(
+        description="delivered, retry, failed or gone (the receiver answered 410).", examples=["delivered"]
+    )
+    reason: str = Field(description="Why that outcome, for people.", examples=["HTTP 200"])
+    next_attempt_at: datetime | None = Field(
+        description="When the next attempt is due after a `retry`; null otherwise.", examples=["2025-06-01T12:01:23Z"]
+    )
 
 
 class DeliveryView(BaseModel):
-    id: uuid.UUID
-    event_type: str
-    webhook_id: str = Field(description="The webhook-id header; a resend keeps it, so receivers can dedupe.")
-    url: str
-    status: DeliveryStatus
-    next_attempt_at: datetime | None
-    created_at: datetime
-    finished_at: datetime | None
-    resend_of: uuid.UUID | None
-    attempts: list[AttemptView]
+    id: uuid.UUID = Field(description="The delivery's id.", examples=[examples.DELIVERY_ID])
+    event_type: str = Field(description="The event it carries.", examples=["job.succeeded"])
+    webhook_id: str = Field(
+        description="The webhook-id header; a resend keeps it, so receivers can dedupe.", examples=[examples.WEBHOOK_ID]
+    )
+    url: str = Field(description="Where it is sent: the job's webhook_url.", examples=[examples.WEBHOOK_URL])
+    status: DeliveryStatus = Field(
+        description="pending, delivering (an attempt in flight), then succeeded, failed or gone (410).",
+        examples=["succeeded"],
+    )
+    next_attempt_at: datetime | None = Field(
+        description="When it is next attempted while pending or delivering; null once finished.",
+        examples=["2025-06-01T12:01:23Z"],
+    )
+    created_at: datetime = Field(description="When the event was recorded.", examples=[examples.FINISHED_AT])
+    finished_at: datetime | None = Field(
+        description="When it reached its final status; null before.", examples=["2025-06-01T12:01:18Z"]
+    )
+    resend_of: uuid.UUID | None = Field(
+        description="The delivery an admin resent as this one; null for the first.",
+        examples=["c4e1a9d2-7b3f-4e8a-9c05-1d2e3f4a5b6c"],
+    )
+    attempts: list[AttemptView] = Field(description="Its attempts, oldest first.")
 
 
 class DeliveryList(BaseModel):
-    deliveries: list[DeliveryView]
+    deliveries: list[DeliveryView] = Field(description="The job's deliveries, oldest first.")
 
 
 class RotatedSecret(BaseModel):
-    webhook_secret: str = Field(description="Shown only now: deliveries are signed with it from now on.")
-    previous_secret_expires_at: datetime = Field(description="Until then deliveries also carry the old signature.")
+    webhook_secret: str = Field(
+        description="Shown only now: deliveries are signed with it from now on.",
+        examples=["whsec_igAvAHWcJ5yaAWJ7ZpcTxbszwbXLimvFOcEbKHuYn2s="],
+    )
+    previous_secret_expires_at: datetime = Field(
+        description="Until then deliveries also carry the old signature.", examples=["2025-06-02T12:00:00Z"]
+    )
 
 
 def _view(delivery: WebhookDelivery, attempts: list[WebhookAttempt]) -> DeliveryView:

@@ -20,25 +20,49 @@ from core.storage import StorageError
 log = logging.getLogger("skipstep.api")
 router = APIRouter(tags=["health"])
 
+METRICS_EXAMPLE = """# HELP skipstep_jobs Jobs by status.
+# TYPE skipstep_jobs gauge
+skipstep_jobs{status="queued"} 4.0
+skipstep_jobs{status="running"} 1.0
+skipstep_jobs{status="succeeded"} 42.0
+# HELP skipstep_queue_depth Jobs waiting for a worker.
+# TYPE skipstep_queue_depth gauge
+skipstep_queue_depth 4.0
+"""
 
-@router.get("/healthz")
+
+@router.get("/healthz", responses={200: {"content": {"application/json": {"example": {"status": "ok"}}}}})
 def healthz() -> dict[str, str]:
     """The process is up."""
     return {"status": "ok"}
 
 
 class Readiness(BaseModel):
-    status: Literal["ready", "not ready"]
+    status: Literal["ready", "not ready"] = Field(description="`ready` when every check is `ok`.", examples=["ready"])
     checks: dict[str, str] = Field(
-        description="database, broker and storage: `ok`, or `unreachable: <why>`.",
-        examples=[{"database": "ok", "broker": "unreachable: Connection refused", "storage": "ok"}],
+        description="database, broker and storage: `ok` or `unreachable` (why: in the logs); the broker "
+        "`not configured` when there is none.",
+        examples=[{"database": "ok", "broker": "ok", "storage": "ok"}],
     )
 
 
 @router.get(
     "/readyz",
     response_model=Readiness,
-    responses={503: {"model": Readiness, "description": "A dependency is unreachable; `checks` says which."}},
+    responses={
+        503: {
+            "model": Readiness,
+            "description": "A dependency is unreachable; `checks` says which.",
+            "content": {
+                "application/json": {
+                    "example": {
+                        "status": "not ready",
+                        "checks": {"database": "ok", "broker": "unreachable", "storage": "ok"},
+                    }
+                }
+            },
+        }
+    },
 )
 def readyz(session: SessionDep, settings: SettingsDep, storage: StorageDep) -> Any:
     """Database, broker and storage are all reachable. Which one is not is named; why, only in the logs."""
@@ -73,7 +97,10 @@ def readyz(session: SessionDep, settings: SettingsDep, storage: StorageDep) -> A
     "/metrics",
     response_class=Response,
     responses={
-        200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text exposition."},
+        200: {
+            "content": {CONTENT_TYPE_LATEST: {"example": METRICS_EXAMPLE}},
+            "description": "Prometheus text exposition.",
+        },
         503: {"model": ErrorResponse, "description": "The database is unreachable right now."},
     },
 )

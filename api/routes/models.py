@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from api.deps import KeyDep, SessionDep, SettingsDep
 from core.caching.profiles import ProfileStore
+from core.contract import examples
 from core.contract.models import ModelInfo, describe
 from core.contract.request import JobRequest
 from core.contract.shapes import FamilyRules
@@ -31,75 +32,106 @@ MAX_SETTINGS = {
 
 
 class ShapeView(BaseModel):
-    width: int
-    height: int
-    num_frames: int
-    num_inference_steps: int
+    width: int = Field(description="Pixels.", examples=[832])
+    height: int = Field(description="Pixels.", examples=[480])
+    num_frames: int = Field(description="Frames of the video.", examples=[81])
+    num_inference_steps: int = Field(description="Denoising steps.", examples=[50])
 
 
 class Bounds(BaseModel):
-    min: int
-    max: int
-    rule: str | None = Field(description="The model family's rule, where it has one.")
+    min: int = Field(description="Smallest value `POST /jobs` accepts.", examples=[16])
+    max: int = Field(
+        description="Largest value `POST /jobs` accepts (a SKIPSTEP_REQUEST_MAX_* setting).", examples=[1920]
+    )
+    rule: str | None = Field(
+        description="The model family's rule, where it has one; null otherwise.", examples=["a multiple of 16"]
+    )
 
 
 class LimitsView(BaseModel):
-    width: Bounds
-    height: Bounds
-    num_frames: Bounds
-    num_inference_steps: Bounds
+    width: Bounds = Field(description="Pixels.")
+    height: Bounds = Field(description="Pixels.")
+    num_frames: Bounds = Field(description="Frames.")
+    num_inference_steps: Bounds = Field(description="Denoising steps.")
 
 
 class ProfileView(BaseModel):
-    name: str
-    calibrated_on: str = Field(description="The model the profile was calibrated on.")
-    shape: ShapeView
-    strategies: list[str] = Field(description="The strategies whose data the profile carries.")
+    name: str = Field(description="What a job's `cache.profile` names it by.", examples=[examples.PROFILE])
+    calibrated_on: str = Field(description="The model the profile was calibrated on.", examples=["Wan2.1-T2V-1.3B"])
+    shape: ShapeView = Field(description="The shape it was calibrated at.")
+    strategies: list[str] = Field(
+        description="The strategies whose data the profile carries.", examples=[["teacache", "magcache"]]
+    )
 
 
 class StrategyView(BaseModel):
-    name: str
-    summary: str
-    needs_calibration: bool
-    available: bool = Field(description="Needs no calibration, or a profile for the model's family has its data.")
+    name: str = Field(description="What a job's `cache.strategy` names it by.", examples=["magcache"])
+    summary: str = Field(description="How it decides to skip.", examples=[STRATEGIES["magcache"].summary])
+    needs_calibration: bool = Field(description="It reads a calibration profile.", examples=[True])
+    available: bool = Field(
+        description="Needs no calibration, or a profile for the model's family has its data.", examples=[True]
+    )
 
 
 class WorkersView(BaseModel):
-    live: int = Field(description="Workers of this model heard from within three heartbeats.")
-    idle: int = Field(description="Live workers holding no job.")
-    devices: list[str] = Field(description="host/device of each live worker (admin keys only).")
+    live: int = Field(description="Workers of this model heard from within three heartbeats.", examples=[2])
+    idle: int = Field(description="Live workers holding no job.", examples=[1])
+    devices: list[str] = Field(
+        description="host/device of each live worker, with its pinned GPUs (admin keys only; empty otherwise).",
+        examples=[[f"{examples.HOSTNAME}/cuda:0 (GPU 0)", f"{examples.HOSTNAME}/cuda:0 (GPU 1)"]],
+    )
 
 
 class QueueView(BaseModel):
-    queued: int
-    running: int
-    oldest_queued_seconds: float
-    waiting_for_worker: bool = Field(description="No live worker takes this model's jobs: they wait for one to start.")
+    queued: int = Field(description="Jobs of this model waiting for a worker.", examples=[4])
+    running: int = Field(description="Jobs of this model running.", examples=[1])
+    oldest_queued_seconds: float = Field(
+        description="How long the oldest queued job has waited; 0 when none waits.", examples=[37.5]
+    )
+    waiting_for_worker: bool = Field(
+        description="No live worker takes this model's jobs: they wait for one to start.", examples=[False]
+    )
 
 
 class RecentView(BaseModel):
-    window_seconds: float
-    succeeded: int
-    failed: int
-    jobs_per_hour: float
-    succeeded_by_strategy: dict[str, int]
-    wait_mean_seconds: float | None = Field(description="Submit to start, jobs finished in the window.")
-    wait_p95_seconds: float | None
-    denoise_mean_seconds: float | None
-    speedup_mean: float | None
+    window_seconds: float = Field(
+        description="The figures cover jobs finished within this many seconds.", examples=[3600.0]
+    )
+    succeeded: int = Field(description="Jobs that succeeded in the window.", examples=[42])
+    failed: int = Field(description="Jobs that failed in the window.", examples=[1])
+    jobs_per_hour: float = Field(description="Succeeded jobs per hour over the window.", examples=[42.0])
+    succeeded_by_strategy: dict[str, int] = Field(
+        description="Succeeded jobs per cache strategy.", examples=[{"magcache": 30, "none": 12}]
+    )
+    wait_mean_seconds: float | None = Field(
+        description="Submit to start, jobs finished in the window; null when there are none.", examples=[18.4]
+    )
+    wait_p95_seconds: float | None = Field(
+        description="95th percentile of the same waits; null when there are none.", examples=[61.0]
+    )
+    denoise_mean_seconds: float | None = Field(
+        description="Mean denoising time of the jobs that succeeded in the window; null when there are none.",
+        examples=[71.2],
+    )
+    speedup_mean: float | None = Field(
+        description="Mean speedup of the jobs that succeeded in the window; null when there are none.",
+        examples=[1.48],
+    )
 
 
 class ModelView(BaseModel):
-    name: str
-    default: bool = Field(description="Jobs that name no model run on this one.")
-    family: str | None = Field(description="wan, ltx, hunyuan; null while the model's files are not readable here.")
+    name: str = Field(description="What a job's `model` names it by.", examples=[examples.MODEL])
+    default: bool = Field(description="Jobs that name no model run on this one.", examples=[True])
+    family: str | None = Field(
+        description="wan, ltx, hunyuan; null while the model's files are not readable here.", examples=["wan"]
+    )
     default_shape: ShapeView | None = Field(description="Null while the model's files are not readable here.")
-    limits: LimitsView
-    strategies: list[StrategyView]
+    limits: LimitsView = Field(description="What `POST /jobs` accepts for each size field of this model.")
+    strategies: list[StrategyView] = Field(description="Every cache strategy, and whether it applies here.")
     profiles: list[ProfileView] = Field(description="Calibration profiles for the model's family.")
-    workers: WorkersView
-    queue: QueueView
-    recent: RecentView
+    workers: WorkersView = Field(description="Its live workers.")
+    queue: QueueView = Field(description="Its jobs waiting and running.")
+    recent: RecentView = Field(description="How its recent jobs went.")
 
 
 def _info(source: str, settings: Settings) -> ModelInfo | None:

@@ -25,12 +25,13 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from api.deps import KeyDep, SessionDep, SettingsDep, StorageDep
 from api.errors import OPENAI_FIELDS, ApiError, OpenAIErrorResponse, openai_error_response
 from api.limits import RoomForJob
 from api.routes import jobs
+from core.contract import examples
 from core.contract.request import JobRequest
 from core.db import ApiKey, Job, JobStatus
 from core.jobs import repository
@@ -53,38 +54,54 @@ STATUS = {
 
 
 class VideoError(BaseModel):
-    code: str
-    message: str
+    code: str = Field(
+        description="The job's error code (`timeout`, `generation_failed`, ...), or `canceled`.", examples=["canceled"]
+    )
+    message: str = Field(description="What happened, for people.", examples=["the job was canceled"])
 
 
 class Video(BaseModel):
-    id: str
-    object: Literal["video"] = "video"
-    created_at: int
-    completed_at: int | None
-    expires_at: int | None = None
-    model: str
-    progress: int
-    prompt: str
-    seconds: str
-    size: str
-    status: Literal["queued", "in_progress", "completed", "failed"]
-    error: VideoError | None
-    remixed_from_video_id: str | None = None
+    id: str = Field(description="The skipstep job's id.", examples=[examples.JOB_ID])
+    object: Literal["video"] = Field(default="video", description="Always `video`.", examples=["video"])
+    created_at: int = Field(description="Unix seconds when it was submitted.", examples=[1748779200])
+    completed_at: int | None = Field(
+        description="Unix seconds when it completed; null unless `completed`.", examples=[1748779278]
+    )
+    expires_at: int | None = Field(default=None, description="Always null: videos do not expire.", examples=[None])
+    model: str = Field(description="The skipstep model that runs it.", examples=[examples.MODEL])
+    progress: int = Field(description="Percent of the denoising steps done; 100 once completed.", examples=[100])
+    prompt: str = Field(description="The prompt.", examples=[examples.PROMPT])
+    seconds: str = Field(description="Length of the clip: (num_frames - 1) / fps.", examples=["5"])
+    size: str = Field(description="WIDTHxHEIGHT in pixels.", examples=["832x480"])
+    status: Literal["queued", "in_progress", "completed", "failed"] = Field(
+        description="queued, in_progress, completed, or failed (a failed or canceled job).", examples=["completed"]
+    )
+    error: VideoError | None = Field(description="Why it failed; null unless `failed`.")
+    remixed_from_video_id: str | None = Field(
+        default=None, description="Always null: remixes are not supported.", examples=[None]
+    )
 
 
 class VideoList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[Video]
-    first_id: str | None
-    last_id: str | None
-    has_more: bool
+    object: Literal["list"] = Field(default="list", description="Always `list`.", examples=["list"])
+    data: list[Video] = Field(description="This page's videos, newest first.")
+    first_id: str | None = Field(description="The first video's id; null on an empty page.", examples=[examples.JOB_ID])
+    last_id: str | None = Field(
+        description="The last video's id, `after` for the next page; null on an empty page.",
+        examples=[examples.JOB_ID],
+    )
+    has_more: bool = Field(description="Another page follows.", examples=[False])
 
 
 class VideoDeleted(BaseModel):
-    id: str
-    object: Literal["video.deleted"] = "video.deleted"
-    deleted: bool
+    id: str = Field(description="The video's id.", examples=[examples.JOB_ID])
+    object: Literal["video.deleted"] = Field(
+        default="video.deleted", description="Always `video.deleted`.", examples=["video.deleted"]
+    )
+    deleted: bool = Field(
+        description="true: its job was queued or running and is canceled; false: it had finished and is kept.",
+        examples=[True],
+    )
 
 
 class Invalid(Exception):

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from core.contract import examples
 from core.contract.jobs import DEFAULT_EVENTS
 from core.contract.shapes import FamilyRules, Shape
 from core.contract.strategies import CacheSpec
@@ -40,38 +41,67 @@ def _limit(keyword: str, setting: str) -> Callable[[dict[str, Any]], None]:
 class GenerationRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(min_length=1, json_schema_extra=_limit("maxLength", "request_max_prompt_chars"))
-    negative_prompt: str = Field(default="", json_schema_extra=_limit("maxLength", "request_max_prompt_chars"))
+    prompt: str = Field(
+        min_length=1,
+        description="What the video shows; not blank.",
+        examples=[examples.PROMPT],
+        json_schema_extra=_limit("maxLength", "request_max_prompt_chars"),
+    )
+    negative_prompt: str = Field(
+        default="",
+        description="What the video should not show; empty: nothing.",
+        examples=["blurry, low quality, watermark"],
+        json_schema_extra=_limit("maxLength", "request_max_prompt_chars"),
+    )
     # None: the model's default shape (small for presets, the family's native size otherwise).
     width: int | None = Field(
         default=None,
         ge=16,
-        description="The family's multiple (16 for Wan, 32 for LTX). Default: the model's.",
+        description="Pixels; the family's multiple (16 for Wan, 32 for LTX). Default: the model's.",
+        examples=[832],
         json_schema_extra=_limit("maximum", "request_max_side"),
     )
     height: int | None = Field(
         default=None,
         ge=16,
-        description="The family's multiple (16 for Wan, 32 for LTX). Default: the model's.",
+        description="Pixels; the family's multiple (16 for Wan, 32 for LTX). Default: the model's.",
+        examples=[480],
         json_schema_extra=_limit("maximum", "request_max_side"),
     )
     num_frames: int | None = Field(
         default=None,
         ge=1,
         description="The family's rule: 4k+1 for Wan (17, 33, 81), 8k+1 for LTX. Default: the model's.",
+        examples=[81],
         json_schema_extra=_limit("maximum", "request_max_frames"),
     )
     num_inference_steps: int | None = Field(
         default=None,
         ge=2,
-        description="Default: the model's.",
+        description="Denoising steps. Default: the model's.",
+        examples=[50],
         json_schema_extra=_limit("maximum", "request_max_steps"),
     )
-    guidance_scale: float = Field(default=5.0, ge=0, le=20)
-    seed: int = Field(default=0, ge=0, le=2**63 - 1)
-    fps: int = Field(default=16, ge=1, le=60)
-    cache: CacheSpec = Field(default_factory=CacheSpec)
-    compare: bool = Field(default=False, description="Also run uncached with the same seed and report fidelity.")
+    guidance_scale: float = Field(
+        default=5.0,
+        ge=0,
+        le=20,
+        description="Classifier-free guidance strength; at most 1 turns it off and the negative prompt is not "
+        "used (HunyuanVideo: the transformer's embedded guidance).",
+        examples=[5.0],
+    )
+    seed: int = Field(default=0, ge=0, le=2**63 - 1, description="Seed of the initial noise.", examples=[42])
+    fps: int = Field(default=16, ge=1, le=60, description="Frames per second of the MP4.", examples=[16])
+    cache: CacheSpec = Field(
+        default_factory=CacheSpec,
+        description="The timestep-cache strategy, its parameters and calibration profile; default: `none`.",
+        examples=[{"strategy": "magcache", "params": {"threshold": 0.12, "max_skip_steps": 2}}],
+    )
+    compare: bool = Field(
+        default=False,
+        description="Also run uncached with the same seed and report fidelity (`metrics.fidelity`).",
+        examples=[True],
+    )
 
     @field_validator("prompt")
     @classmethod
@@ -122,14 +152,14 @@ class JobRequest(GenerationRequest):
         json_schema_extra={
             "examples": [
                 {
-                    "prompt": "a red fox running through snow, cinematic",
+                    "prompt": examples.PROMPT,
                     "width": 832,
                     "height": 480,
                     "num_frames": 81,
                     "num_inference_steps": 50,
                     "seed": 42,
                     "cache": {"strategy": "magcache", "params": {"threshold": 0.12, "max_skip_steps": 2}},
-                    "webhook_url": "https://example.com/hooks/skipstep",
+                    "webhook_url": examples.WEBHOOK_URL,
                     "webhook_events": ["job.succeeded", "job.failed"],
                 }
             ]
@@ -137,18 +167,35 @@ class JobRequest(GenerationRequest):
     )
 
     model: str | None = Field(
-        default=None, description="A model the service serves (SKIPSTEP_MODELS); default: the first."
+        default=None,
+        description="A model the service serves (`GET /models`, SKIPSTEP_MODELS); default: the first.",
+        examples=[examples.MODEL],
     )
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1, description="Random when absent; the job records it.")
+    seed: int | None = Field(
+        default=None,
+        ge=0,
+        le=2**63 - 1,
+        description="Seed of the initial noise; random when absent, and the job records it.",
+        examples=[42],
+    )
     priority: int = Field(
         default=0,
         ge=-10,
         le=10,
         description="Order among this API key's own queued jobs (higher first); keys still take turns.",
+        examples=[0],
     )
-    webhook_url: str | None = Field(default=None, max_length=2048)
+    webhook_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="http(s) URL the job's events are POSTed to, signed with the API key's webhook secret; it must "
+        "resolve to a public address unless the service allows private ones. Absent: no webhooks.",
+        examples=[examples.WEBHOOK_URL],
+    )
     webhook_events: list[WebhookEventName] | None = Field(
-        default=None, description=f"Default: {[event.value for event in DEFAULT_EVENTS]}."
+        default=None,
+        description=f"The events to send; needs webhook_url. Default: {[event.value for event in DEFAULT_EVENTS]}.",
+        examples=[["job.succeeded", "job.failed"]],
     )
 
     @field_validator("model")

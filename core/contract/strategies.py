@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from core.contract import examples
 from core.errors import CacheConfigError
 
 
@@ -28,36 +29,55 @@ class PredictorParams(CacheParams):
         default="reuse",
         description="reuse: the branch's last computed residual; taylorseer: the residual extrapolated from its "
         "finite differences over the last computed steps (TaylorSeer).",
+        examples=["reuse"],
     )
-    predictor_order: int = Field(default=1, ge=1, le=4, description="Taylor order of the taylorseer predictor.")
+    predictor_order: int = Field(
+        default=1, ge=1, le=4, description="Taylor order of the taylorseer predictor.", examples=[1]
+    )
 
 
 class TeaCacheParams(PredictorParams):
     # Defaults: the TeaCache4Wan2.1 1.3B "fast" setting (--teacache_thresh 0.08 without --use_ret_steps), the
     # TeaCache row EasyCache's README compares against. use_ret_steps=true reproduces the reference's
     # retention-steps rows (its published 1.3B thresholds 0.05-0.10).
-    threshold: float = Field(default=0.08, ge=0, description="Accumulated rescaled change below which a step reuses.")
+    threshold: float = Field(
+        default=0.08, ge=0, description="Accumulated rescaled change below which a step reuses.", examples=[0.08]
+    )
     use_ret_steps: bool = Field(
         default=False,
         description="Compare timestep_proj and always compute the first 5 steps (else temb, first and last steps).",
+        examples=[False],
     )
 
 
 class MagCacheParams(PredictorParams):
-    threshold: float = Field(default=0.12, ge=0, description="Accumulated error below which a step reuses.")
-    max_skip_steps: int = Field(default=2, ge=1, description="K: most consecutive reused steps per branch.")
-    retention_ratio: float = Field(default=0.2, ge=0, lt=1, description="Share of the first calls that always compute.")
+    threshold: float = Field(
+        default=0.12, ge=0, description="Accumulated error below which a step reuses.", examples=[0.12]
+    )
+    max_skip_steps: int = Field(
+        default=2, ge=1, description="K: most consecutive reused steps per branch.", examples=[2]
+    )
+    retention_ratio: float = Field(
+        default=0.2, ge=0, lt=1, description="Share of the first calls that always compute.", examples=[0.2]
+    )
 
 
 class EasyCacheParams(CacheParams):
     threshold: float = Field(
-        default=0.05, ge=0, description="Accumulated predicted change below which a step reuses (0.1 ~2x, 0.2 ~3x)."
+        default=0.05,
+        ge=0,
+        description="Accumulated predicted change below which a step reuses (0.1 ~2x, 0.2 ~3x).",
+        examples=[0.1],
     )
     warmup_steps: int = Field(
-        default=10, ge=0, description="First steps that always compute (the reference hard-codes 10)."
+        default=10, ge=0, description="First steps that always compute (the reference hard-codes 10).", examples=[10]
     )
     warmup_ratio: float | None = Field(
-        default=None, ge=0, lt=1, description="When set, int(ratio x steps) warm-up steps instead of warmup_steps."
+        default=None,
+        ge=0,
+        lt=1,
+        description="When set, int(ratio x steps) warm-up steps instead of warmup_steps.",
+        examples=[0.2],
     )
 
 
@@ -68,48 +88,65 @@ class FBCacheParams(PredictorParams):
         ge=0,
         description="Relative L1 change of the first block's residual since the last computed step at or below "
         "which the remaining blocks reuse their residual.",
+        examples=[0.05],
     )
 
 
 class DBCacheParams(PredictorParams):
     # cache-dit's DBCacheConfig defaults (F8B0, threshold 0.08, 8 warm-up steps, no caps).
     Fn_compute_blocks: int = Field(
-        default=8, ge=1, description="Fn: first blocks that always compute; their residual is compared."
+        default=8, ge=1, description="Fn: first blocks that always compute; their residual is compared.", examples=[8]
     )
     Bn_compute_blocks: int = Field(
-        default=0, ge=0, description="Bn: last blocks that always compute, on top of the reused middle residual."
+        default=0,
+        ge=0,
+        description="Bn: last blocks that always compute, on top of the reused middle residual.",
+        examples=[0],
     )
     residual_diff_threshold: float = Field(
         default=0.08,
         ge=0,
         description="Relative L1 change of the Fn residual below which the middle blocks reuse (>= 1: always).",
+        examples=[0.08],
     )
-    max_warmup_steps: int = Field(default=8, ge=0, description="First steps that never reuse.")
+    max_warmup_steps: int = Field(default=8, ge=0, description="First steps that never reuse.", examples=[8])
     warmup_interval: int = Field(
-        default=1, ge=1, description="Within the warm-up, only every n-th step is forced (the others may reuse)."
+        default=1,
+        ge=1,
+        description="Within the warm-up, only every n-th step is forced (the others may reuse).",
+        examples=[1],
     )
-    max_cached_steps: int = Field(default=-1, ge=-1, description="Most reused steps per branch (-1: no limit).")
+    max_cached_steps: int = Field(
+        default=-1, ge=-1, description="Most reused steps per branch (-1: no limit).", examples=[20]
+    )
     max_continuous_cached_steps: int = Field(
         default=-1,
         ge=-1,
         description="Most consecutive reused steps per branch, counted as cache-dit counts (-1: no limit).",
+        examples=[3],
     )
     steps_computation_mask: list[Literal[0, 1]] | None = Field(
-        default=None, description="Per step: 1 always computes, 0 may reuse; steps past its end may reuse."
+        default=None,
+        description="Per step: 1 always computes, 0 may reuse; steps past its end may reuse.",
+        examples=[[1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 0, 0, 1, 0, 0, 1]],
     )
     steps_computation_policy: Literal["dynamic", "static"] = Field(
-        default="dynamic", description="For mask-0 steps: dynamic (threshold and caps decide) or static (always reuse)."
+        default="dynamic",
+        description="For mask-0 steps: dynamic (threshold and caps decide) or static (always reuse).",
+        examples=["dynamic"],
     )
 
 
 class TaylorSeerParams(CacheParams):
     # diffusers' TaylorSeerCacheConfig defaults: cache_interval 5, disable_cache_before_step 3, max_order 1.
-    order: int = Field(default=1, ge=1, le=4, description="Taylor order of the forecast.")
-    warmup_steps: int = Field(default=3, ge=1, description="First steps that always compute.")
+    order: int = Field(default=1, ge=1, le=4, description="Taylor order of the forecast.", examples=[1])
+    warmup_steps: int = Field(default=3, ge=1, description="First steps that always compute.", examples=[3])
     interval: int = Field(
-        default=5, ge=1, description="After the warm-up, one computed step in every `interval` steps."
+        default=5, ge=1, description="After the warm-up, one computed step in every `interval` steps.", examples=[5]
     )
-    stop_step: int | None = Field(default=None, ge=1, description="Steps from here on always compute (None: none).")
+    stop_step: int | None = Field(
+        default=None, ge=1, description="Steps from here on always compute (null: none).", examples=[45]
+    )
 
 
 class TaoCacheParams(CacheParams):
@@ -117,17 +154,22 @@ class TaoCacheParams(CacheParams):
         default=0.5,
         ge=0,
         description="Accumulated unpredicted change, in last computed deltas, below which a late step is predicted.",
+        examples=[0.5],
     )
-    max_skip_steps: int = Field(default=3, ge=1, description="K: most consecutive predicted steps per branch.")
+    max_skip_steps: int = Field(
+        default=3, ge=1, description="K: most consecutive predicted steps per branch.", examples=[3]
+    )
     start_ratio: float = Field(
         default=0.5,
         ge=0,
         lt=1,
         description="Share of the first steps left to the early rule; TaoCache predicts only after it.",
+        examples=[0.5],
     )
     early: Literal["none", "magcache", "teacache"] = Field(
         default="none",
         description="Rule for the early and middle steps (with its published defaults); none: compute them.",
+        examples=["magcache"],
     )
 
 
@@ -196,9 +238,17 @@ STRATEGIES: dict[str, StrategyInfo] = {
 class CacheSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    strategy: str = Field(default="none", description=f"One of: {', '.join(STRATEGIES)}.")
-    params: dict[str, Any] = Field(default_factory=dict, description="The strategy's parameters.")
-    profile: str | None = Field(default=None, description="Calibration profile; default: the nearest one.")
+    strategy: str = Field(default="none", description=f"One of: {', '.join(STRATEGIES)}.", examples=["magcache"])
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The strategy's parameters.",
+        examples=[{"threshold": 0.12, "max_skip_steps": 2}],
+    )
+    profile: str | None = Field(
+        default=None,
+        description="Calibration profile (`GET /models` lists them); default: the nearest one for the model.",
+        examples=[examples.PROFILE],
+    )
 
     @field_validator("strategy")
     @classmethod

@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core.caching.profiles import Profile, ProfileStore, config_signature
+from core.contract import examples
 from core.contract.models import ModelInfo
 from core.contract.request import JobRequest
 from core.contract.schedules import magcache_schedule, taocache_branch, taocache_signals, teacache_schedule
@@ -31,22 +32,28 @@ RECENT_JOBS = 20
 
 
 class ExpectedBranch(BaseModel):
-    computed: int
-    skipped: int
-    schedule: str = Field(description="One character per step: C computed, . cached residual reused.")
+    computed: int = Field(description="Steps whose transformer call will run for this CFG branch.", examples=[31])
+    skipped: int = Field(description="Steps that will reuse the cached residual instead.", examples=[19])
+    schedule: str = Field(
+        description="One character per step: C computed, . cached residual reused.", examples=[examples.SCHEDULE]
+    )
 
 
 class Expected(BaseModel):
-    strategy: str
-    profile: str
-    steps_total: int
-    branches: dict[str, ExpectedBranch]
-    ideal_speedup: float = Field(description="Transformer calls over computed calls.")
+    strategy: str = Field(description="The cache strategy the schedule is planned for.", examples=["magcache"])
+    profile: str = Field(description="The calibration profile the schedule follows from.", examples=[examples.PROFILE])
+    steps_total: int = Field(description="Denoising steps of the job.", examples=[50])
+    branches: dict[str, ExpectedBranch] = Field(
+        description="Per CFG branch (`cond`, `uncond`; `cond` alone without guidance).",
+        examples=[{"cond": examples.BRANCH, "uncond": examples.BRANCH}],
+    )
+    ideal_speedup: float = Field(description="Transformer calls over computed calls.", examples=[1.6129])
     estimated_denoise_seconds: float | None = Field(
         description="Expected computed calls times the median seconds per computed call of recent jobs of the "
-        "same model, shape and strategy; null when there are none."
+        "same model, shape and strategy; null when there are none.",
+        examples=[65.1],
     )
-    estimate_jobs: int = Field(description="How many recent jobs the estimate is based on.")
+    estimate_jobs: int = Field(description="How many recent jobs the estimate is based on.", examples=[12])
 
 
 def expected(

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from core.contract import examples
 from core.contract.request import JobRequest
 from core.db import Job, JobStatus
 from core.jobs.expected import Expected
@@ -15,121 +16,176 @@ from core.jobs.mapping import request_of
 
 
 class ProgressView(BaseModel):
-    step: int = Field(description="Denoising steps finished.")
-    total: int = Field(description="Denoising steps in all.")
-    percent: float = Field(description="step / total, in percent, one decimal.")
-    computed_calls: int = Field(description="Transformer calls (steps x CFG branches) that ran.")
-    skipped_calls: int = Field(description="Transformer calls the cache replaced by a cached residual.")
+    step: int = Field(description="Denoising steps finished.", examples=[50])
+    total: int = Field(description="Denoising steps in all.", examples=[50])
+    percent: float = Field(description="step / total, in percent, one decimal.", examples=[100.0])
+    computed_calls: int = Field(description="Transformer calls (steps x CFG branches) that ran.", examples=[62])
+    skipped_calls: int = Field(description="Transformer calls the cache replaced by a cached residual.", examples=[38])
 
 
 class ResultView(BaseModel):
-    video_url: str = Field(description="GET it (with the API key) for the MP4: the file, or a 307 to the store.")
-    bytes: int = Field(description="Size of the MP4.")
-    duration_seconds: float = Field(description="Frames over fps.")
+    video_url: str = Field(
+        description="GET it (with the API key) for the MP4: the file, or a 307 to the store.",
+        examples=[f"{examples.JOB_URL}/video"],
+    )
+    bytes: int = Field(description="Size of the MP4.", examples=[2315514])
+    duration_seconds: float = Field(description="Frames over fps.", examples=[5.0625])
 
 
 class ErrorView(BaseModel):
     code: str = Field(
         description="Why the job failed: `invalid_request`, `generation_failed`, `storage_failed`, `timeout`, "
-        "`worker_lost`."
+        "`worker_lost`.",
+        examples=["timeout"],
     )
-    message: str = Field(description="What happened, for people; no server internals.")
+    message: str = Field(
+        description="What happened, for people; no server internals.",
+        examples=["the job ran longer than 21600 s (SKIPSTEP_MAX_JOB_SECONDS)"],
+    )
 
 
 class Links(BaseModel):
-    self: str = Field(description="This job.")
-    cancel: str = Field(description="POST to cancel it.")
-    video: str | None = Field(description="The MP4, once the job has succeeded.")
-    deliveries: str = Field(description="Its webhook deliveries and their attempts.")
+    self: str = Field(description="This job.", examples=[examples.JOB_URL])
+    cancel: str = Field(description="POST to cancel it.", examples=[f"{examples.JOB_URL}/cancel"])
+    video: str | None = Field(
+        description="The MP4, once the job has succeeded; null before.", examples=[f"{examples.JOB_URL}/video"]
+    )
+    deliveries: str = Field(
+        description="Its webhook deliveries and their attempts.", examples=[f"{examples.JOB_URL}/deliveries"]
+    )
 
 
 class BranchMetrics(BaseModel):
-    computed: int = Field(description="Steps whose transformer call ran for this CFG branch.")
-    skipped: int = Field(description="Steps that reused the cached residual instead.")
-    schedule: str = Field(description='One character per step: "C" computed, "." cached residual reused.')
+    computed: int = Field(description="Steps whose transformer call ran for this CFG branch.", examples=[31])
+    skipped: int = Field(description="Steps that reused the cached residual instead.", examples=[19])
+    schedule: str = Field(
+        description='One character per step: "C" computed, "." cached residual reused.',
+        examples=[examples.SCHEDULE],
+    )
     rules: str | None = Field(
         default=None,
         description='TaoCache composites: which rule decided each step, "C" computed, "m"/"t" reused by '
-        'MagCache/TeaCache, "p" predicted by TaoCache.',
+        'MagCache/TeaCache, "p" predicted by TaoCache; null for other strategies.',
+        examples=["CCCCCCCCCCCmCmCCmCmCCmCmCCpCppCppCppCppCppCppCppCC"],
     )
 
 
 class FidelityMetrics(BaseModel):
     """Against an uncached run of the same request and seed (``compare: true``)."""
 
-    psnr: float | None = Field(description="dB over the decoded frames; null when identical (infinite).")
-    ssim: float | None = Field(description="Mean structural similarity of the decoded frames, 1 when identical.")
-    baseline_denoise_seconds: float = Field(description="Denoising time of the uncached run.")
-    measured_speedup: float = Field(description="Uncached denoising time over this job's.")
+    psnr: float | None = Field(
+        description="dB over the decoded frames; null when identical (infinite).", examples=[33.8]
+    )
+    ssim: float | None = Field(
+        description="Mean structural similarity of the decoded frames, 1 when identical.", examples=[0.957]
+    )
+    baseline_denoise_seconds: float = Field(description="Denoising time of the uncached run.", examples=[101.8])
+    measured_speedup: float = Field(description="Uncached denoising time over this job's.", examples=[1.5674])
 
 
 class StageTimings(BaseModel):
     """Seconds per stage; null where the stage did not happen."""
 
-    queued: float | None = Field(description="Submitted to started.")
-    submit_to_denoising: float | None = Field(description="Submitted to the first denoising step starting.")
-    text_encoding: float | None
-    denoising: float | None
-    vae_decode: float | None
-    mp4_encoding: float | None
-    upload: float | None
+    queued: float | None = Field(description="Submitted to started.", examples=[4.0])
+    submit_to_denoising: float | None = Field(
+        description="Submitted to the first denoising step starting.", examples=[5.6]
+    )
+    text_encoding: float | None = Field(description="Encoding the prompt and negative prompt.", examples=[1.2])
+    denoising: float | None = Field(description="The denoising loop.", examples=[examples.DENOISE_SECONDS])
+    vae_decode: float | None = Field(description="Decoding the latents into frames.", examples=[5.8])
+    mp4_encoding: float | None = Field(description="Encoding the frames as an MP4.", examples=[0.9])
+    upload: float | None = Field(description="Storing the MP4.", examples=[0.4])
 
 
 class JobMetrics(BaseModel):
     """What the cache saved and where the time went (on success)."""
 
-    strategy: str = Field(description="The cache strategy that ran.")
-    params: dict[str, Any] = Field(description="Its parameters, defaults filled in.")
-    profile: str | None = Field(description="The calibration profile it used, if any.")
-    steps_total: int
-    branches: dict[str, BranchMetrics] = Field(description="Per CFG branch (`cond`, `uncond`).")
-    denoise_seconds: float
-    seconds_per_step: float
-    seconds_per_computed_step: float
-    estimated_full_seconds: float = Field(description="Denoising time plus the skipped calls at the per-call time.")
-    speedup: float = Field(description="Measured when compared (`speedup_basis`), else the engine's estimate.")
-    speedup_basis: Literal["measured", "estimated"]
-    estimated_speedup: float
-    ideal_speedup: float = Field(description="All calls over computed calls.")
-    fidelity: FidelityMetrics | None = Field(description="With `compare: true` only.")
-    step_seconds: list[float] = Field(description="Wall time of each denoising step.")
-    timings: StageTimings
+    strategy: str = Field(description="The cache strategy that ran.", examples=["magcache"])
+    params: dict[str, Any] = Field(
+        description="Its parameters, defaults filled in.",
+        examples=[
+            {"predictor": "reuse", "predictor_order": 1, "threshold": 0.12, "max_skip_steps": 2, "retention_ratio": 0.2}
+        ],
+    )
+    profile: str | None = Field(
+        description="The calibration profile it used; null for strategies that need none.", examples=[examples.PROFILE]
+    )
+    steps_total: int = Field(description="Denoising steps.", examples=[50])
+    branches: dict[str, BranchMetrics] = Field(
+        description="Per CFG branch (`cond`, `uncond`).",
+        examples=[{"cond": examples.BRANCH, "uncond": examples.BRANCH}],
+    )
+    denoise_seconds: float = Field(description="Wall time of the denoising loop.", examples=[examples.DENOISE_SECONDS])
+    seconds_per_step: float = Field(description="denoise_seconds over steps_total.", examples=[1.299])
+    seconds_per_computed_step: float = Field(
+        description="denoise_seconds over computed steps (computed calls over CFG branches).", examples=[2.0952]
+    )
+    estimated_full_seconds: float = Field(
+        description="Denoising time plus the skipped calls at the per-call time.", examples=[102.57]
+    )
+    speedup: float = Field(
+        description="Measured when compared (`speedup_basis`), else the engine's estimate.", examples=[1.5674]
+    )
+    speedup_basis: Literal["measured", "estimated"] = Field(
+        description="measured: against the uncached run of `compare: true`; estimated: `estimated_speedup`.",
+        examples=["measured"],
+    )
+    estimated_speedup: float = Field(description="estimated_full_seconds over denoise_seconds.", examples=[1.5792])
+    ideal_speedup: float = Field(description="All calls over computed calls.", examples=[1.6129])
+    fidelity: FidelityMetrics | None = Field(description="With `compare: true` only; null otherwise.")
+    step_seconds: list[float] = Field(description="Wall time of each denoising step.", examples=[examples.STEP_SECONDS])
+    timings: StageTimings = Field(description="Seconds per stage, submit to upload.")
 
 
 class JobView(BaseModel):
-    id: uuid.UUID
-    status: JobStatus = Field(description="queued, running, then succeeded, failed or canceled.")
-    created_at: datetime = Field(description="When it was submitted.")
-    started_at: datetime | None = Field(description="When a worker started it (its latest attempt).")
-    finished_at: datetime | None = Field(description="When it reached its final status.")
-    model: str = Field(description="The model that runs the job.")
+    id: uuid.UUID = Field(description="The job's id.", examples=[examples.JOB_ID])
+    status: JobStatus = Field(
+        description="queued, running, then succeeded, failed or canceled.", examples=["succeeded"]
+    )
+    created_at: datetime = Field(description="When it was submitted.", examples=[examples.CREATED_AT])
+    started_at: datetime | None = Field(
+        description="When a worker started it (its latest attempt); null before.", examples=[examples.STARTED_AT]
+    )
+    finished_at: datetime | None = Field(
+        description="When it reached its final status; null before.", examples=[examples.FINISHED_AT]
+    )
+    model: str = Field(description="The model that runs the job.", examples=[examples.MODEL])
     queue_position: int | None = Field(
         description="While queued: 1 means the next job a worker of its model takes (jobs are taken round-robin "
-        "across API keys, by priority within a key)."
+        "across API keys, by priority within a key); null otherwise.",
+        examples=[3],
     )
     status_detail: str | None = Field(
-        description="While queued: `waiting_for_worker` when no live worker serves the job's model."
+        description="While queued: `waiting_for_worker` when no live worker serves the job's model; null otherwise.",
+        examples=["waiting_for_worker"],
     )
     estimated_start_at: datetime | None = Field(
         default=None,
         description="While queued: when a worker may take the job, from the jobs ahead of it and the model's "
         "workers' recent run times; null when there is nothing to estimate from.",
+        examples=["2025-06-01T12:03:30Z"],
     )
-    cancel_requested: bool = Field(description="A cancel was asked for; a running job stops at its next step.")
+    cancel_requested: bool = Field(
+        description="A cancel was asked for; a running job stops at its next step.", examples=[False]
+    )
     input: JobRequest = Field(
         description="The request as the job runs it: the model's defaults and the seed filled in."
     )
     expected: Expected | None = Field(
         description="For strategies whose schedule is known ahead (MagCache; TeaCache where the calibration "
         "profile has the job's steps): the planned computed and skipped calls per branch, the ideal speedup and "
-        "an estimated denoise time."
+        "an estimated denoise time; null otherwise."
     )
-    progress: ProgressView | None = Field(description="Once running.")
-    result: ResultView | None = Field(description="On success.")
-    metrics: JobMetrics | None = Field(description="On success: what the cache saved and where the time went.")
-    error: ErrorView | None = Field(description="On failure: why.")
-    worker: str | None = Field(description="The worker (host:pid) that ran it last.")
-    links: Links
+    progress: ProgressView | None = Field(description="Once running; null before.")
+    result: ResultView | None = Field(description="On success; null otherwise.")
+    metrics: JobMetrics | None = Field(
+        description="On success: what the cache saved and where the time went; null otherwise."
+    )
+    error: ErrorView | None = Field(description="On failure: why; null otherwise.")
+    worker: str | None = Field(
+        description="The worker (host:pid) that ran it last; null before one took it.", examples=[examples.WORKER]
+    )
+    links: Links = Field(description="URLs of the job and what can be done with it.")
 
 
 def job_view(

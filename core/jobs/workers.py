@@ -12,6 +12,7 @@ from pydantic import Field
 from sqlalchemy import and_, func, select, update
 from sqlalchemy.orm import Session
 
+from core.contract import examples
 from core.db import Worker, utcnow
 
 # A worker renews last_seen_at every heartbeat; this many missed beats and it counts as gone.
@@ -135,22 +136,47 @@ def mark_gone(session: Session, heartbeat_seconds: float) -> list[tuple[str, str
 
 @dataclass(frozen=True)
 class WorkerStatus:
-    id: Annotated[str, Field(description="host:pid, as jobs name their worker.")]
-    hostname: str
-    pid: int
-    model: Annotated[str, Field(description="The model it serves (one queue, `generate.<model>`).")]
-    device: Annotated[str, Field(description="cpu, cuda, cuda:1, ...")]
-    device_name: Annotated[str | None, Field(description="The accelerator's name (e.g. NVIDIA H100); null on CPU.")]
-    visible_devices: Annotated[
-        str | None, Field(description="The host's GPUs it was pinned to (CUDA_VISIBLE_DEVICES); null when unpinned.")
+    id: Annotated[str, Field(description="host:pid, as jobs name their worker.", examples=[examples.WORKER])]
+    hostname: Annotated[str, Field(description="The host it runs on.", examples=[examples.HOSTNAME])]
+    pid: Annotated[int, Field(description="Its process id on that host.", examples=[4127])]
+    model: Annotated[
+        str, Field(description="The model it serves (one queue, `generate.<model>`).", examples=[examples.MODEL])
     ]
-    current_job_id: Annotated[uuid.UUID | None, Field(description="The job it is running; null when idle.")]
-    jobs_done: Annotated[int, Field(description="Jobs it has finished since it started.")]
-    started_at: datetime
-    last_seen_at: Annotated[datetime, Field(description="Its latest heartbeat.")]
-    stopped_at: Annotated[datetime | None, Field(description="When it shut down cleanly; null while running.")]
-    stop_reason: str | None
-    alive: Annotated[bool, Field(description="Heard from within three heartbeats.")]
+    device: Annotated[str, Field(description="cpu, cuda, cuda:1, ...", examples=["cuda:0"])]
+    device_name: Annotated[
+        str | None,
+        Field(
+            description="The accelerator's name (e.g. NVIDIA H100); null on CPU.", examples=["NVIDIA H100 80GB HBM3"]
+        ),
+    ]
+    visible_devices: Annotated[
+        str | None,
+        Field(
+            description="The host's GPUs it was pinned to (CUDA_VISIBLE_DEVICES); null when unpinned.", examples=["0"]
+        ),
+    ]
+    current_job_id: Annotated[
+        uuid.UUID | None, Field(description="The job it is running; null when idle.", examples=[examples.JOB_ID])
+    ]
+    jobs_done: Annotated[int, Field(description="Jobs it has finished since it started.", examples=[17])]
+    started_at: Annotated[datetime, Field(description="When it registered.", examples=["2025-06-01T08:30:00Z"])]
+    last_seen_at: Annotated[datetime, Field(description="Its latest heartbeat.", examples=["2025-06-01T12:01:10Z"])]
+    stopped_at: Annotated[
+        datetime | None,
+        Field(
+            description="When it stopped: shut down, or marked gone by another worker; null while running.",
+            examples=["2025-06-01T18:00:00Z"],
+        ),
+    ]
+    stop_reason: Annotated[
+        str | None,
+        Field(
+            description="`draining` while it shuts down, then `shutdown`; `gone` once marked as no longer answering; "
+            "null while it runs.",
+            examples=["shutdown"],
+        ),
+    ]
+    alive: Annotated[bool, Field(description="Heard from within three heartbeats.", examples=[True])]
 
 
 def statuses(session: Session, heartbeat_seconds: float, limit: int = 100) -> list[WorkerStatus]:

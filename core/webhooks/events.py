@@ -8,10 +8,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from core.contract import examples
 from core.contract.jobs import EventType
 from core.db import DeliveryStatus, Job, WebhookAttempt, WebhookDelivery, utcnow
 from core.jobs.view import JobView, job_view
@@ -20,9 +21,9 @@ from core.jobs.view import JobView, job_view
 class WebhookEvent(BaseModel):
     """The request body (Standard Webhooks envelope): `data` is the job as GET /jobs/{id} showed it then."""
 
-    type: EventType
-    timestamp: datetime
-    data: JobView
+    type: EventType = Field(description="What happened; the same as the webhook's name.", examples=["job.succeeded"])
+    timestamp: datetime = Field(description="When it happened.", examples=[examples.FINISHED_AT])
+    data: JobView = Field(description="The job as `GET /jobs/{id}` showed it then.")
 
 
 @dataclass(frozen=True)
