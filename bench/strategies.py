@@ -2,6 +2,7 @@
 
     python bench/strategies.py [--model wan-tiny] [--width 128 --height 128 --num-frames 17 --steps 20]
                                [--repeats 3] [--only LABEL ...] [--compile] [--out FILE.md]
+    SKIPSTEP_DEVICE=cuda python bench/strategies.py --gpu [--warmup first] ...
 
 One model, one prompt and seed. After a warm-up run of every row, each repeat runs every row in
 turn (interleaved, so drift hits all alike); the table has medians over the repeats. Rows:
@@ -9,8 +10,10 @@ plain ``WanPipeline`` (no hooks at all), skipstep ``none`` and each strategy at 
 diffusers' MagCache (skipstep's calibrated ratios), FirstBlockCache, TaylorSeer and SeaCache,
 and cache-dit's DBCache with and without its TaylorSeer calibrator (``pip install -e '.[bench]'``;
 without it those rows are left out). ``--compile`` adds rows with the blocks compiled
-(``compile_repeated_blocks``, inductor) after the eager ones. The GPU headline at the full
-Wan2.1-1.3B shapes is ``bench/gpu.py``'s.
+(``compile_repeated_blocks``, inductor) after the eager ones. ``--gpu``: the same table at the full
+Wan2.1-1.3B shapes (the ``wan2.1-1.3b-random`` preset, built on the device; 832x480, 81 frames, 50
+steps); there ``--warmup first`` warms up with the plain row alone, as every row runs the same kernels.
+The GPU headline with end-to-end times is ``bench/gpu.py``'s.
 
 Columns: full transformer calls computed / total (a call counts as computed when its middle
 block ran), the block-weighted ideal speedup (block calls uncached / block calls run), median
@@ -37,6 +40,8 @@ from core.fidelity import psnr, ssim
 from core.generation import run
 from core.models import LoadedModel, load_model
 from core.models.compile import compile_blocks
+from core.models.loading import resolve_device
+from core.models.presets import PRESETS, ensure_preset
 from core.settings import Settings, get_settings
 
 SKIPSTEP = (
@@ -59,6 +64,8 @@ SKIPSTEP = (
     ("taylorseer", {}),
     ("taylorseer", {"warmup_steps": 3, "interval": 3, "order": 2}),
 )
+# --gpu: model, width, height, frames, steps.
+GPU_SHAPE = ("wan2.1-1.3b-random", 832, 480, 81, 50)
 # cache-dit's rows: the same settings as skipstep's dbcache rows.
 CACHE_DIT = (
     ({"Fn_compute_blocks": 1, "Bn_compute_blocks": 0, "residual_diff_threshold": 0.08}, 0),
@@ -229,9 +236,9 @@ def rows(bench: Bench, compiled: bool) -> list[Row]:
     return found
 
 
-def measure(table: list[Row], repeats: int) -> None:
-    for row in table:
-        row.go()  # warm-up
+def measure(table: list[Row], repeats: int, warm_up_every_row: bool = True) -> None:
+    for row in table if warm_up_every_row else table[:1]:
+        row.go()
     for _ in range(repeats):
         for row in table:
             row.outcomes.append(row.go())
@@ -282,9 +289,19 @@ def main() -> None:
     parser.add_argument("--only", action="append", help="keep rows whose label starts with this (plain always)")
     parser.add_argument("--compile", action="store_true", help="also rows with the blocks compiled (inductor)")
     parser.add_argument("--out", help="also write the table (markdown) here")
+    parser.add_argument("--gpu", action="store_true", help="Wan2.1-1.3B's shapes (sets the five options above)")
+    parser.add_argument(
+        "--warmup", choices=("every", "first"), default="every", help="warm up every row once, or the first only"
+    )
     args = parser.parse_args()
+    if args.gpu:
+        args.model, args.width, args.height, args.num_frames, args.steps = GPU_SHAPE
 
     settings = get_settings()
+    if args.model in PRESETS:
+        # Parameters created on the device: random initialisation of a 1.3B model there takes seconds.
+        with torch.device(resolve_device(settings.device)):
+            ensure_preset(args.model, settings.presets_dir)
     model = load_model(args.model, settings)
     request = GenerationRequest(
         prompt="a red fox running through snow, cinematic",
@@ -300,17 +317,17 @@ def main() -> None:
         for row in rows(bench, compiled=False)
         if not args.only or row.family == "plain" or any(row.label.startswith(prefix) for prefix in args.only)
     ]
-    measure(table, args.repeats)
+    measure(table, args.repeats, args.warmup == "every")
     if args.compile:
         compile_blocks(model, "inductor")
         compiled = rows(bench, compiled=True)
-        measure(compiled, args.repeats)
+        measure(compiled, args.repeats, args.warmup == "every")
         table += compiled
     shape = bench.shape
     header = (
         f"# {model.name} on {model.device} ({torch.get_num_threads()} threads), {shape.width}x{shape.height}, "
         f"{shape.num_frames} frames, {shape.num_inference_steps} steps, CFG {request.guidance_scale}, "
-        f"{args.repeats} interleaved repeat(s) after a warm-up, {time.strftime('%Y-%m-%d')}"
+        f"{args.repeats} interleaved repeat(s) after a warm-up of {args.warmup} row, {time.strftime('%Y-%m-%d')}"
     )
     text = report(table, header)
     print(text)
