@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 from faults import Stack, TcpProxy
-from service import SMALL_JOB, Service, fresh_database, s3_settings, start_up, stop_group, wait_until
+from service import SLOW_JOB, SMALL_JOB, Service, fresh_database, s3_settings, start_up, stop_group, wait_until
 from sqlalchemy import func, select
 
 from core.db import Job, JobRun, WebhookDelivery, Worker, session_scope
@@ -129,7 +129,8 @@ def test_attempts_are_enforced_at_every_claim(stack: Callable[..., Stack]) -> No
 def test_a_job_over_its_time_limit_fails_as_timeout_and_the_worker_goes_on(stack: Callable[..., Stack]) -> None:
     service = stack().service
     worker = service.start_worker(SKIPSTEP_MAX_JOB_SECONDS="4")
-    slow = service.wait(service.submit(**LONG_JOB)["id"], timeout=60)
+    # SLOW_JOB (50 steps at 128x128, 33 frames) runs several times the limit, however fast the machine.
+    slow = service.wait(service.submit(**SLOW_JOB)["id"], timeout=60)
     assert slow["status"] == "failed" and slow["error"]["code"] == "timeout", slow["error"]
     assert "SKIPSTEP_MAX_JOB_SECONDS" in slow["error"]["message"]
     assert slow["progress"]["step"] < slow["progress"]["total"]
