@@ -85,6 +85,12 @@ VIDEO_LOCATION = {
     "&X-Amz-Date=20250601T120200Z&X-Amz-Expires=3600&X-Amz-SignedHeaders=host"
     "&X-Amz-Signature=5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7",
 }
+REQUEST_ID = {
+    "description": "The request's id (the client's `X-Request-ID` if it sent a sane one, else a new one); the "
+    "log line of a failure carries it.",
+    "schema": {"type": "string"},
+    "example": "4f1d0c2ab8e94c7f9a3b6e5d2c1f0a9b",
+}
 RESPONSE_HEADERS: dict[tuple[str, str], dict[str, Any]] = {
     ("jobs-create", "202"): {
         "Location": LOCATION,
@@ -200,6 +206,8 @@ def _complete(app: FastAPI, schema: dict[str, Any]) -> None:
             for (operation_id_, code), headers in RESPONSE_HEADERS.items():
                 if operation.get("operationId") == operation_id_:
                     responses[code]["headers"] = headers
+            for response in responses.values():
+                response["headers"] = response.get("headers", {}) | {"X-Request-ID": REQUEST_ID}
     # FastAPI's own validation error shape is never answered: every 422 is an ErrorResponse.
     for unused in ("HTTPValidationError", "ValidationError"):
         schema["components"]["schemas"].pop(unused, None)

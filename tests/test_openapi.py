@@ -126,11 +126,14 @@ def test_headers_are_documented() -> None:
     create = SCHEMA["paths"]["/jobs"]["post"]
     [idempotency] = [p for p in create["parameters"] if p["name"].lower() == "idempotency-key"]
     assert "409" in idempotency["description"]
-    assert set(create["responses"]["202"]["headers"]) == {"Location", "Idempotent-Replayed"}
+    assert set(create["responses"]["202"]["headers"]) == {"Location", "Idempotent-Replayed", "X-Request-ID"}
     video = SCHEMA["paths"]["/jobs/{job_id}/video"]["get"]
     assert "Location" in video["responses"]["307"]["headers"]
     assert "no video" in video["responses"]["404"]["description"]
     assert "Retry-After" in create["responses"]["503"]["headers"]
+    for path in SCHEMA["paths"].values():
+        for documented in path.values():
+            assert all("X-Request-ID" in response["headers"] for response in documented["responses"].values())
 
 
 def test_the_webhook_requests_are_described() -> None:
