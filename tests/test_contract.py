@@ -16,7 +16,7 @@ from sqlalchemy import delete, func, select
 
 from core.contract.models import describe
 from core.contract.request import JobRequest
-from core.contract.shapes import LTX, WAN
+from core.contract.shapes import HUNYUAN, LTX, WAN
 from core.db import ApiKey, Job, JobStatus, Worker, session_scope, utcnow
 from core.jobs import workers
 from core.jobs.mapping import new_job
@@ -53,9 +53,21 @@ def job_count(service: Service) -> int:
         ({"model": "wan-tiny", "width": 72}, "width", "multiple of 16 for wan models"),
         ({"model": "wan-tiny", "num_frames": 10}, "num_frames", "4k+1"),
         ({"model": "sora"}, "model", "unknown model 'sora'; configured: ltx-tiny, wan-tiny"),
+        (
+            {
+                "model": "wan-tiny",
+                "cache": {"strategy": "dbcache", "params": {"Fn_compute_blocks": 6, "Bn_compute_blocks": 2}},
+            },
+            "cache.params",
+            "(6 + 2) must leave at least one of the transformer's 8 blocks to cache",
+        ),
     ],
 )
-def test_sizes_follow_the_family_of_the_jobs_model(front: Service, change: dict, field: str, rule: str) -> None:
+def test_sizes_follow_the_family_of_the_jobs_model(
+    front: Service, wan_tiny: object, change: dict, field: str, rule: str
+) -> None:
+    """Sizes and, where the model's transformer config is on disk (wan_tiny builds it), the strategy's block
+    counts are checked at submit."""
     before = job_count(front)
     with front.client() as client:
         response = client.post("/jobs", json={"prompt": "a fox", "num_inference_steps": 6} | change)
@@ -153,3 +165,9 @@ def test_family_is_read_from_files_without_loading(tmp_path: Path, wan_tiny: obj
     info = describe("acme/tiny-wan", tmp_path)
     assert info.family == WAN and info.transformer["class"] == "WanTransformer3DModel"
     assert info.transformer["num_layers"] == 8
+
+
+def test_block_counts_come_from_the_transformer_config() -> None:
+    assert WAN.block_count({"num_layers": 30}) == 30
+    assert HUNYUAN.block_count({"num_layers": 20, "num_single_layers": 40}) == 60  # both stacks are cached
+    assert WAN.block_count({}) is None  # a preset not built yet: the worker checks when the job starts

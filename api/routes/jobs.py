@@ -94,6 +94,7 @@ def submit(
     model = body.model or settings.default_model
     info = _model(model, settings)
     shape = body.shape(info.family, info.default_shape)
+    info.check_cache(body.cache)
     refusal = size_refusal(key, settings, asdict(shape))
     if refusal is not None:
         return refusal

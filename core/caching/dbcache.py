@@ -41,13 +41,10 @@ class DBCache(TimestepCache):
     params: DBCacheParams
 
     def unit_blocks(self, num_blocks: int) -> tuple[int, int]:
-        first, last = self.params.Fn_compute_blocks, self.params.Bn_compute_blocks
-        if first + last >= num_blocks:
-            raise CacheConfigError(
-                f"cache.params: Fn_compute_blocks + Bn_compute_blocks ({first} + {last}) must leave at least one "
-                f"of the transformer's {num_blocks} blocks to cache"
-            )
-        return first, num_blocks - last
+        rule = self.params.block_rule(num_blocks)
+        if rule is not None:
+            raise CacheConfigError(f"cache.params: {rule}")
+        return self.params.Fn_compute_blocks, num_blocks - self.params.Bn_compute_blocks
 
     def prepare(self, plan: RunPlan) -> None:
         self.unit_blocks(len(plan.family.blocks(plan.transformer)))

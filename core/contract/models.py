@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from core.contract.shapes import HUNYUAN, LTX, WAN, FamilyRules, Shape, family_for_transformer
-from core.errors import ModelLoadError
+from core.contract.strategies import CacheSpec
+from core.errors import InvalidRequest, ModelLoadError
 
 TINY_SHAPE = Shape(width=128, height=128, num_frames=17, num_inference_steps=20)
 # owner/name as the Hugging Face hub spells a repository.
@@ -52,6 +53,14 @@ class ModelInfo:
     # The transformer's class and config (transformer/config.json); empty when not on disk yet (a preset
     # that no worker has built).
     transformer: dict[str, Any] = field(default_factory=dict)
+
+    def check_cache(self, cache: CacheSpec) -> None:
+        """InvalidRequest if the strategy's parameters cannot run on this transformer (where its config is on
+        disk; otherwise the worker checks when the job starts)."""
+        blocks = self.family.block_count(self.transformer)
+        rule = cache.parsed_params().block_rule(blocks) if blocks else None
+        if rule is not None:
+            raise InvalidRequest("cache.params", rule)
 
 
 def is_hub_id(source: str) -> bool:

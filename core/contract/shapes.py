@@ -26,6 +26,14 @@ class FamilyRules:
     default_shape: Shape
     # Cache-context names of the transformer calls of one step with classifier-free guidance, in call order.
     cfg_branches: tuple[str, ...] = ("cond", "uncond")
+    # The transformer config's block counts, summed: every block the cached unit can span.
+    block_count_keys: tuple[str, ...] = ("num_layers",)
+
+    def block_count(self, transformer_config: dict) -> int | None:
+        """How many blocks the transformer has, from its config; None if the config does not say."""
+        if not all(key in transformer_config for key in self.block_count_keys):
+            return None
+        return sum(transformer_config[key] for key in self.block_count_keys)
 
     def branches(self, do_cfg: bool) -> tuple[str, ...]:
         return self.cfg_branches if do_cfg else ("cond",)
@@ -71,6 +79,8 @@ HUNYUAN = FamilyRules(
     default_shape=Shape(width=1280, height=720, num_frames=129, num_inference_steps=50),
     # Embedded guidance (a transformer input): HunyuanVideoPipeline makes one call per step.
     cfg_branches=("cond",),
+    # Dual-stream blocks, then single-stream ones.
+    block_count_keys=("num_layers", "num_single_layers"),
 )
 
 FAMILIES: dict[str, FamilyRules] = {rules.name: rules for rules in (WAN, LTX, HUNYUAN)}

@@ -21,6 +21,10 @@ class CacheParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    def block_rule(self, num_blocks: int) -> str | None:
+        """The rule these parameters break on a transformer of ``num_blocks`` blocks, if any."""
+        return None
+
 
 class PredictorParams(CacheParams):
     """What a skipped call adds to the cached unit's input: the last residual, or its Taylor forecast."""
@@ -135,6 +139,15 @@ class DBCacheParams(PredictorParams):
         description="For mask-0 steps: dynamic (threshold and caps decide) or static (always reuse).",
         examples=["dynamic"],
     )
+
+    def block_rule(self, num_blocks: int) -> str | None:
+        first, last = self.Fn_compute_blocks, self.Bn_compute_blocks
+        if first + last < num_blocks:
+            return None
+        return (
+            f"Fn_compute_blocks + Bn_compute_blocks ({first} + {last}) must leave at least one of the "
+            f"transformer's {num_blocks} blocks to cache"
+        )
 
 
 class TaylorSeerParams(CacheParams):
