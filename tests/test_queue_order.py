@@ -16,8 +16,14 @@ from core.db.migrate import upgrade
 from core.jobs import dispatch
 
 
-@pytest.fixture(scope="module")
-def database() -> Iterator[str]:
+@pytest.fixture(scope="module", params=["postgresql", "sqlite"])
+def database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """PostgreSQL, as deployed, and SQLite, the embedded default."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('queue') / 'skipstep.db'}"
+        upgrade(url)
+        yield url
+        return
     with fresh_database() as url:
         upgrade(url)
         yield url

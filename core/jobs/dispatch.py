@@ -20,6 +20,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Integer, Select, and_, bindparam, false, func, or_, select, tuple_, union_all, update
@@ -76,6 +77,37 @@ _KEYS = (
 )
 
 
+_AHEAD_IN_KEY = select(func.count()).where(
+    Job.owner_id == bindparam("owner"),
+    Job.model == bindparam("model"),
+    Job.status == JobStatus.queued,
+    or_(
+        Job.priority > bindparam("priority"),
+        and_(
+            Job.priority == bindparam("priority"),
+            tuple_(Job.created_at, Job.id)
+            < tuple_(bindparam("created_at", type_=Job.created_at.type), bindparam("job_id", type_=Job.id.type)),
+        ),
+    ),
+)
+
+
+@lru_cache(maxsize=64)
+def _tied_jobs(count: int) -> Any:
+    """Per key i of ``count``, the queued job at place ``offset_i`` of key ``owner_i``'s order; built once per
+    count, like the statements above."""
+    rows = [
+        select(Job.created_at, Job.id)
+        .where(Job.owner_id == bindparam(f"owner_{i}"), Job.model == bindparam("model"), Job.status == JobStatus.queued)
+        .order_by(Job.priority.desc(), Job.created_at, Job.id)
+        .offset(bindparam(f"offset_{i}", type_=Integer))
+        .limit(1)
+        .subquery()
+        for i in range(count)
+    ]
+    return union_all(*(select(row.c.created_at, row.c.id) for row in rows))
+
+
 @dataclass(frozen=True)
 class _KeyQueue:
     queued: int
@@ -101,15 +133,14 @@ def queue_position(session: Session, job: Job) -> int | None:
     if mine is None or mine.queued == 0:
         return None  # no longer queued: the row changed since it was read
     ahead_in_key = session.scalar(
-        select(func.count()).where(
-            Job.owner_id == job.owner_id,
-            Job.model == job.model,
-            Job.status == JobStatus.queued,
-            or_(
-                Job.priority > job.priority,
-                and_(Job.priority == job.priority, tuple_(Job.created_at, Job.id) < tuple_(job.created_at, job.id)),
-            ),
-        )
+        _AHEAD_IN_KEY,
+        {
+            "model": job.model,
+            "owner": job.owner_id,
+            "priority": job.priority,
+            "created_at": job.created_at,
+            "job_id": job.id,
+        },
     )
     turn = ahead_in_key + 1 + mine.running
     position = ahead_in_key + 1
@@ -123,16 +154,10 @@ def queue_position(session: Session, job: Job) -> int | None:
         elif other.served is None or (mine.served is not None and other.served < mine.served):
             position += 1
     if tied:
-        rows = [
-            select(Job.created_at, Job.id)
-            .where(Job.owner_id == owner_id, Job.model == job.model, Job.status == JobStatus.queued)
-            .order_by(Job.priority.desc(), Job.created_at, Job.id)
-            .offset(offset)
-            .limit(1)
-            .subquery()
-            for owner_id, offset in tied
-        ]
-        for created_at, job_id in session.execute(union_all(*(select(row.c.created_at, row.c.id) for row in rows))):
+        values: dict[str, Any] = {"model": job.model}
+        for index, (owner_id, offset) in enumerate(tied):
+            values |= {f"owner_{index}": owner_id, f"offset_{index}": offset}
+        for created_at, job_id in session.execute(_tied_jobs(len(tied)), values):
             position += (created_at, job_id) < (job.created_at, job.id)
     return position
 
