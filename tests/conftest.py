@@ -20,7 +20,7 @@ from core.settings import Settings
 
 torch.set_num_threads(2)
 
-pytest_plugins = ["service", "faults"]
+pytest_plugins = ["service", "faults", "chromium"]
 
 
 @pytest.fixture(scope="session")

@@ -343,6 +343,17 @@ def s3_settings(endpoint: str, bucket: str) -> dict[str, str]:
     }
 
 
+@pytest.fixture(scope="module")
+def api_alone(settings: Settings, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """The API alone (no GPU worker) on a fresh PostgreSQL database and Redis."""
+    with fresh_database() as database_url:
+        service = launch(settings, database_url, redis_url, tmp_path_factory.mktemp("api-logs"))
+        try:
+            yield service
+        finally:
+            service.stop()
+
+
 @pytest.fixture(scope="session")
 def service(
     settings: Settings, wan_tiny: object, postgres_url: str, redis_url: str, s3_endpoint: str, tmp_path_factory

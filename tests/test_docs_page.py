@@ -5,47 +5,14 @@ body, each cache strategy's parameters with their defaults."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from playwright.sync_api import Browser, Locator, Page, sync_playwright
-from service import Service, fresh_database, launch
-from test_dashboard import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS
-
-from core.settings import Settings
+from playwright.sync_api import Locator, Page
+from service import Service
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
-
-
-@pytest.fixture(scope="module")
-def front(settings: Settings, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    """The API alone (no GPU worker) on PostgreSQL and Redis."""
-    with fresh_database() as database_url:
-        service = launch(settings, database_url, redis_url, tmp_path_factory.mktemp("docs-logs"))
-        try:
-            yield service
-        finally:
-            service.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1440, "height": 900})
-    context.set_default_timeout(TIMEOUT_MS)
-    yield context.new_page()
-    context.close()
 
 
 @pytest.fixture
@@ -89,14 +56,14 @@ def outside(requests: list[str]) -> list[str]:
 
 
 def test_docs_render_offline_with_authorize_and_strategy_parameters(
-    page: Page, front: Service, screenshots: Path
+    page: Page, api_alone: Service, screenshots: Path
 ) -> None:
     requests: list[str] = []
     page.on("request", lambda request: requests.append(request.url))
-    page.goto(f"{front.url}/docs")
+    page.goto(f"{api_alone.url}/docs")
     # Swagger UI's script and style come from the app: a CDN would show here before anything renders.
     assert outside(requests) == []
-    assert f"{front.url}/docs/assets/swagger-ui-bundle.js" in requests
+    assert f"{api_alone.url}/docs/assets/swagger-ui-bundle.js" in requests
 
     authorize = page.locator(".swagger-ui button.authorize")
     authorize.wait_for()
@@ -121,4 +88,4 @@ def test_docs_render_offline_with_authorize_and_strategy_parameters(
     body.screenshot(path=screenshots / "docs-screenshot-magcache.png")
 
     assert outside(requests) == []
-    assert f"{front.url}/openapi.json" in requests
+    assert f"{api_alone.url}/openapi.json" in requests

@@ -7,13 +7,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from service import Service, fresh_database, launch
-
-from core.settings import Settings
+from service import Service
 
 HEAVY = ("torch", "diffusers", "transformers")
 # Prints, at exit, which heavy packages the process imported.
@@ -54,18 +51,7 @@ def test_front_processes_import_no_engine(code: str) -> None:
     assert heavy_modules(result) == "heavy: []"
 
 
-@pytest.fixture(scope="module")
-def front(settings: Settings, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    """The API alone (no GPU worker) on PostgreSQL and Redis."""
-    with fresh_database() as database_url:
-        service = launch(settings, database_url, redis_url, tmp_path_factory.mktemp("imports-logs"))
-        try:
-            yield service
-        finally:
-            service.stop()
-
-
-def test_commands_import_no_engine(front: Service, tmp_path: Path) -> None:
+def test_commands_import_no_engine(api_alone: Service, tmp_path: Path) -> None:
     home = tmp_path / "home"
     submitted = skipstep(
         home,
@@ -83,8 +69,8 @@ def test_commands_import_no_engine(front: Service, tmp_path: Path) -> None:
         "--cache",
         "magcache",
         "--api-url",
-        front.url,
-        SKIPSTEP_API_KEY=front.keys["alice"],
+        api_alone.url,
+        SKIPSTEP_API_KEY=api_alone.keys["alice"],
     )
     assert submitted.returncode == 0, submitted.stderr
     assert "queued" in submitted.stdout
@@ -101,10 +87,10 @@ def test_commands_import_no_engine(front: Service, tmp_path: Path) -> None:
     assert {name: heavy_modules(run) for name, run in runs.items()} == dict.fromkeys(runs, "heavy: []")
 
 
-def test_served_api_maps_no_torch(front: Service) -> None:
+def test_served_api_maps_no_torch(api_alone: Service) -> None:
     """After a submit and a read, the API process has no torch library mapped."""
-    job = front.submit(cache={"strategy": "magcache"})
-    front.get(job["id"])
-    api = next(p for p in front.processes if "uvicorn" in " ".join(map(str, p.args)))
+    job = api_alone.submit(cache={"strategy": "magcache"})
+    api_alone.get(job["id"])
+    api = next(p for p in api_alone.processes if "uvicorn" in " ".join(map(str, p.args)))
     maps = Path(f"/proc/{api.pid}/maps").read_text()
     assert not [line for line in maps.splitlines() if "/torch/" in line or "/diffusers/" in line]
