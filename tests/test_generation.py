@@ -1,16 +1,23 @@
 import numpy as np
 import pytest
 import torch
-from diffusers import LTXPipeline, WanPipeline
+from diffusers import HunyuanVideoPipeline, LTXPipeline, WanPipeline
 from pydantic import ValidationError
 
 from core.errors import InvalidRequest
 from core.generation import generate
 
 
-@pytest.mark.parametrize(("family", "pipeline_class"), [("wan", WanPipeline), ("ltx", LTXPipeline)])
+@pytest.mark.parametrize(
+    ("family", "pipeline_class", "branches"),
+    [
+        ("wan", WanPipeline, ["cond", "uncond"]),
+        ("ltx", LTXPipeline, ["cond_uncond"]),  # one batched call for both CFG branches
+        ("hunyuan", HunyuanVideoPipeline, ["cond"]),  # embedded guidance, whatever its scale
+    ],
+)
 def test_uncached_output_equals_the_diffusers_pipeline(
-    request, profiles, small_request, family, pipeline_class
+    request, profiles, small_request, family, pipeline_class, branches
 ) -> None:
     model = request.getfixturevalue(f"{family}_tiny")
     generation = small_request(family)
@@ -32,6 +39,7 @@ def test_uncached_output_equals_the_diffusers_pipeline(
 
     assert ours.frames.shape == (generation.num_frames, 64, 64, 3)
     assert np.array_equal(ours.frames, frames)
+    assert list(ours.cache.branches) == branches
     assert all(branch.computed == 10 for branch in ours.cache.branches.values())
 
 

@@ -45,28 +45,6 @@ def test_preset_is_built_saved_and_loaded_through_from_pretrained(hunyuan_tiny, 
     assert all(torch.equal(built[key], loaded[key]) for key in built)
 
 
-def test_uncached_output_equals_the_diffusers_pipeline(hunyuan_tiny, profiles, small_request) -> None:
-    generation = small_request("hunyuan")
-    ours = generate(hunyuan_tiny, generation, profiles)
-    reference = HunyuanVideoPipeline(**hunyuan_tiny.pipeline.components)
-    reference.set_progress_bar_config(disable=True)
-    frames = reference(
-        prompt=generation.prompt,
-        width=generation.width,
-        height=generation.height,
-        num_frames=generation.num_frames,
-        num_inference_steps=generation.num_inference_steps,
-        guidance_scale=generation.guidance_scale,
-        generator=torch.Generator("cpu").manual_seed(generation.seed),
-        output_type="np",
-    ).frames[0]
-    assert ours.frames.shape == (generation.num_frames, 64, 64, 3)
-    assert np.array_equal(ours.frames, frames)
-    # Embedded guidance, whatever its scale: one branch.
-    assert list(ours.cache.branches) == ["cond"]
-    assert ours.cache.branches["cond"].computed == STEPS
-
-
 @pytest.mark.parametrize(
     "strategy", ["teacache", "magcache", "easycache", "taocache", "fbcache", "dbcache", "taylorseer"]
 )
