@@ -44,8 +44,6 @@ from core.contract.strategies import MagCacheParams
 from core.generation import generate
 from core.models import LoadedModel, load_model
 from core.models.compile import compile_blocks
-from core.models.loading import resolve_device
-from core.models.presets import PRESETS, ensure_preset
 from core.settings import get_settings
 
 DEFAULT_ROWS = (
@@ -282,10 +280,6 @@ def main() -> None:
 
     settings = get_settings()
     started = time.perf_counter()
-    if args.model in PRESETS:
-        # Parameters created on the device: random initialisation there takes seconds, not a minute.
-        with torch.device(resolve_device(settings.device)):
-            ensure_preset(args.model, settings.presets_dir)
     model = load_model(args.model, settings)
     built = time.perf_counter() - started
     base = GenerationRequest(

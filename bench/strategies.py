@@ -40,8 +40,6 @@ from core.fidelity import psnr, ssim
 from core.generation import run
 from core.models import LoadedModel, load_model
 from core.models.compile import compile_blocks
-from core.models.loading import resolve_device
-from core.models.presets import PRESETS, ensure_preset
 from core.settings import Settings, get_settings
 
 SKIPSTEP = (
@@ -298,10 +296,6 @@ def main() -> None:
         args.model, args.width, args.height, args.num_frames, args.steps = GPU_SHAPE
 
     settings = get_settings()
-    if args.model in PRESETS:
-        # Parameters created on the device: random initialisation of a 1.3B model there takes seconds.
-        with torch.device(resolve_device(settings.device)):
-            ensure_preset(args.model, settings.presets_dir)
     model = load_model(args.model, settings)
     request = GenerationRequest(
         prompt="a red fox running through snow, cinematic",

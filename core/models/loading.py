@@ -77,7 +77,9 @@ def load_model(source: str, settings: Settings) -> LoadedModel:
     device = resolve_device(settings.device)
     _quiet_loading()
     if source in PRESETS:
-        path = ensure_preset(source, settings.presets_dir)
+        # Parameters created on the device: random initialisation of a 1.3B model there takes seconds, not a minute.
+        with device:
+            path = ensure_preset(source, settings.presets_dir)
         pipeline = load_pipeline(path, device)
     elif is_hub_id(source):
         pipeline = load_hub_pipeline(source, device)
