@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from core.caching.base import TimestepCache
 from core.contract.schedules import (
-    MagCacheAccumulator,
+    RatioAccumulator,
     magcache_forced,
     magcache_reuse,
     nearest_interp,
@@ -25,8 +25,8 @@ class MagCache(TimestepCache):
     name = "magcache"
     params: MagCacheParams
 
-    def new_accumulator(self) -> MagCacheAccumulator:
-        return MagCacheAccumulator()
+    def new_accumulator(self) -> RatioAccumulator:
+        return RatioAccumulator()
 
     def forced(self, step: int, branch: int) -> bool:
         return magcache_forced(self.params, self.plan.num_steps, len(self.plan.branches), step, branch)
@@ -40,5 +40,5 @@ class MagCache(TimestepCache):
             )
         return {branch: nearest_interp(tables[branch], self.plan.num_steps) for branch in self.plan.branches}
 
-    def can_reuse(self, accumulator: MagCacheAccumulator, ratio: float) -> bool:
+    def can_reuse(self, accumulator: RatioAccumulator, ratio: float) -> bool:
         return magcache_reuse(self.params, accumulator, ratio)

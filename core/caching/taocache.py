@@ -54,7 +54,7 @@ from core.caching.base import BranchFigures, BranchState, CacheReport, RunPlan, 
 from core.caching.magcache import MagCache
 from core.caching.teacache import TeaCache
 from core.contract.schedules import (
-    TaoCacheAccumulator,
+    RatioAccumulator,
     taocache_branch,
     taocache_predict,
     taocache_signals,
@@ -102,8 +102,8 @@ class TaoCache(TimestepCache):
         early.prepare(plan)
         return early.schedule
 
-    def new_accumulator(self) -> TaoCacheAccumulator:
-        return TaoCacheAccumulator()
+    def new_accumulator(self) -> RatioAccumulator:
+        return RatioAccumulator()
 
     def signals(self) -> dict[str, Sequence[tuple[float, float]]]:
         tables = self.profile.taocache
@@ -117,7 +117,7 @@ class TaoCache(TimestepCache):
             self.tables[branch] = taocache_signals(tables[branch].cosine, tables[branch].norm_ratio, steps)
         return self.tables
 
-    def can_reuse(self, accumulator: TaoCacheAccumulator, signal: tuple[float, float]) -> bool:
+    def can_reuse(self, accumulator: RatioAccumulator, signal: tuple[float, float]) -> bool:
         return taocache_predict(self.params, accumulator, signal)
 
     def replay(self, branch: int, signals: Sequence[tuple[float, float]]) -> list[bool]:

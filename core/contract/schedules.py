@@ -50,7 +50,10 @@ def nearest_interp(values: Sequence[float], length: int) -> list[float]:
 
 
 @dataclass
-class MagCacheAccumulator:
+class RatioAccumulator:
+    """MagCache's and TaoCache's state between computes: the product of the calibrated ratios since the last
+    computed step, the error accumulated from them, and how many steps were skipped."""
+
     ratio: float = 1.0
     error: float = 0.0
     steps: int = 0
@@ -62,7 +65,7 @@ def magcache_forced(params: MagCacheParams, num_steps: int, branches: int, step:
     return branches * step + branch < retained_calls
 
 
-def magcache_reuse(params: MagCacheParams, accumulator: MagCacheAccumulator, ratio: float) -> bool:
+def magcache_reuse(params: MagCacheParams, accumulator: RatioAccumulator, ratio: float) -> bool:
     """``G *= ratio; k += 1; E += |1 - G|``; reuse while ``E < threshold`` and ``k <= K``."""
     accumulator.ratio *= ratio
     accumulator.steps += 1
@@ -79,7 +82,7 @@ def magcache_schedule(
             num_steps,
             nearest_interp(ratios[branch], num_steps),
             lambda step, index=index: magcache_forced(params, num_steps, len(branches), step, index),
-            MagCacheAccumulator,
+            RatioAccumulator,
             lambda accumulator, ratio: magcache_reuse(params, accumulator, ratio),
         )
         for index, branch in enumerate(branches)
@@ -116,13 +119,6 @@ def teacache_schedule(
     return {branch: list(decisions) for branch in branches}
 
 
-@dataclass
-class TaoCacheAccumulator:
-    ratio: float = 1.0
-    error: float = 0.0
-    steps: int = 0
-
-
 def taocache_start(params: TaoCacheParams, num_steps: int) -> int:
     """The first step TaoCache decides; the steps before it compute or follow the early rule."""
     return max(TAOCACHE_FIRST_PREDICTABLE, int(num_steps * params.start_ratio))
@@ -135,7 +131,7 @@ def taocache_signals(
     return list(zip(nearest_interp(cosines, num_steps), nearest_interp(norm_ratios, num_steps), strict=True))
 
 
-def taocache_predict(params: TaoCacheParams, accumulator: TaoCacheAccumulator, signal: tuple[float, float]) -> bool:
+def taocache_predict(params: TaoCacheParams, accumulator: RatioAccumulator, signal: tuple[float, float]) -> bool:
     """``G *= r; k += 1; E += G * sqrt(1 - c^2)``; predict while ``E < threshold`` and ``k <= K``."""
     cosine, ratio = signal
     accumulator.ratio *= ratio
@@ -151,7 +147,7 @@ def taocache_branch(
     ``early_code`` reused by the early rule): before the start step the early rule's decisions (all
     computed without one), from it on TaoCache's."""
     start = taocache_start(params, len(signals))
-    accumulator = TaoCacheAccumulator()
+    accumulator = RatioAccumulator()
     decisions, rules = [], []
     for step, signal in enumerate(signals):
         if step < start:
@@ -159,7 +155,7 @@ def taocache_branch(
         else:
             compute, rule = not taocache_predict(params, accumulator, signal), "p"
         if compute:
-            accumulator = TaoCacheAccumulator()
+            accumulator = RatioAccumulator()
         decisions.append(compute)
         rules.append("C" if compute else rule)
     return decisions, "".join(rules)
