@@ -26,8 +26,8 @@ from api.errors import ApiError
 from core import admin_sessions
 from core.contract.strategies import STRATEGIES
 from core.db import ApiKey, Job, JobStatus, utcnow
-from core.jobs import dashboard, dispatch, fleet, repository, workers
-from core.jobs.expected import estimated_start
+from core.jobs import dashboard, fleet, repository, workers
+from core.jobs.expected import standing
 from core.keys import authenticate
 from core.settings import Settings
 from core.webhooks.events import history
@@ -359,16 +359,15 @@ def job_page(
         return templates.TemplateResponse(request, "admin/message.html", context, status_code=404)
     owner = session.get(ApiKey, job.owner_id)
     metrics = job.metrics or {}
-    position = dispatch.queue_position(session, job) if job.status == JobStatus.queued else None
-    live = workers.serving_count(session, job.model, settings.heartbeat_seconds) if position else 0
+    queued = standing(session, job, settings.heartbeat_seconds)
     context = {
         "base": _base(request),
         "now": utcnow(),
         "job": job,
         "row": dashboard.JobRow.of(job),
         "owner": owner.name if owner else None,
-        "queue_position": position,
-        "estimated_start": estimated_start(session, job, position, live) if position else None,
+        "queue_position": queued.position,
+        "estimated_start": queued.estimated_start_at,
         "expected": job.expected,
         "metrics": metrics,
         "branches": metrics.get("branches") or {},

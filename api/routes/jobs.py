@@ -20,8 +20,8 @@ from core.contract.models import ModelInfo, describe
 from core.contract.request import JobRequest
 from core.db import ApiKey, Job, JobStatus
 from core.errors import ModelLoadError
-from core.jobs import dispatch, repository, transitions, workers
-from core.jobs.expected import estimated_start, expected
+from core.jobs import repository, transitions
+from core.jobs.expected import expected, standing
 from core.jobs.mapping import new_job
 from core.jobs.view import JobView, job_view
 from core.webhooks.addresses import UnresolvableHost, UnsafeWebhookURL, resolve_target
@@ -42,12 +42,14 @@ def _found(session: SessionDep, job_id: uuid.UUID, key: ApiKey) -> Job:
 
 
 def _view(session: SessionDep, job: Job, settings: SettingsDep) -> JobView:
-    if job.status != JobStatus.queued:
-        return job_view(job, settings.public_url)
-    live = workers.serving_count(session, job.model, settings.heartbeat_seconds)
-    position = dispatch.queue_position(session, job)
-    start = estimated_start(session, job, position, live) if position else None
-    return job_view(job, settings.public_url, position, waiting_for_worker=live == 0, estimated_start_at=start)
+    queued = standing(session, job, settings.heartbeat_seconds)
+    return job_view(
+        job,
+        settings.public_url,
+        queued.position,
+        waiting_for_worker=queued.waiting_for_worker,
+        estimated_start_at=queued.estimated_start_at,
+    )
 
 
 def _model(name: str, settings: SettingsDep) -> ModelInfo:

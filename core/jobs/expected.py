@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -26,6 +27,7 @@ from core.contract.shapes import Shape
 from core.contract.strategies import MagCacheParams, TeaCacheParams
 from core.db import Job, JobStatus, utcnow
 from core.errors import CacheConfigError
+from core.jobs import dispatch, workers
 
 # How many of the latest finished jobs an estimate reads.
 RECENT_JOBS = 20
@@ -175,6 +177,26 @@ def _seconds_per_computed_call(session: Session, model: str, shape: Shape, strat
         .limit(RECENT_JOBS)
     ).all()
     return [seconds / calls for seconds, calls in rows if seconds]
+
+
+@dataclass(frozen=True)
+class Standing:
+    """Where a queued job stands: its queue position, whether it waits for a worker of its model to start, and
+    when it may start."""
+
+    position: int | None
+    waiting_for_worker: bool
+    estimated_start_at: datetime | None
+
+
+def standing(session: Session, job: Job, heartbeat_seconds: float) -> Standing:
+    """A queued job's standing (all empty for any other job)."""
+    if job.status != JobStatus.queued:
+        return Standing(None, False, None)
+    live = workers.serving_count(session, job.model, heartbeat_seconds)
+    position = dispatch.queue_position(session, job)
+    start = estimated_start(session, job, position, live) if position else None
+    return Standing(position, live == 0, start)
 
 
 def estimated_start(session: Session, job: Job, position: int, live: int) -> datetime | None:
