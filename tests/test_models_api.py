@@ -32,9 +32,11 @@ def test_models_lists_what_a_job_for_each_model_accepts(service: Service) -> Non
     assert list(strategies) == list(STRATEGIES)
     assert strategies["magcache"]["needs_calibration"] and strategies["magcache"]["available"]
     assert not strategies["easycache"]["needs_calibration"] and strategies["easycache"]["available"]
+    # Its worker's profiles for its transformer: Wan2.1-1.3B's are for another architecture of the family.
     profiles = {profile["name"]: profile for profile in model["profiles"]}
-    assert {"wan-tiny-128x128x17-20steps", "wan2.1-t2v-1.3b"} <= set(profiles)
+    assert "wan-tiny-128x128x17-20steps" in profiles and "wan2.1-t2v-1.3b" not in profiles
     assert not any(name.startswith("ltx") for name in profiles)
+    assert model["described_by"] is not None and model["described_at"] is not None
     assert profiles["wan-tiny-128x128x17-20steps"]["calibrated_on"] == "wan-tiny"
     assert "magcache" in profiles["wan-tiny-128x128x17-20steps"]["strategies"]
 

@@ -25,7 +25,7 @@ from core.db import Job, JobStatus, session_scope, utcnow
 from core.db.session import UNREACHABLE, retrying
 from core.errors import CacheConfigError, InvalidRequest
 from core.generation import GenerationResult, Progress, generate
-from core.jobs import dispatch, transitions, workers
+from core.jobs import catalogue, dispatch, transitions, workers
 from core.jobs.mapping import request_of
 from core.jobs.transitions import RunOutcome
 from core.models import load_model
@@ -58,6 +58,7 @@ class JobRunner:
         prepare_compiled(self.model, settings)
         loaded = time.perf_counter() - started
         self.profiles = ProfileStore(settings.profiles_dir)
+        self.info = self.model.info(self.profiles)
         self.storage: Storage = storage_from(settings)
         self.storage.ensure()
         self.active: ActiveJob | None = None
@@ -66,6 +67,7 @@ class JobRunner:
         device = describe_device(self.model.device)
         with session_scope(settings.database) as session:
             workers.register(session, self.worker_id, socket.gethostname(), os.getpid(), model, device)
+            catalogue.publish(session, model, self.info, self.worker_id)
         where = device.name + (f" ({device.description})" if device.description else "")
         where += f", CUDA_VISIBLE_DEVICES={device.visible_devices}" if device.visible_devices else ""
         log.info(
@@ -142,6 +144,10 @@ class JobRunner:
         steps = Steps(self, active)
         try:
             request = request_of(job)
+            # The model's rules, as the API applies them at submit: a job accepted while nothing described the
+            # model (its pending_checks) is checked here, before any work.
+            request.shape(self.info.family, self.info.default_shape)
+            self.info.check_cache(request.cache)
             result = generate(self.model, request, self.profiles, steps.planned, steps.stepped)
         except StopJob as stop:
             self._stopped(active, stop)

@@ -16,11 +16,9 @@ from api.errors import ApiError, ErrorResponse
 from api.limits import RoomForJob, size_refusal
 from api.schemas import JobPage
 from core.caching.profiles import ProfileStore
-from core.contract.models import ModelInfo, describe
 from core.contract.request import JobRequest
 from core.db import ApiKey, Job, JobStatus
-from core.errors import ModelLoadError
-from core.jobs import repository, transitions
+from core.jobs import catalogue, repository, transitions
 from core.jobs.expected import expected, standing
 from core.jobs.mapping import new_job
 from core.jobs.view import JobView, job_view
@@ -50,14 +48,6 @@ def _view(session: SessionDep, job: Job, settings: SettingsDep) -> JobView:
         waiting_for_worker=queued.waiting_for_worker,
         estimated_start_at=queued.estimated_start_at,
     )
-
-
-def _model(name: str, settings: SettingsDep) -> ModelInfo:
-    try:
-        return describe(settings.model_sources[name], settings.presets_dir)
-    except ModelLoadError as exc:
-        # The API reads the model's config files (not its weights) to know its size rules.
-        raise ApiError(status.HTTP_503_SERVICE_UNAVAILABLE, f"model {name} is unavailable here: {exc}") from None
 
 
 @router.post(
@@ -94,7 +84,7 @@ def submit(
             return _replay(session, existing, fingerprint, settings, response)
 
     model = body.model or settings.default_model
-    info = _model(model, settings)
+    info = catalogue.describe(session, model, settings)
     shape = body.shape(info.family, info.default_shape)
     info.check_cache(body.cache)
     refusal = size_refusal(key, settings, asdict(shape))
@@ -109,6 +99,7 @@ def submit(
         idempotency_key=idempotency_key,
         request_hash=fingerprint,
         expected=figures.model_dump(mode="json") if figures is not None else None,
+        pending_checks=info.pending_checks(body.cache),
     )
     session.add(job)
     try:

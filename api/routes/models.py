@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from annotated_types import Ge
@@ -9,15 +10,14 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from api.deps import KeyDep, SessionDep, SettingsDep
-from core.caching.profiles import ProfileStore
+from core.caching.profiles import Profile, ProfileStore, applicable_strategies
 from core.contract import examples
-from core.contract.models import ModelInfo, describe
+from core.contract.models import ModelInfo
 from core.contract.request import JobRequest
 from core.contract.shapes import FamilyRules
 from core.contract.strategies import STRATEGIES
 from core.db import utcnow
-from core.errors import ModelLoadError
-from core.jobs import fleet, workers
+from core.jobs import catalogue, fleet, workers
 from core.settings import Settings
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -69,7 +69,9 @@ class StrategyView(BaseModel):
     summary: str = Field(description="How it decides to skip.", examples=[STRATEGIES["magcache"].summary])
     needs_calibration: bool = Field(description="It reads a calibration profile.", examples=[True])
     available: bool = Field(
-        description="Needs no calibration, or a profile for the model's family has its data.", examples=[True]
+        description="Needs no calibration, or a profile for the model's transformer has its data (the profiles "
+        "its worker holds; before any worker has described the model, those of the API host for its family).",
+        examples=[True],
     )
 
 
@@ -123,23 +125,37 @@ class ModelView(BaseModel):
     name: str = Field(description="What a job's `model` names it by.", examples=[examples.MODEL])
     default: bool = Field(description="Jobs that name no model run on this one.", examples=[True])
     family: str | None = Field(
-        description="wan, ltx, hunyuan; null while the model's files are not readable here.", examples=["wan"]
+        description="wan, ltx, hunyuan; null while nothing describes the model: no worker of it has started yet "
+        "and its files are not readable by the API (its jobs must then give every size, and their size rules are "
+        "checked by the worker: `pending_checks`).",
+        examples=["wan"],
     )
-    default_shape: ShapeView | None = Field(description="Null while the model's files are not readable here.")
+    default_shape: ShapeView | None = Field(description="Null while nothing describes the model (see `family`).")
+    described_by: str | None = Field(
+        description="The worker (host:pid) whose description of the model the API uses (the latest to start); null "
+        "when it is read from configuration (a preset, or the model's files on the API host).",
+        examples=[examples.WORKER],
+    )
+    described_at: datetime | None = Field(
+        description="When that worker described it; null with `described_by`.", examples=[examples.STARTED_AT]
+    )
     limits: LimitsView = Field(description="What `POST /jobs` accepts for each size field of this model.")
     strategies: list[StrategyView] = Field(description="Every cache strategy, and whether it applies here.")
-    profiles: list[ProfileView] = Field(description="Calibration profiles for the model's family.")
+    profiles: list[ProfileView] = Field(
+        description="Calibration profiles for the model: those its worker holds for its transformer; before any "
+        "worker has described it, those of the API host for its family."
+    )
     workers: WorkersView = Field(description="Its live workers.")
     queue: QueueView = Field(description="Its jobs waiting and running.")
     recent: RecentView = Field(description="How its recent jobs went.")
 
 
-def _info(source: str, settings: Settings) -> ModelInfo | None:
-    """What the model's config files say (no weights loaded); None while they are not readable here."""
-    try:
-        return describe(source, settings.presets_dir)
-    except ModelLoadError:
-        return None
+def _profiles(info: ModelInfo, store: list[Profile]) -> list[Profile]:
+    """The calibration profiles for the model: those its worker holds for its transformer, as published; else
+    those of this host for its family."""
+    if info.profiles is not None:
+        return [Profile.model_validate(document) for document in info.profiles]
+    return [p for p in store if info.family and p.transformer.get("class") == info.family.transformer_class]
 
 
 def _bounds(field: str, rule: str | None, settings: Settings) -> Bounds:
@@ -166,13 +182,14 @@ def list_models(key: KeyDep, session: SessionDep, settings: SettingsDep) -> Any:
     sources = settings.model_sources
     live = workers.by_model(session, settings.heartbeat_seconds)
     figures = fleet.figures(session, sources)
-    profiles = ProfileStore(settings.profiles_dir).all()
+    store = ProfileStore(settings.profiles_dir).all()
     now = utcnow()
     views = []
-    for name, source in sources.items():
-        info = _info(source, settings)
-        family = info.family if info else None
-        own = [p for p in profiles if family and p.transformer.get("class") == family.transformer_class]
+    for name in sources:
+        info = catalogue.describe(session, name, settings)
+        family = info.family
+        own = _profiles(info, store)
+        applicable = info.strategies if info.strategies is not None else applicable_strategies(own)
         pool = live.get(name, workers.ModelWorkers(0, 0, []))
         numbers = figures[name]
         views.append(
@@ -180,16 +197,18 @@ def list_models(key: KeyDep, session: SessionDep, settings: SettingsDep) -> Any:
                 name=name,
                 default=name == settings.default_model,
                 family=family.name if family else None,
-                default_shape=ShapeView(**vars(info.default_shape)) if info else None,
+                default_shape=ShapeView(**vars(info.default_shape)) if info.default_shape else None,
+                described_by=info.described_by,
+                described_at=info.described_at,
                 limits=_limits(family, settings),
                 strategies=[
                     StrategyView(
-                        name=info.name,
-                        summary=info.summary,
-                        needs_calibration=info.needs is not None,
-                        available=info.needs is None or any(getattr(p, info.needs) is not None for p in own),
+                        name=strategy.name,
+                        summary=strategy.summary,
+                        needs_calibration=strategy.needs is not None,
+                        available=strategy.name in applicable,
                     )
-                    for info in STRATEGIES.values()
+                    for strategy in STRATEGIES.values()
                 ],
                 profiles=[
                     ProfileView(

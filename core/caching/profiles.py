@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError
 
 from core.contract.shapes import Shape
+from core.contract.strategies import STRATEGIES
 from core.errors import CacheConfigError
 
 BUILTIN_DIR = Path(__file__).parent / "profiles"
@@ -115,8 +117,11 @@ class ProfileStore:
 
     def nearest(self, signature: dict[str, Any], shape: Shape, needs: str) -> Profile | None:
         """The closest profile for this transformer that carries the data ``needs`` names."""
-        candidates = [p for p in self.all() if p.matches(signature) and getattr(p, needs) is not None]
-        return min(candidates, key=lambda p: p.distance(shape), default=None)
+        return closest(self.matching(signature), shape, needs)
+
+    def matching(self, signature: dict[str, Any]) -> list[Profile]:
+        """The profiles calibrated on this transformer's architecture."""
+        return [p for p in self.all() if p.matches(signature)]
 
     def check_writable(self, name: str) -> None:
         """Refuse, before any work, a name that save() would refuse."""
@@ -140,3 +145,20 @@ class ProfileStore:
             return Profile.model_validate_json(file.read_text())
         except (OSError, ValidationError) as exc:
             raise CacheConfigError(f"profile file {file} is unreadable: {exc}") from None
+
+
+def closest(profiles: Iterable[Profile], shape: Shape, needs: str) -> Profile | None:
+    """Of ``profiles``, the one nearest ``shape`` that carries the data ``needs`` names."""
+    candidates = [p for p in profiles if getattr(p, needs) is not None]
+    return min(candidates, key=lambda p: p.distance(shape), default=None)
+
+
+def applicable_strategies(profiles: Iterable[Profile]) -> tuple[str, ...]:
+    """The cache strategies that can run with these profiles: those needing no calibration, and those whose data
+    one of them carries."""
+    held = list(profiles)
+    return tuple(
+        name
+        for name, info in STRATEGIES.items()
+        if info.needs is None or any(getattr(p, info.needs) is not None for p in held)
+    )

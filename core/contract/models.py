@@ -1,5 +1,6 @@
 """Models as clients see them: the offline presets (name, family, default shape; the builders are
-engine code), and what a configured model is, read from its files without loading any weights."""
+engine code), and what a configured model is, without loading any weights (``describe`` reads its files
+where they are on this machine; ``core.jobs.catalogue`` reads what its workers published)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from core.contract.shapes import HUNYUAN, LTX, WAN, FamilyRules, Shape, family_for_transformer
+from core.contract.shapes import HUNYUAN, LTX, SIZE_FIELDS, WAN, FamilyRules, Shape, family_for_transformer
 from core.contract.strategies import CacheSpec
 from core.errors import InvalidRequest, ModelLoadError
 
@@ -45,22 +47,42 @@ PRESETS: dict[str, PresetInfo] = {
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """A model source as far as its config files tell, without loading it."""
+    """What a submit needs of a model, without loading it: published by a worker that loaded it
+    (``core.jobs.catalogue``), or read from configuration alone (the preset catalogue, its config files)."""
 
     source: str
-    family: FamilyRules
-    default_shape: Shape
-    # The transformer's class and config (transformer/config.json); empty when not on disk yet (a preset
-    # that no worker has built).
+    # None while nothing describes the model: no worker has, and its files are not readable here.
+    family: FamilyRules | None
+    default_shape: Shape | None
+    # The transformer's class and config (transformer/config.json); empty when not known here (a preset that
+    # nothing has built or described yet).
     transformer: dict[str, Any] = field(default_factory=dict)
+    # From the worker that described the model: the calibration profiles it holds for this transformer (JSON
+    # documents) and the cache strategies that apply. None when read from configuration.
+    profiles: tuple[dict[str, Any], ...] | None = None
+    strategies: tuple[str, ...] | None = None
+    # The worker (host:pid) that described it and when; None when read from configuration.
+    described_by: str | None = None
+    described_at: datetime | None = None
+
+    @property
+    def block_count(self) -> int | None:
+        return self.family.block_count(self.transformer) if self.family else None
 
     def check_cache(self, cache: CacheSpec) -> None:
-        """InvalidRequest if the strategy's parameters cannot run on this transformer (where its config is on
-        disk; otherwise the worker checks when the job starts)."""
-        blocks = self.family.block_count(self.transformer)
+        """InvalidRequest if the strategy's parameters cannot run on this transformer (where its config is
+        known; otherwise the worker checks when it claims the job)."""
+        blocks = self.block_count
         rule = cache.parsed_params().block_rule(blocks) if blocks else None
         if rule is not None:
             raise InvalidRequest("cache.params", rule)
+
+    def pending_checks(self, cache: CacheSpec) -> list[str] | None:
+        """The fields whose rules for this model cannot be checked without knowing more of it; None if none."""
+        pending = [] if self.family else [name for name in SIZE_FIELDS if name != "num_inference_steps"]
+        if self.block_count is None and cache.parsed_params().depends_on_blocks:
+            pending.append("cache.params")
+        return pending or None
 
 
 def is_hub_id(source: str) -> bool:

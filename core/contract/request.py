@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from core.contract import examples
 from core.contract.jobs import DEFAULT_EVENTS
-from core.contract.shapes import FamilyRules, Shape
+from core.contract.shapes import SIZE_FIELDS, FamilyRules, Shape
 from core.contract.strategies import CacheSpec
 from core.errors import InvalidRequest
 from core.settings import get_settings
@@ -130,15 +130,17 @@ class GenerationRequest(BaseModel):
     def _steps_limit(cls, steps: int | None) -> int | None:
         return _at_most(steps, get_settings().request_max_steps)
 
-    def shape(self, family: FamilyRules, default: Shape) -> Shape:
-        """The concrete shape, checked against the family's size rules (InvalidRequest names every field)."""
-        shape = Shape(
-            width=self.width or default.width,
-            height=self.height or default.height,
-            num_frames=self.num_frames or default.num_frames,
-            num_inference_steps=self.num_inference_steps or default.num_inference_steps,
-        )
-        problems = family.violations(shape)
+    def shape(self, family: FamilyRules | None, default: Shape | None) -> Shape:
+        """The concrete shape, checked against the family's size rules (InvalidRequest names every field). For a
+        model that nothing describes yet (``None``: no worker has, and its files are not readable here) every
+        size must be given, and the family's rules are left to the worker that claims the job."""
+        if default is None:
+            missing = [name for name in SIZE_FIELDS if getattr(self, name) is None]
+            if missing:
+                rule = "required until a worker of this model has started: its default is not known yet"
+                raise InvalidRequest(*[(name, rule) for name in missing])
+        shape = Shape(**{name: getattr(self, name) or getattr(default, name) for name in SIZE_FIELDS})
+        problems = family.violations(shape) if family is not None else []
         if problems:
             raise InvalidRequest(*problems[0], *problems[1:])
         return shape

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 
 @dataclass(frozen=True)
@@ -11,6 +11,10 @@ class Shape:
     height: int
     num_frames: int
     num_inference_steps: int
+
+
+# A request's size fields, as Shape names them.
+SIZE_FIELDS: tuple[str, ...] = tuple(field.name for field in fields(Shape))
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ schema and one ``StrategyInfo`` line here, one engine module and one line in the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -20,6 +20,8 @@ class CacheParams(BaseModel):
     """Base of every strategy's parameter schema."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # Whether block_rule has anything to check: the strategy's parameters count the transformer's blocks.
+    depends_on_blocks: ClassVar[bool] = False
 
     def block_rule(self, num_blocks: int) -> str | None:
         """The rule these parameters break on a transformer of ``num_blocks`` blocks, if any."""
@@ -139,6 +141,8 @@ class DBCacheParams(PredictorParams):
         description="For mask-0 steps: dynamic (threshold and caps decide) or static (always reuse).",
         examples=["dynamic"],
     )
+
+    depends_on_blocks: ClassVar[bool] = True
 
     def block_rule(self, num_blocks: int) -> str | None:
         first, last = self.Fn_compute_blocks, self.Bn_compute_blocks

@@ -150,6 +150,9 @@ class Job(Base):
     metrics: Mapped[dict[str, Any] | None]
     # What the job is expected to save, known at submit for strategies whose schedule is known ahead.
     expected: Mapped[dict[str, Any] | None]
+    # The fields whose model-dependent rules could not be checked at submit (no worker had described the model
+    # and its files were not readable there); the worker checks them when it claims the job. Null: none.
+    pending_checks: Mapped[list[str] | None]
 
     error_code: Mapped[str | None] = mapped_column(String(50))
     error_message: Mapped[str | None] = mapped_column(Text)
@@ -177,6 +180,30 @@ class Worker(Base):
     stopped_at: Mapped[datetime | None]
     # Why it stopped: "shutdown" (it said so), "gone" (it stopped answering and another worker noticed).
     stop_reason: Mapped[str | None] = mapped_column(String(20))
+
+
+class CatalogueEntry(Base):
+    """What a submit needs of a model, published by each GPU worker of it once loaded (core.jobs.catalogue), so
+    that the API needs no model files. The latest worker's description wins; rows outlive the workers."""
+
+    __tablename__ = "model_catalogue"
+
+    # The configured model name (the job's ``model``).
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    # The source the worker loaded: a description is only used while the configuration names the same one.
+    source: Mapped[str] = mapped_column(Text)
+    family: Mapped[str] = mapped_column(String(32))
+    # width, height, num_frames, num_inference_steps
+    default_shape: Mapped[dict[str, Any]]
+    block_count: Mapped[int | None]
+    # The transformer's class and config, as its config.json has them (what calibration profiles match).
+    transformer: Mapped[dict[str, Any]]
+    # The cache strategies that apply: those needing no calibration, and those the worker holds a profile for.
+    strategies: Mapped[list[str]]
+    # The calibration profiles the worker holds for this transformer (JSON documents).
+    profiles: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    described_by: Mapped[str] = mapped_column(String(200))
+    described_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class JobRun(Base):

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from core.caching.profiles import Profile, ProfileStore, config_signature
+from core.caching.profiles import Profile, ProfileStore, closest, config_signature
 from core.contract import examples
 from core.contract.models import ModelInfo
 from core.contract.request import JobRequest
@@ -62,6 +62,8 @@ def expected(
     session: Session, request: JobRequest, shape: Shape, model: str, info: ModelInfo, profiles: ProfileStore
 ) -> Expected | None:
     """The job's schedule as the worker will plan it, or None where it is not known ahead."""
+    if info.family is None:
+        return None  # nothing describes the model yet
     strategy = request.cache.strategy
     branches = info.family.branches(request.guidance_scale > 1.0)
     profile = _profile(request, shape, info, profiles)
@@ -126,16 +128,21 @@ def _schedule(
 
 
 def _profile(request: JobRequest, shape: Shape, info: ModelInfo, profiles: ProfileStore) -> Profile | None:
-    """The profile the worker will use: the named one, else the nearest for the model's transformer (by its
-    config on disk; for a preset not built yet, the profiles recorded for that preset)."""
+    """The profile the worker will use: the named one, else the nearest of those the model's worker holds for its
+    transformer (as it published them), else of this host's for the transformer's config, else (a preset that
+    nothing has built yet) of the profiles recorded for that preset."""
     needs = request.cache.info.needs
     if needs is None:
         return None
+    held = [Profile.model_validate(document) for document in info.profiles or ()]
     try:
         if request.cache.profile is not None:
-            return profiles.get(request.cache.profile)
+            named = [p for p in held if p.name == request.cache.profile]
+            return named[0] if named else profiles.get(request.cache.profile)
     except CacheConfigError:
         return None  # the worker fails the job and says why
+    if info.profiles is not None:
+        return closest(held, shape, needs)
     if info.transformer:
         return profiles.nearest(config_signature(info.transformer), shape, needs)
     candidates = [p for p in profiles.all() if p.model == info.source and getattr(p, needs) is not None]

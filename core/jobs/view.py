@@ -176,6 +176,14 @@ class JobView(BaseModel):
         "profile has the job's steps): the planned computed and skipped calls per branch, the ideal speedup and "
         "an estimated denoise time; null otherwise."
     )
+    pending_checks: list[str] = Field(
+        default_factory=list,
+        description="While queued: the fields whose rules depend on the model and were not checked at submit, "
+        "because no worker had described the model yet (`GET /models`: `family` null). Its worker checks them "
+        "when it takes the job; a broken rule ends the job `failed` with `invalid_request` naming the field. "
+        "Empty otherwise.",
+        examples=[["width", "height", "num_frames"]],
+    )
     progress: ProgressView | None = Field(description="Once running; null before.")
     result: ResultView | None = Field(description="On success; null otherwise.")
     metrics: JobMetrics | None = Field(
@@ -226,6 +234,7 @@ def job_view(
         cancel_requested=job.cancel_requested_at is not None,
         input=request_of(job),
         expected=Expected.model_validate(job.expected) if job.expected else None,
+        pending_checks=list(job.pending_checks or ()) if job.status == JobStatus.queued else [],
         progress=progress,
         result=result,
         metrics=JobMetrics.model_validate(job.metrics) if job.metrics else None,

@@ -11,7 +11,8 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
-from core.contract.models import fetch_hint, hub_snapshot, is_hub_id
+from core.caching.profiles import ProfileStore, applicable_strategies, config_signature
+from core.contract.models import ModelInfo, fetch_hint, hub_snapshot, is_hub_id
 from core.contract.shapes import Shape
 from core.errors import ModelLoadError
 from core.models.families import ModelFamily, family_of
@@ -36,6 +37,22 @@ class LoadedModel:
     @property
     def transformer(self) -> torch.nn.Module:
         return self.pipeline.transformer
+
+    def info(self, profiles: ProfileStore) -> ModelInfo:
+        """What a submit needs of this model, as a worker publishes it to the catalogue (core.jobs.catalogue):
+        the transformer's config as its config.json holds it, and the profiles held for its architecture."""
+        config = json.loads(self.transformer.to_json_string())
+        transformer = {"class": type(self.transformer).__name__}
+        transformer |= {key: value for key, value in config.items() if not key.startswith("_")}
+        held = profiles.matching(config_signature(transformer))
+        return ModelInfo(
+            source=self.name,
+            family=self.family.rules,
+            default_shape=self.default_shape,
+            transformer=transformer,
+            profiles=tuple(profile.model_dump(mode="json") for profile in held),
+            strategies=applicable_strategies(held),
+        )
 
 
 def resolve_device(name: str) -> torch.device:
