@@ -11,6 +11,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
+from core import health
 from core.db import Job, JobStatus, session_scope, utcnow
 from core.jobs import dashboard, fleet, repository, workers
 
@@ -126,3 +127,27 @@ def registry_for(database: str, models: tuple[str, ...], heartbeat_seconds: floa
     registry = CollectorRegistry(auto_describe=False)
     registry.register(JobCollector(database, models, heartbeat_seconds))
     return registry
+
+
+def dependency_registry(checks: dict[str, str]) -> CollectorRegistry:
+    """One scrape's ``skipstep_dependency_up``: 1 where the dependency answered (core.health), 0 where it did not;
+    a dependency that is not configured is left out."""
+    gauge = GaugeMetricFamily(
+        "skipstep_dependency_up",
+        "Whether the database, the broker and the storage answer this API process (1) or not (0).",
+        labels=["dependency"],
+    )
+    for name, state in checks.items():
+        if state != health.NOT_CONFIGURED:
+            gauge.add_metric([name], 1.0 if state == health.OK else 0.0)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Fixed(gauge))
+    return registry
+
+
+class _Fixed(Collector):
+    def __init__(self, *families: GaugeMetricFamily) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield from self.families

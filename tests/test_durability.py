@@ -86,23 +86,44 @@ def test_a_broker_restarted_empty_loses_no_queued_job(stack: Callable[..., Stack
         assert row(service, job_id).attempts == 1
 
 
-def test_readyz_answers_503_naming_what_is_unreachable(stack: Callable[..., Stack]) -> None:
-    made = stack()
-    url = f"{made.service.url}/readyz"
-    assert httpx.get(url, timeout=10).status_code == 200
-    made.broker.kill()
-    made.broker.wait(timeout=10)
-    down = httpx.get(url, timeout=30)
-    assert down.status_code == 503
-    body = down.json()
-    assert body["status"] == "not ready"
-    assert (body["checks"]["database"], body["checks"]["storage"]) == ("ok", "ok")
-    assert body["checks"]["broker"].startswith("unreachable")
-    made.restart_broker_empty()
-    assert httpx.get(url, timeout=10).json() == {
-        "status": "ready",
-        "checks": {"database": "ok", "broker": "ok", "storage": "ok"},
-    }
+def test_readiness_is_the_database_and_the_broker_is_only_reported(stack: Callable[..., Stack]) -> None:
+    """/readyz answers 200 while the database does: the broker killed is reported (in its body and /metrics) and
+    a submit is still accepted; with the database cut it answers 503 naming it, while /healthz (liveness) stays
+    200, and it is ready again once the database is back."""
+    with fresh_database() as direct:
+        port = int(direct.rsplit(":", 1)[1].split("/")[0])
+        proxy = TcpProxy(port)
+        try:
+            made = stack(database_url=direct.replace(f":{port}/", f":{proxy.port}/"))
+            url = made.service.url
+            made.broker.kill()
+            made.broker.wait(timeout=10)
+            ready = httpx.get(f"{url}/readyz", timeout=30)
+            assert ready.status_code == 200
+            assert ready.json() == {
+                "status": "ready",
+                "checks": {"database": "ok", "broker": "unreachable", "storage": "ok"},
+            }
+            metrics = httpx.get(f"{url}/metrics", timeout=30).text
+            assert 'skipstep_dependency_up{dependency="broker"} 0.0' in metrics
+            assert 'skipstep_dependency_up{dependency="database"} 1.0' in metrics
+            assert 'skipstep_dependency_up{dependency="storage"} 1.0' in metrics
+            assert made.service.submit()["status"] == "queued"  # kept in the database until a worker takes it
+
+            made.restart_broker_empty()
+            assert httpx.get(f"{url}/readyz", timeout=30).json()["checks"]["broker"] == "ok"
+            proxy.cut()
+            down = httpx.get(f"{url}/readyz", timeout=30)
+            assert down.status_code == 503
+            assert down.json() == {
+                "status": "not ready",
+                "checks": {"database": "unreachable", "broker": "ok", "storage": "ok"},
+            }
+            assert httpx.get(f"{url}/healthz", timeout=30).status_code == 200
+            proxy.restore()
+            wait_until(made.service.ready, 30, 0.2, "the API to be ready again")
+        finally:
+            proxy.close()
 
 
 def test_attempts_are_enforced_at_every_claim(stack: Callable[..., Stack]) -> None:

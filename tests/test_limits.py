@@ -318,24 +318,35 @@ def test_an_unexpected_error_answers_the_json_shape_with_the_request_id_it_logs(
 def test_readyz_names_the_dependency_that_is_down_without_its_error(
     service: Service, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:
+    """The broker and the storage down are named and leave the process ready; the database down makes it not
+    ready. No address or path shows."""
     closed = free_port()
     missing = tmp_path / "no-such-dir"
-    env = service.env | {
-        "SKIPSTEP_BROKER_URL": f"redis://127.0.0.1:{closed}/0",
-        "SKIPSTEP_STORAGE_BACKEND": "local",
-        "SKIPSTEP_STORAGE_DIR": str(missing),
-    }
     script = (
         "from fastapi.testclient import TestClient\n"
         "from api.app import app\n"
         "r = TestClient(app).get('/readyz')\n"
         "print(r.status_code, r.text)\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
-    code, _, body = result.stdout.strip().partition(" ")
-    assert code == "503", result.stderr
+
+    def readyz(**env: str) -> tuple[str, str]:
+        run = subprocess.run(
+            [sys.executable, "-c", script], env=service.env | env, capture_output=True, text=True, timeout=120
+        )
+        code, _, body = run.stdout.strip().partition(" ")
+        assert code, run.stderr
+        return code, body
+
+    code, body = readyz(
+        SKIPSTEP_BROKER_URL=f"redis://127.0.0.1:{closed}/0",
+        SKIPSTEP_STORAGE_BACKEND="local",
+        SKIPSTEP_STORAGE_DIR=str(missing),
+    )
+    assert code == "200"
     assert '"broker":"unreachable"' in body and '"storage":"unreachable"' in body and '"database":"ok"' in body
     assert str(closed) not in body and str(missing) not in body
+    code, body = readyz(SKIPSTEP_DATABASE_URL=f"postgresql+psycopg://postgres@127.0.0.1:{closed}/nothing")
+    assert code == "503" and '"database":"unreachable"' in body and str(closed) not in body
 
 
 def test_sql_errors_never_show_bound_parameters(service: Service) -> None:

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Literal
 
-import redis
 from fastapi import APIRouter, Response, status
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
-from sqlalchemy import text
 
 from api.deps import SessionDep, SettingsDep, StorageDep
 from api.errors import ErrorResponse
-from api.metrics import registry_for
-from core.storage import StorageError
+from api.metrics import dependency_registry, registry_for
+from core import health
 
-log = logging.getLogger("skipstep.api")
 router = APIRouter(tags=["health"])
 
 METRICS_EXAMPLE = """# HELP skipstep_jobs Jobs by status.
@@ -33,16 +29,20 @@ skipstep_queue_depth 4.0
 
 @router.get("/healthz", responses={200: {"content": {"application/json": {"example": {"status": "ok"}}}}})
 def healthz() -> dict[str, str]:
-    """The process is up."""
+    """Liveness: the process is up and answers. It checks nothing else, so that a dependency's outage never
+    gets the process restarted."""
     return {"status": "ok"}
 
 
 class Readiness(BaseModel):
-    status: Literal["ready", "not ready"] = Field(description="`ready` when every check is `ok`.", examples=["ready"])
+    status: Literal["ready", "not ready"] = Field(
+        description="`ready` when the database answers: the process can accept jobs.", examples=["ready"]
+    )
     checks: dict[str, str] = Field(
         description="database, broker and storage: `ok` or `unreachable` (why: in the logs); the broker "
-        "`not configured` when there is none.",
-        examples=[{"database": "ok", "broker": "ok", "storage": "ok"}],
+        "`not configured` when there is none. Only the database decides readiness: without the broker or the "
+        "storage a submit still commits its job, which runs once they are back.",
+        examples=[{"database": "ok", "broker": "unreachable", "storage": "ok"}],
     )
 
 
@@ -52,12 +52,12 @@ class Readiness(BaseModel):
     responses={
         503: {
             "model": Readiness,
-            "description": "A dependency is unreachable; `checks` says which.",
+            "description": "The database is unreachable: the process cannot accept jobs.",
             "content": {
                 "application/json": {
                     "example": {
                         "status": "not ready",
-                        "checks": {"database": "ok", "broker": "unreachable", "storage": "ok"},
+                        "checks": {"database": "unreachable", "broker": "ok", "storage": "ok"},
                     }
                 }
             },
@@ -65,30 +65,10 @@ class Readiness(BaseModel):
     },
 )
 def readyz(session: SessionDep, settings: SettingsDep, storage: StorageDep) -> Any:
-    """Database, broker and storage are all reachable. Which one is not is named; why, only in the logs."""
-    checks: dict[str, str] = {}
-    try:
-        session.execute(text("SELECT 1"))
-        checks["database"] = "ok"
-    except Exception as exc:
-        log.warning("readyz: database unreachable: %s", exc.__class__.__name__)
-        checks["database"] = "unreachable"
-    try:
-        if settings.broker_url is None:
-            checks["broker"] = "not configured"
-        else:
-            redis.Redis.from_url(settings.broker_url, socket_connect_timeout=2, socket_timeout=2).ping()
-            checks["broker"] = "ok"
-    except redis.RedisError as exc:
-        log.warning("readyz: broker unreachable: %s", exc)
-        checks["broker"] = "unreachable"
-    try:
-        storage.check()
-        checks["storage"] = "ok"
-    except StorageError as exc:
-        log.warning("readyz: storage unreachable: %s", exc)
-        checks["storage"] = "unreachable"
-    ready = all(value == "ok" for value in checks.values())
+    """Readiness: the database answers (200), or not (503). The broker's and the storage's states are reported
+    without taking the process out of service; which dependency is down is named, why only in the logs."""
+    checks = health.report(session, settings.broker_url, storage)
+    ready = checks["database"] == health.OK
     code = status.HTTP_200_OK if ready else status.HTTP_503_SERVICE_UNAVAILABLE
     return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks}, status_code=code)
 
@@ -104,8 +84,11 @@ def readyz(session: SessionDep, settings: SettingsDep, storage: StorageDep) -> A
         503: {"model": ErrorResponse, "description": "The database is unreachable right now."},
     },
 )
-def metrics(settings: SettingsDep) -> Response:
+def metrics(session: SessionDep, settings: SettingsDep, storage: StorageDep) -> Response:
     """Prometheus exposition: jobs by status, queue depth, step time and speedup by strategy; per model: queue
-    depth, live and idle workers, wait, denoise time, speedup and jobs per strategy."""
+    depth, live and idle workers, wait, denoise time, speedup and jobs per strategy; whether each dependency
+    answers."""
     registry = registry_for(settings.database, tuple(settings.model_sources), settings.heartbeat_seconds)
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    checks = health.report(session, settings.broker_url, storage)
+    body = generate_latest(registry) + generate_latest(dependency_registry(checks))
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
