@@ -5,26 +5,48 @@ settings; probes hit real routes; the autoscalers' query counts what it says on 
 from __future__ import annotations
 
 import importlib
+import logging
 import re
+import threading
+import tomllib
 import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import httpx
+import jsonschema
+import kubernetes_validate
 import pytest
 import yaml
-from service import fresh_database, job_row
+from layouts import Backing, Layout, compose_containers, compose_file, kubernetes_containers
+from moto.server import ThreadedMotoServer
+from service import fresh_database, job_row, start_redis, stop_process, wait_until
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from api.app import app
+from core import health
 from core.cli import parser
+from core.cli.request import OPTION_NAMES
 from core.cli.service import stop_seconds
+from core.contract.shapes import SIZE_FIELDS
 from core.db import ApiKey, JobStatus, session_scope
-from core.db.migrate import upgrade
-from core.settings import Settings
+from core.db.migrate import ALEMBIC_INI, upgrade
+from core.models import LoadedModel
+from core.settings import Settings, model_name
+from skipstep import verify_webhook
 from worker.app import WEBHOOKS_QUEUE
 
 ROOT = Path(__file__).resolve().parents[1]
 KUBERNETES = ROOT / "deploy" / "kubernetes"
+# The Kubernetes release whose schemas the manifests are validated against.
+KUBERNETES_VERSION = "1.33"
+log = logging.getLogger(__name__)
+# The layout tests' job: done within a second on an idle machine.
+TINY_JOB = {"width": 32, "height": 32, "num_frames": 5, "num_inference_steps": 2}
 SETTING_NAMES = {f"SKIPSTEP_{name.upper()}" for name in Settings.model_fields}
 
 
@@ -86,6 +108,11 @@ def test_example_environment_names_only_real_settings() -> None:
     assert set(values) <= fields
     settings = Settings(**{name.removeprefix("SKIPSTEP_").lower(): value for name, value in values.items()})
     assert settings.storage_backend == "s3" and settings.database.startswith("postgresql+psycopg://")
+
+
+def test_the_image_copies_every_package_and_the_migrations() -> None:
+    """The image installs the distribution from what it copies: every package pyproject.toml lists (the SDK
+    behind `skipstep submit` included), and what `skipstep migrate` reads next to them."""
     # The sources of every COPY line (its last word is the destination), as whole names, not substrings.
     copied = {
         source
@@ -93,7 +120,14 @@ def test_example_environment_names_only_real_settings() -> None:
         if line.startswith("COPY ")
         for source in line.split()[1:-1]
     }
-    assert {"core", "api", "worker", "migrations", "alembic.ini"} <= copied
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = {
+        pattern.rstrip("*").rstrip(".") for pattern in project["tool"]["setuptools"]["packages"]["find"]["include"]
+    }
+    assert packages and all((ROOT / package / "__init__.py").is_file() for package in packages)
+    assert packages <= copied, f"not copied into the image: {sorted(packages - copied)}"
+    assert ALEMBIC_INI.parent == ROOT and {"alembic.ini", "migrations"} <= copied
+    assert {"pyproject.toml", "README.md"} <= copied  # what `pip install .` reads
 
 
 def manifests() -> dict[str, list[dict[str, Any]]]:
@@ -157,9 +191,18 @@ def test_api_probes_hit_real_routes() -> None:
     (api,) = [container for name, container in containers("Deployment") if name == "skipstep-api"]
     ports = {port["name"]: port["containerPort"] for port in api["ports"]}
     assert ports["http"] == int(api["command"][api["command"].index("--port") + 1])
-    assert api["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # Ready while the database answers (/readyz), alive while the process does (/healthz): two routes.
+    assert (api["readinessProbe"]["httpGet"]["path"], api["livenessProbe"]["httpGet"]["path"]) == (
+        "/readyz",
+        "/healthz",
+    )
     for probe in ("readinessProbe", "livenessProbe"):
         assert api[probe]["httpGet"]["path"] in routes and api[probe]["httpGet"]["port"] in ports
+        # Kubernetes' default timeout is 1 s; /readyz may wait this long for the broker and the storage.
+        assert api[probe]["timeoutSeconds"] > health.REPORT_SECONDS
+    healthcheck = compose()["services"]["api"]["healthcheck"]
+    assert urlsplit(healthcheck["test"][-1]).path == "/readyz"
+    assert int(healthcheck["timeout"].removesuffix("s")) > health.REPORT_SECONDS
     (service,) = objects("Service").values()
     assert (
         service["spec"]["selector"] == objects("Deployment")["skipstep-api"]["spec"]["template"]["metadata"]["labels"]
@@ -201,6 +244,69 @@ def test_one_gpu_worker_deployment_and_autoscaler_per_configured_model() -> None
             assert ref["key"] in objects("Secret")[ref["name"]]["stringData"]
 
 
+def test_scale_down_lets_a_busy_worker_finish_its_job() -> None:
+    """Scaling down (or rolling out) sends SIGTERM: the worker takes no more jobs, and its running job may go on for
+    the shutdown grace, which is at least the job time limit, so the job ends (done, or timed out) before any
+    hand-back; the pod's termination grace leaves time for that (deploy/SCALING.md, "Scaling down")."""
+    settings = configured()
+    assert settings.shutdown_grace_seconds >= settings.max_job_seconds
+    workers = [
+        doc
+        for doc in objects("Deployment").values()
+        if doc["metadata"]["labels"]["app.kubernetes.io/component"] == "worker"
+    ]
+    assert workers
+    for deployment in workers:
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["terminationGracePeriodSeconds"] >= settings.max_job_seconds + settings.heartbeat_seconds
+        (container,) = pod["containers"]
+        # Nothing may cut the drain short: no preStop hook that ends the process, no liveness probe to fail.
+        assert "lifecycle" not in container and "livenessProbe" not in container
+
+
+def test_manifests_fit_the_kubernetes_schemas() -> None:
+    """Validated offline, strictly (an unknown field is an error, as kubectl's server-side validation makes it):
+    Kubernetes' own kinds against the schemas kubernetes-validate bundles; KEDA's against the CRDs of KEDA 2.20.2
+    committed in tests/schemas/keda (kedacore/keda, config/crd/bases, Apache-2.0). The Kustomization is checked
+    by test_kustomization_applies_every_manifest."""
+    crds = {}
+    for path in sorted((ROOT / "tests" / "schemas" / "keda").glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        for version in crd["spec"]["versions"]:
+            api_version = f"{crd['spec']['group']}/{version['name']}"
+            crds[(api_version, crd["spec"]["names"]["kind"])] = strict(version["schema"]["openAPIV3Schema"])
+    checked = set()
+    for name, docs in manifests().items():
+        for doc in docs:
+            if doc["kind"] == "Kustomization":
+                continue
+            where = f"{name}: {doc['kind']} {doc['metadata']['name']}"
+            if (doc["apiVersion"], doc["kind"]) in crds:
+                errors = jsonschema.Draft202012Validator(crds[(doc["apiVersion"], doc["kind"])]).iter_errors(doc)
+                assert not (error := jsonschema.exceptions.best_match(errors)), f"{where}: {error}"
+            else:
+                try:
+                    kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+                except kubernetes_validate.ValidationError as exc:
+                    raise AssertionError(f"{where}: {'.'.join(map(str, exc.path))}: {exc.message}") from None
+            checked.add(doc["kind"])
+    assert {"Deployment", "Job", "Service", "ConfigMap", "Secret", "ScaledObject", "TriggerAuthentication"} <= checked
+
+
+def strict(schema: Any) -> Any:
+    """A CRD's structural schema with unknown fields refused, as the API server prunes or rejects them (fields
+    marked x-kubernetes-preserve-unknown-fields excepted)."""
+    if isinstance(schema, list):
+        return [strict(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    refined = {key: strict(value) for key, value in schema.items()}
+    open_ended = "additionalProperties" in refined or refined.get("x-kubernetes-preserve-unknown-fields")
+    if "properties" in refined and not open_ended:
+        refined["additionalProperties"] = False
+    return refined
+
+
 @pytest.fixture(scope="module")
 def jobs_database() -> Any:
     with fresh_database() as url:
@@ -237,3 +343,210 @@ def test_scaling_guide_names_real_settings_and_metrics() -> None:
     exported = set(re.findall(r'"(skipstep_[a-z_]+)"', Path(metrics).read_text()))
     assert set(re.findall(r"skipstep_[a-z_]+", guide)) <= exported
     assert "celery -A worker.app flower" in guide
+
+
+@pytest.fixture
+def stand_ins(tmp_path: Path) -> Iterator[tuple[str, str, str]]:
+    """A fresh PostgreSQL database, a redis-server and an S3-protocol server, on loopback."""
+    (tmp_path / "redis").mkdir()
+    with fresh_database() as database_url:
+        broker, broker_url = start_redis(tmp_path / "redis")
+        s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        s3.start()
+        host, port = s3.get_host_and_port()
+        try:
+            yield database_url, broker_url, f"http://{host}:{port}"
+        finally:
+            s3.stop()
+            stop_process(broker)
+
+
+def answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def created_key(output: str) -> tuple[str, str]:
+    """The API key and webhook secret that `skipstep keys create` printed."""
+    key = re.search(r"^api key \(user \S+\): (\S+)$", output, re.MULTILINE)
+    secret = re.search(r"^webhook secret: (\S+)$", output, re.MULTILINE)
+    assert key and secret, output
+    return key[1], secret[1]
+
+
+def described(base: str, key: str, model: str) -> dict[str, Any] | None:
+    """The model as GET /models shows it, once a live worker of it has described it."""
+    response = httpx.get(f"{base}/models", headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    (view,) = [entry for entry in response.json() if entry["name"] == model]
+    return view if view["workers"]["live"] >= 1 and view["described_by"] else None
+
+
+class Receiver(ThreadingHTTPServer):
+    """Records the webhook requests it gets (headers, body) and answers 204."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        received = self.requests
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/hook"
+
+
+def test_compose_layout_takes_a_job_from_submit_to_video(
+    tmp_path: Path, wan_tiny: LoadedModel, stand_ins: tuple[str, str, str]
+) -> None:
+    """docker-compose.yml's services as processes (tests/layouts.py): migrate, then the API (no model mounted, as
+    in the file), the first GPU worker (wan-tiny saved with save_pretrained where the file mounts the models) and
+    the webhooks worker, each started once its depends_on conditions hold; then, as the file's header says, a key
+    made with `docker compose run api skipstep keys create` and a job submitted with the image's `skipstep submit
+    --wait --out`, through the api service's published port, to its video and its signed webhook."""
+    variables = {"SKIPSTEP_MODELS_DIR": str(tmp_path / "models")}
+    file, services = compose_file(variables)["services"], compose_containers(variables)
+    api, worker, migrate = services["api"], services["worker-gpu0"], services["migrate"]
+    # The example settings name the file's own postgres and minio services, with their credentials.
+    database, postgres = make_url(api.env["SKIPSTEP_DATABASE_URL"]), file["postgres"]["environment"]
+    assert (database.username, database.password, database.database) == (
+        postgres["POSTGRES_USER"],
+        postgres["POSTGRES_PASSWORD"],
+        postgres["POSTGRES_DB"],
+    )
+    minio = file["minio"]["environment"]
+    assert (api.env["SKIPSTEP_S3_ACCESS_KEY_ID"], api.env["SKIPSTEP_S3_SECRET_ACCESS_KEY"]) == (
+        minio["MINIO_ROOT_USER"],
+        minio["MINIO_ROOT_PASSWORD"],
+    )
+    hosts = {"postgres": "database", "redis": "broker", "minio": "storage"}
+    layout = Layout(tmp_path / "compose", Backing(*stand_ins, hosts=hosts))
+    source = worker.env["SKIPSTEP_MODEL"]
+    wan_tiny.pipeline.save_pretrained(layout.host_path(worker, source))
+    assert not layout.host_path(api, source).exists()  # the API host has no model files
+    receiver = Receiver()
+    try:
+        done = set(hosts)  # the stand-ins answer: the images' healthchecks pass
+        for name in ("migrate", "api", "worker-gpu0", "webhooks"):
+            for dependency, condition in file[name].get("depends_on", {}).items():
+                assert dependency in done, f"{name} starts before {dependency} ({condition['condition']})"
+            if name == "migrate":
+                layout.run(migrate)
+            else:
+                layout.start(services[name])
+            done.add(name)
+        healthcheck = layout.url(file["api"]["healthcheck"]["test"][-1])
+        wait_until(lambda: answers(healthcheck), 120, 0.5, f"the api healthcheck\n{layout.log('api')}")
+        key, secret = created_key(layout.run(api, ["skipstep", "keys", "create", "--name", "me"]))
+        (published,) = file["api"]["ports"]
+        base = f"http://127.0.0.1:{layout.port(int(published.split(':')[-1]))}"
+        model = model_name(source)
+        view = wait_until(lambda: described(base, key, model), 180, 0.5, f"the worker\n{layout.log('worker-gpu0')}")
+        # What the API knows of the model, it has from the worker's description in the database.
+        assert view["family"] == "wan" and view["default_shape"]["num_inference_steps"] == 50
+
+        out = layout.host_path(api, "/tmp/fox.mp4")
+        out.parent.mkdir(parents=True)
+        submit = ["skipstep", "submit", "--wait", "--out", str(out), "--api-url", base, "--prompt", "a red fox"]
+        submit += [
+            f"{OPTION_NAMES.get(name, '--' + name.replace('_', '-'))}={value}" for name, value in TINY_JOB.items()
+        ]
+        output = layout.run(api, [*submit, "--webhook-url", receiver.url], SKIPSTEP_API_KEY=key)
+        succeeded = re.search(r"^job (\S+) succeeded: video \S+ \((\d+) bytes\)", output, re.MULTILINE)
+        assert succeeded and f"wrote {out}" in output, output
+        log.info("compose layout, `skipstep submit` through the api service:\n%s", output.strip())
+        video = out.read_bytes()
+        assert len(video) == int(succeeded[2]) and video[4:8] == b"ftyp"
+        wait_until(lambda: receiver.requests, 60, 0.2, f"the webhook\n{layout.log('webhooks')}")
+        headers, body = receiver.requests[0]
+        event = verify_webhook(body, headers, secret)
+        assert event["type"] == "job.succeeded" and event["data"]["id"] == succeeded[1]
+    finally:
+        receiver.shutdown()
+        layout.stop()
+
+
+def test_kubernetes_layout_takes_a_job_from_zero_workers_to_video(
+    tmp_path: Path, wan_tiny: LoadedModel, stand_ins: tuple[str, str, str]
+) -> None:
+    """deploy/kubernetes/'s containers as processes (tests/layouts.py): the migration Job, the API and webhooks
+    Deployments, probes answering; the GPU workers at zero replicas, as KEDA leaves them. A job for a model that
+    no worker has described yet is accepted with its size rules pending (one that omits a size is refused, naming
+    it); KEDA's query then counts the waiting jobs, the model's worker Deployment is started, checks the pending
+    rules at claim (failing the job that breaks one, naming the field) and runs the other to its video."""
+    containers, settings = kubernetes_containers(), configured()
+    api = containers["skipstep-api"]
+    model = settings.default_model
+    scaled = {
+        name: scaler
+        for name, scaler in objects("ScaledObject").items()
+        if worker_model(objects("Deployment")[scaler["spec"]["scaleTargetRef"]["name"]]) == model
+    }
+    ((_, scaler),) = scaled.items()
+    worker = containers[scaler["spec"]["scaleTargetRef"]["name"]]
+    hosts = {"postgres": "database", "redis": "broker", urlsplit(settings.s3_endpoint_url or "").hostname: "storage"}
+    layout = Layout(tmp_path / "kubernetes", Backing(*stand_ins, hosts=hosts))
+    source = settings.model_sources[model]
+    assert not layout.host_path(api, source).exists()  # the API pod mounts no models
+    try:
+        layout.run(containers["skipstep-migrate"])
+        layout.start(api)
+        layout.start(containers["skipstep-webhooks"])
+        (spec,) = objects("Deployment")["skipstep-api"]["spec"]["template"]["spec"]["containers"]
+        ports = {port["name"]: port["containerPort"] for port in spec["ports"]}
+        for probe in ("readinessProbe", "livenessProbe"):
+            get = spec[probe]["httpGet"]
+            url = f"http://127.0.0.1:{layout.port(ports[get['port']])}{get['path']}"
+            wait_until(lambda url=url: answers(url), 120, 0.5, f"the api's {probe}\n{layout.log('skipstep-api')}")
+        key, _ = created_key(layout.run(api, ["skipstep", "keys", "create", "--name", "me"]))
+        base = f"http://127.0.0.1:{layout.port(ports['http'])}"
+        # Plain HTTP: the SDK's models check a job's model against the client's own settings.
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
+            (view,) = [entry for entry in client.get("/models").json() if entry["name"] == model]
+            assert (view["family"], view["default_shape"], view["described_by"]) == (None, None, None)
+            job = client.post("/jobs", json={"prompt": "a red fox", "model": model, **TINY_JOB})
+            assert job.status_code == 202, job.text
+            assert job.json()["pending_checks"] == ["width", "height", "num_frames"]
+            bad = client.post("/jobs", json={"prompt": "a red fox", "model": model, **TINY_JOB, "width": 40})
+            assert bad.status_code == 202, bad.text
+            refused = client.post("/jobs", json={"prompt": "a red fox", "model": model})
+            assert refused.status_code == 422
+            assert {problem["field"] for problem in refused.json()["error"]["fields"]} == set(SIZE_FIELDS)
+
+            (trigger,) = scaler["spec"]["triggers"]
+            with session_scope(stand_ins[0]) as session:
+                waiting = session.scalar(text(trigger["metadata"]["query"]))
+            assert waiting == 2 and waiting > int(trigger["metadata"]["activationTargetQueryValue"])
+            wan_tiny.pipeline.save_pretrained(layout.host_path(worker, source))
+            layout.start(worker)
+
+            def finished(job_id: str) -> dict[str, Any] | None:
+                view = client.get(f"/jobs/{job_id}").json()
+                return view if view["status"] in ("succeeded", "failed", "canceled") else None
+
+            done = wait_until(lambda: finished(job.json()["id"]), 240, 0.5, f"the job\n{layout.log(worker.name)}")
+            assert done["status"] == "succeeded" and done["pending_checks"] == [], done["error"]
+            video = client.get(f"/jobs/{done['id']}/video", follow_redirects=True)
+            assert video.status_code == 200 and len(video.content) == done["result"]["bytes"]
+            assert video.content[4:8] == b"ftyp"
+            log.info("kubernetes layout, job %s: %s, video %d bytes", done["id"], done["status"], len(video.content))
+            failed = wait_until(lambda: finished(bad.json()["id"]), 60, 0.5, "the job that breaks a size rule")
+            assert failed["status"] == "failed" and failed["error"]["code"] == "invalid_request"
+            assert failed["error"]["message"].startswith("width:")
+            log.info("kubernetes layout, job %s: %s, %s", failed["id"], failed["status"], failed["error"]["message"])
+            (view,) = [entry for entry in client.get("/models").json() if entry["name"] == model]
+            assert view["family"] == "wan" and view["described_by"]
+    finally:
+        layout.stop()

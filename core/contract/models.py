@@ -85,6 +85,14 @@ class ModelInfo:
         return pending or None
 
 
+def same_model(source: str, other: str) -> bool:
+    """Whether two configured sources name the same model: the same preset or hub id, or directories of the same
+    name (the API host need not mount a model, and worker hosts may mount it at different paths)."""
+    if is_hub_id(source) or is_hub_id(other) or source in PRESETS or other in PRESETS:
+        return source == other
+    return Path(source).expanduser().name == Path(other).expanduser().name
+
+
 def is_hub_id(source: str) -> bool:
     """``owner/name`` that is not a path on this machine: a Hugging Face hub repository."""
     return bool(HUB_ID.fullmatch(source)) and not Path(source).expanduser().exists()

@@ -138,7 +138,8 @@ class GenerationRequest(BaseModel):
             missing = [name for name in SIZE_FIELDS if getattr(self, name) is None]
             if missing:
                 rule = "required until a worker of this model has started: its default is not known yet"
-                raise InvalidRequest(*[(name, rule) for name in missing])
+                first, *more = [(name, rule) for name in missing]
+                raise InvalidRequest(*first, *more)
         shape = Shape(**{name: getattr(self, name) or getattr(default, name) for name in SIZE_FIELDS})
         problems = family.violations(shape) if family is not None else []
         if problems:

@@ -44,13 +44,13 @@ def publish(session: Session, name: str, info: ModelInfo, worker_id: str) -> Non
 
 def describe(session: Session, name: str, settings: Settings) -> ModelInfo:
     """What a submit needs of the configured model ``name``: what its latest worker published, while the
-    configuration still names the source that worker loaded; else what configuration alone tells (the preset
-    catalogue, a hub id's config in the local Hugging Face cache, a local directory that exists here); else
-    nothing yet (family None: every size must be given, and the family's rules are checked by the worker when it
-    claims the job)."""
+    configuration still names the model that worker loaded (``same_model``); else what configuration alone
+    tells (the preset catalogue, a hub id's config in the local Hugging Face cache, a local directory that exists
+    here); else nothing yet (family None: every size must be given, and the family's rules are checked by the
+    worker when it claims the job)."""
     source = settings.model_sources[name]
     entry = session.get(CatalogueEntry, name)
-    if entry is not None and entry.source == source:
+    if entry is not None and models.same_model(entry.source, source):
         return ModelInfo(
             source=entry.source,
             family=FAMILIES[entry.family],
