@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -14,12 +15,14 @@ import pytest
 from service import Service, fresh_database, launch
 from sqlalchemy import delete, func, select
 
+from core.caching.profiles import ProfileStore
 from core.contract.models import describe
 from core.contract.request import JobRequest
 from core.contract.shapes import HUNYUAN, LTX, WAN
-from core.db import ApiKey, Job, JobStatus, Worker, session_scope, utcnow
-from core.jobs import workers
+from core.db import ApiKey, CatalogueEntry, Job, JobStatus, Worker, session_scope, utcnow
+from core.jobs import catalogue, workers
 from core.jobs.mapping import new_job
+from core.models import LoadedModel
 from core.settings import Settings
 
 MAGCACHE = {"strategy": "magcache", "params": {"threshold": 0.24, "max_skip_steps": 3}}
@@ -149,6 +152,31 @@ def test_estimates_from_recent_jobs_and_live_workers(front: Service) -> None:
     finally:
         with session_scope(front.settings.database) as session:
             session.execute(delete(Worker).where(Worker.id == worker_id))
+
+
+def test_a_job_follows_the_model_as_its_worker_described_it(front: Service, wan_tiny: LoadedModel) -> None:
+    """With a worker's description in the catalogue, the API plans a MagCache job on the profile that worker holds
+    (one this API host does not have) and GET /models shows it; the description goes once its row does."""
+    held = ProfileStore(front.settings.profiles_dir).get("wan-tiny-128x128x17-20steps")
+    # Ratios of 1: MagCache skips every step it may, so the schedule tells this profile from the built-in one.
+    own = held.model_copy(
+        update={"name": "calibrated-on-the-worker", "magcache": {b: [1.0] * 20 for b in held.magcache or {}}}
+    )
+    info = wan_tiny.info(ProfileStore(front.settings.profiles_dir))
+    described = replace(info, profiles=(own.model_dump(mode="json"),))
+    with session_scope(front.settings.database) as session:
+        catalogue.publish(session, "wan-tiny", described, "gpu-host:7")
+    try:
+        job = front.submit(cache=MAGCACHE, **WAN_JOB)
+        assert job["expected"]["profile"] == "calibrated-on-the-worker" and job["pending_checks"] == []
+        assert job["expected"]["branches"]["cond"]["schedule"] == "C...C."  # K = 3: at most three in a row
+        with front.client() as client:
+            (wan,) = [m for m in client.get("/models").json() if m["name"] == "wan-tiny"]
+        assert wan["described_by"] == "gpu-host:7"
+        assert [p["name"] for p in wan["profiles"]] == ["calibrated-on-the-worker"]
+    finally:
+        with session_scope(front.settings.database) as session:
+            session.execute(delete(CatalogueEntry).where(CatalogueEntry.name == "wan-tiny"))
 
 
 def test_family_is_read_from_files_without_loading(tmp_path: Path, wan_tiny: object, monkeypatch) -> None:
