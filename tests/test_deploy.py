@@ -1,6 +1,8 @@
 """docker-compose.yml and deploy/ are checked here (no Docker engine or Kubernetes cluster runs on these
 machines): every role runs a command this code base has, on the queues the app routes to, with known
-settings; probes hit real routes; the autoscalers' query counts what it says on a real database."""
+settings; probes hit real routes; the autoscalers' query counts what it says on a real database; the manifests
+fit Kubernetes' and KEDA's schemas; and both layouts run as local processes (tests/layouts.py) from migration to
+a job's video."""
 
 from __future__ import annotations
 
