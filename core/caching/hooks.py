@@ -93,7 +93,7 @@ class _BranchHook(ModelHook):
 
     def __init__(self, runner: _Runner) -> None:
         super().__init__()
-        self.runner = runner
+        self.runner: _Runner | None = runner
         self.context = StateManager(_NoState)
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
@@ -111,8 +111,9 @@ def attached(cache: TimestepCache, transformer: torch.nn.Module) -> Iterator[Non
     places = [(blocks, i) for blocks in cache.plan.family.block_lists(transformer) for i in range(len(blocks))]
     originals = [blocks[i] for blocks, i in places]
     runner = _Runner(cache, len(places))
+    hook = _BranchHook(runner)
     registry = HookRegistry.check_if_exists_or_initialize(transformer)
-    registry.register_hook(_BranchHook(runner), HOOK_NAME)
+    registry.register_hook(hook, HOOK_NAME)
     if cache.scope == "blocks":
         for index, ((blocks, i), block) in enumerate(zip(places, originals, strict=True)):
             blocks[i] = _Slot(block, index, runner)
@@ -122,3 +123,6 @@ def attached(cache: TimestepCache, transformer: torch.nn.Module) -> Iterator[Non
         for (blocks, i), block in zip(places, originals, strict=True):
             blocks[i] = block
         registry.remove_hook(HOOK_NAME, recurse=False)
+        # diffusers' hook and its function reference point at each other: garbage that only the cycle collector
+        # frees, whenever it runs. Cut here, so the run's cached tensors go when the caller drops the cache.
+        hook.runner = None
