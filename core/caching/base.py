@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -188,6 +189,10 @@ class TimestepCache:
 
     def after_compute(self, state: BranchState, unit_input: torch.Tensor, unit_output: torch.Tensor) -> None:
         """Called after each computed call, with the unit's input and output."""
+
+    def inside_blocks(self, blocks: Sequence[torch.nn.Module]) -> AbstractContextManager[None]:
+        """What the strategy changes inside the blocks for the run (Chipmunk's sparse-delta layers); default none."""
+        return nullcontext()
 
     # -- the skeleton ----------------------------------------------------------------------
 

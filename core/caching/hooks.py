@@ -118,7 +118,8 @@ def attached(cache: TimestepCache, transformer: torch.nn.Module) -> Iterator[Non
         for index, ((blocks, i), block) in enumerate(zip(places, originals, strict=True)):
             blocks[i] = _Slot(block, index, runner)
     try:
-        yield
+        with cache.inside_blocks(originals):
+            yield
     finally:
         for (blocks, i), block in zip(places, originals, strict=True):
             blocks[i] = block

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from core.caching.base import TimestepCache
+from core.caching.chipmunk import Chipmunk
 from core.caching.dbcache import DBCache
 from core.caching.easycache import EasyCache
 from core.caching.fbcache import FBCache
@@ -32,6 +33,7 @@ CACHES: dict[str, type[TimestepCache]] = {
         DBCache,
         TaylorSeer,
         TaoCache,
+        Chipmunk,
     )
 }
 
@@ -40,6 +42,7 @@ def build_cache(spec: CacheSpec, transformer: Any, shape: Shape, profiles: Profi
     """The spec's strategy with its parameters and calibration profile (named, or the nearest that fits)."""
     strategy = CACHES[spec.strategy]
     params = spec.parsed_params()
+    needs = spec.needs
     signature = transformer_signature(transformer)
     profile = None
     if spec.profile is not None:
@@ -49,13 +52,13 @@ def build_cache(spec: CacheSpec, transformer: Any, shape: Shape, profiles: Profi
                 f"cache.profile: profile {profile.name!r} was calibrated for {profile.transformer}, "
                 f"not for this transformer ({signature})"
             )
-    elif strategy.needs is not None:
-        profile = profiles.nearest(signature, shape, strategy.needs)
+    elif needs is not None:
+        profile = profiles.nearest(signature, shape, needs)
         if profile is None:
             raise CacheConfigError(
                 f"cache.profile: {spec.strategy} needs a calibration profile and none matches this "
                 f"transformer ({signature}); create one with `skipstep calibrate`"
             )
-    if profile is not None and strategy.needs is not None and getattr(profile, strategy.needs) is None:
-        raise CacheConfigError(f"cache.profile: profile {profile.name!r} has no {strategy.needs} data")
+    if profile is not None and needs is not None and getattr(profile, needs) is None:
+        raise CacheConfigError(f"cache.profile: profile {profile.name!r} has no {needs} data")
     return strategy(params, profile)

@@ -27,6 +27,11 @@ class CacheParams(BaseModel):
         """The rule these parameters break on a transformer of ``num_blocks`` blocks, if any."""
         return None
 
+    @property
+    def composed_needs(self) -> str | None:
+        """The calibration-profile field of a rule these parameters compose with (Chipmunk's step_cache)."""
+        return None
+
 
 class PredictorParams(CacheParams):
     """What a skipped call adds to the cached unit's input: the last residual, or its Taylor forecast."""
@@ -190,6 +195,81 @@ class TaoCacheParams(CacheParams):
     )
 
 
+class ChipmunkParams(CacheParams):
+    # Defaults: the reference's Wan2.1 configuration (github.com/sandyresearch/chipmunk,
+    # examples/wan/chipmunk-config.yml): attention sparse, MLP dense, 10% top keys + 1% random keys, a 5-voxel local
+    # window, 2 dense layers, a dense step every 10 steps, voxels of 4x6x8 tokens (the kernels' 192-query groups).
+    attn_top_keys: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="Share of the keys each query voxel recomputes on a sparse step: the columns with the largest "
+        "attention mass at the last dense step (1: every key, nothing sparse).",
+        examples=[0.1],
+    )
+    attn_random_keys: float = Field(
+        default=0.01, ge=0, le=1, description="Share of the keys added at random to each voxel's set.", examples=[0.01]
+    )
+    attn_local_voxels: int = Field(
+        default=5,
+        ge=0,
+        description="Window, in voxels per axis, of keys around each query voxel that are always recomputed (0: none).",
+        examples=[5],
+    )
+    voxel_shape: tuple[int, int, int] = Field(
+        default=(4, 6, 8),
+        description="Frames, rows and columns of latent tokens per voxel: the query groups sharing one key set, and "
+        "the MLP's token blocks.",
+        examples=[[4, 6, 8]],
+    )
+    first_dense_layers: int = Field(
+        default=2, ge=0, description="First blocks whose attention and MLP always run dense.", examples=[2]
+    )
+    attn_full_step_every: int = Field(
+        default=10,
+        ge=1,
+        description="Steps 0 and 1 and every n-th step run attention dense and pick each voxel's keys afresh.",
+        examples=[10],
+    )
+    attn_full_steps: list[int] | None = Field(
+        default=None,
+        description="The dense attention steps instead of attn_full_step_every (the reference's HunyuanVideo: "
+        "[0, 1, 10, 40]).",
+        examples=[[0, 1, 10, 40]],
+    )
+    mlp_top_keys: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Share of the MLP's hidden columns each token block recomputes on a sparse step, those whose "
+        "pre-activation moved most; null: the MLP runs dense (the reference's Wan and HunyuanVideo settings).",
+        examples=[0.3],
+    )
+    mlp_random_keys: float = Field(
+        default=0.05, ge=0, le=1, description="Share of the MLP columns added at random.", examples=[0.05]
+    )
+    mlp_full_step_every: int = Field(
+        default=10, ge=1, description="Every n-th step runs the MLP dense and refreshes its caches.", examples=[10]
+    )
+    step_cache: Literal["none", "magcache", "teacache"] = Field(
+        default="none",
+        description="A step cache on top (the reference's 'Chipmunk + step caching'): that rule, with its "
+        "published defaults and the model's profile, reuses whole steps' block output; none: every step runs.",
+        examples=["magcache"],
+    )
+
+    @field_validator("voxel_shape")
+    @classmethod
+    def _positive_voxel(cls, shape: tuple[int, int, int]) -> tuple[int, int, int]:
+        if min(shape) < 1:
+            raise ValueError("every side of a voxel must be at least 1")
+        return shape
+
+    @property
+    def composed_needs(self) -> str | None:
+        return None if self.step_cache == "none" else self.step_cache
+
+
 @dataclass(frozen=True)
 class StrategyInfo:
     name: str
@@ -248,6 +328,13 @@ STRATEGIES: dict[str, StrategyInfo] = {
             "taocache",
             "Predict the late steps' output from calibrated cosines and norm ratios of consecutive output deltas.",
         ),
+        StrategyInfo(
+            "chipmunk",
+            ChipmunkParams,
+            None,
+            "Inside every block: recompute only the attention keys and MLP columns that changed most and add their "
+            "change to the outputs cached at the last dense step (Chipmunk's sparse deltas); no calibration.",
+        ),
     )
 }
 
@@ -286,6 +373,11 @@ class CacheSpec(BaseModel):
     @property
     def info(self) -> StrategyInfo:
         return STRATEGIES[self.strategy]
+
+    @property
+    def needs(self) -> str | None:
+        """The calibration-profile field the run reads: its strategy's, or that of a rule it composes with."""
+        return self.info.needs or self.parsed_params().composed_needs
 
     def parsed_params(self) -> CacheParams:
         return self.info.Params.model_validate(self.params)

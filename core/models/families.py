@@ -73,6 +73,14 @@ class ModelFamily:
     def call_kwargs(self, fps: int) -> dict[str, Any]:
         return {}
 
+    def sparse_layers(self, block: torch.nn.Module) -> tuple[str, str]:
+        """Attribute names of a block's self-attention and feed-forward, which Chipmunk's sparse deltas replace."""
+        raise NotImplementedError(f"the {self.name} family's blocks have no sparse-delta layers here")
+
+    def token_grid(self, transformer: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[int, int, int]:
+        """Latent tokens per frame axis, row and column of a transformer call: the layout of its token sequence."""
+        raise NotImplementedError(f"the {self.name} family's token layout is not described here")
+
 
 class WanFamily(ModelFamily):
     rules = WAN
@@ -99,6 +107,16 @@ class WanFamily(ModelFamily):
             device=device,
         )
         return {"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_embeds}
+
+    def sparse_layers(self, block: torch.nn.Module) -> tuple[str, str]:
+        return "attn1", "ffn"
+
+    def token_grid(self, transformer: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[int, int, int]:
+        # The latents, (batch, channels, frames, height, width), patchified in raster order.
+        latents = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        frames, height, width = latents.shape[2:]
+        patch_t, patch_h, patch_w = transformer.config.patch_size
+        return frames // patch_t, height // patch_h, width // patch_w
 
 
 class LTXFamily(ModelFamily):
@@ -154,6 +172,18 @@ class LTXFamily(ModelFamily):
 
     def call_kwargs(self, fps: int) -> dict[str, Any]:
         return {"frame_rate": fps}
+
+    def sparse_layers(self, block: torch.nn.Module) -> tuple[str, str]:
+        return "attn1", "ff"
+
+    def token_grid(self, transformer: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[int, int, int]:
+        # LTXPipeline packs the latents itself and passes their grid.
+        config = transformer.config
+        return (
+            kwargs["num_frames"] // config.patch_size_t,
+            kwargs["height"] // config.patch_size,
+            kwargs["width"] // config.patch_size,
+        )
 
 
 class HunyuanFamily(ModelFamily):
