@@ -82,6 +82,9 @@ def _model_families(
         ),
         "live": GaugeMetricFamily("skipstep_model_workers_live", "Live workers, per model.", labels=["model"]),
         "idle": GaugeMetricFamily("skipstep_model_workers_idle", "Live workers holding no job.", labels=["model"]),
+        "warming": GaugeMetricFamily(
+            "skipstep_model_workers_warming", "Live workers compiling and warming up, per model.", labels=["model"]
+        ),
         "wait": GaugeMetricFamily(
             "skipstep_model_wait_seconds",
             "Submit-to-start wait of the jobs finished in the last hour (mean, p95).",
@@ -109,6 +112,7 @@ def _model_families(
         gauges["oldest"].add_metric([model], numbers.oldest_queued_seconds(now))
         gauges["live"].add_metric([model], pool.live)
         gauges["idle"].add_metric([model], pool.idle)
+        gauges["warming"].add_metric([model], pool.warming)
         gauges["failed"].add_metric([model], numbers.failed)
         if numbers.wait_mean_seconds is not None and numbers.wait_p95_seconds is not None:
             gauges["wait"].add_metric([model, "mean"], numbers.wait_mean_seconds)

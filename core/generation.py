@@ -53,6 +53,8 @@ class GenerationResult:
     fps: int
     timings: Timings
     cache: CacheReport
+    # The encoded prompts came from the model's prompt cache (text encoding skipped).
+    prompt_cached: bool = False
     fidelity: Fidelity | None = None
 
 
@@ -95,8 +97,7 @@ def run(
     synchronize = torch.cuda.synchronize if device.type == "cuda" else lambda: None
 
     started = time.perf_counter()
-    with torch.no_grad():
-        prompts = family.encode_prompt(pipe, request.prompt, request.negative_prompt, do_cfg, device)
+    prompts, prompt_cached = model.encode_prompts(request.prompt, request.negative_prompt, do_cfg)
     synchronize()
     encoded = time.perf_counter()
 
@@ -150,4 +151,5 @@ def run(
         fps=request.fps,
         timings=timings,
         cache=cache.report(timings.denoising),
+        prompt_cached=prompt_cached,
     )

@@ -7,10 +7,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+COMPILE_SHAPE = re.compile(r"[1-9][0-9]{0,4}x[1-9][0-9]{0,4}x[1-9][0-9]{0,3}")
 
 
 class Settings(BaseSettings):
@@ -32,12 +33,40 @@ class Settings(BaseSettings):
         description="Where built presets, calibration profiles and the embedded default's data are kept.",
     )
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
-    compile: bool = Field(
-        default=False,
-        description="Compile the transformer's repeated blocks (torch.compile, fullgraph) in GPU workers, warmed up "
-        "at worker start on the model's default shape.",
+    compile: bool | Literal["auto"] = Field(
+        default="auto",
+        description="Compile the transformer's repeated blocks (torch.compile, fullgraph) in workers, warmed up at "
+        "worker start at each warm-up shape before the worker takes jobs; auto: on CUDA workers, not on CPU.",
     )
     compile_backend: str = Field(default="inductor", description="The torch.compile backend SKIPSTEP_COMPILE uses.")
+    compile_shapes: str = Field(
+        default="",
+        description="Shapes compiled workers warm up at besides the model's default, comma-separated "
+        "WIDTHxHEIGHTxFRAMES (e.g. 480x832x81).",
+    )
+    attention_backend: str = Field(
+        default="native",
+        description="diffusers attention backend of the transformer (native, _native_cudnn, flash, _flash_3, sage, "
+        "flex, _native_math, ...); one this machine cannot run falls back to native, logged and in each job's "
+        "metrics.",
+    )
+    fp8_models: str = Field(
+        default="",
+        description="Models (comma-separated names) whose transformer blocks run in FP8 (torchao, dynamic scaling); "
+        "needs CUDA with FP8 support (compute capability 8.9+) and the fp8 extra, else the model stays in its dtype, "
+        "logged and in each job's metrics.",
+    )
+    prompt_cache_size: int = Field(
+        default=32, ge=0, description="Encoded prompts a worker keeps for repeated prompts (0: none)."
+    )
+    text_encoder_device: str | None = Field(
+        default=None,
+        description="Where the text encoder runs (e.g. cpu, to leave its memory to the transformer); default: with "
+        "the model.",
+    )
+    vae_tiling: bool = Field(
+        default=False, description="Decode the video in spatial tiles: less memory at large sizes, a little slower."
+    )
 
     # Request bounds: what any generation request may ask (API, CLI); the per-key job-size ceilings
     # (max_pixels, max_frames, ...) apply to service jobs within them.
@@ -168,6 +197,30 @@ class Settings(BaseSettings):
                 )
         return self
 
+    @field_validator("compile_shapes")
+    @classmethod
+    def _compile_shapes(cls, value: str) -> str:
+        parse_shapes(value)
+        return value
+
+    @property
+    def warmup_shapes(self) -> list[tuple[int, int, int]]:
+        """SKIPSTEP_COMPILE_SHAPES as (width, height, frames)."""
+        return parse_shapes(self.compile_shapes)
+
+    @property
+    def fp8_model_names(self) -> set[str]:
+        return {name.strip() for name in self.fp8_models.split(",") if name.strip()}
+
+    def compiles_on(self, device_type: str) -> bool:
+        """Whether workers on this kind of device compile their blocks (SKIPSTEP_COMPILE)."""
+        return device_type == "cuda" if self.compile == "auto" else self.compile
+
+    @property
+    def compile_cache_dir(self) -> Path:
+        """Where compiled kernels are kept across worker restarts."""
+        return self.home / "compile-cache"
+
     @property
     def model_sources(self) -> dict[str, str]:
         """Model name -> source, in the configured order (the first is the default)."""
@@ -209,6 +262,17 @@ class Settings(BaseSettings):
     @property
     def videos_dir(self) -> Path:
         return self.storage_dir or self.home / "videos"
+
+
+def parse_shapes(text: str) -> list[tuple[int, int, int]]:
+    """``WIDTHxHEIGHTxFRAMES,...`` as (width, height, frames) tuples."""
+    shapes = []
+    for entry in filter(None, (item.strip() for item in text.split(","))):
+        if not COMPILE_SHAPE.fullmatch(entry):
+            raise ValueError(f"SKIPSTEP_COMPILE_SHAPES: {entry!r} is not WIDTHxHEIGHTxFRAMES")
+        width, height, frames = map(int, entry.split("x"))
+        shapes.append((width, height, frames))
+    return shapes
 
 
 def model_name(source: str) -> str:

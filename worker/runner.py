@@ -12,6 +12,7 @@ import socket
 import tempfile
 import time
 import uuid
+from dataclasses import asdict
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,8 @@ from core.generation import GenerationResult, Progress, generate
 from core.jobs import catalogue, dispatch, transitions, workers
 from core.jobs.mapping import request_of
 from core.jobs.transitions import RunOutcome
-from core.models import load_model
-from core.models.compile import prepare_compiled
+from core.models import LoadedModel, load_model
+from core.models.compile import compile_and_warm_up
 from core.settings import Settings
 from core.storage import Storage, StorageError, storage_from, video_key
 from core.video import encode_mp4, to_uint8
@@ -54,8 +55,7 @@ class JobRunner:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.lease = timedelta(seconds=settings.job_lease_seconds)
         started = time.perf_counter()
-        self.model = load_model(source, settings)
-        prepare_compiled(self.model, settings)
+        self.model = load_model(source, settings, model)
         loaded = time.perf_counter() - started
         self.profiles = ProfileStore(settings.profiles_dir)
         self.info = self.model.info(self.profiles)
@@ -65,21 +65,22 @@ class JobRunner:
         # When SIGTERM arrived (time.monotonic()); set from a signal handler, so nothing else is done there.
         self.shutdown_requested_at: float | None = None
         device = describe_device(self.model.device)
+        compiles = settings.compiles_on(self.model.device.type)
         with session_scope(settings.database) as session:
-            workers.register(session, self.worker_id, socket.gethostname(), os.getpid(), model, device)
+            workers.register(session, self.worker_id, socket.gethostname(), os.getpid(), model, device, compiles)
             catalogue.publish(session, model, self.info, self.worker_id)
         where = device.name + (f" ({device.description})" if device.description else "")
         where += f", CUDA_VISIBLE_DEVICES={device.visible_devices}" if device.visible_devices else ""
-        log.info(
-            "loaded model %s on %s in %.1f s%s (worker %s)",
-            model,
-            where,
-            loaded,
-            ", blocks compiled" if settings.compile else "",
-            self.worker_id,
-        )
+        log.info("loaded model %s on %s in %.1f s (worker %s)", model, where, loaded, self.worker_id)
+        # Beating while it compiles: a long warm-up must not look like a dead worker.
         self.heartbeat = Heartbeat(self)
         self.heartbeat.start()
+        if compiles:
+            started = time.perf_counter()
+            compile_and_warm_up(self.model, settings)
+            log.info("model %s: blocks compiled and warmed up in %.1f s", model, time.perf_counter() - started)
+            with session_scope(settings.database) as session:
+                workers.warm(session, self.worker_id)
         dispatcher.dispatch(settings, [model])
 
     def begin_shutdown(self) -> None:
@@ -177,6 +178,7 @@ class JobRunner:
         stored = time.perf_counter()
 
         metrics = _metrics(job, result, steps, encode=uploading - encoding, upload=stored - uploading)
+        metrics["engine"] = engine_metrics(self.model, result)
         ended = self._finish(
             active,
             JobStatus.succeeded,
@@ -346,6 +348,17 @@ def _metrics(job: Job, result: GenerationResult, steps: Steps, encode: float, up
             "mp4_encoding": encode,
             "upload": upload,
         },
+    }
+
+
+def engine_metrics(model: LoadedModel, result: GenerationResult) -> dict[str, Any]:
+    """How the model ran the job: attention kernel, precision and compiled blocks as set up (each requested
+    setting beside what this machine could do), and whether the prompt's encoding was reused."""
+    return {
+        "attention": asdict(model.attention),
+        "precision": asdict(model.precision),
+        "compiled": model.compiled,
+        "prompt_cached": result.prompt_cached,
     }
 
 

@@ -77,7 +77,12 @@ class StrategyView(BaseModel):
 
 class WorkersView(BaseModel):
     live: int = Field(description="Workers of this model heard from within three heartbeats.", examples=[2])
-    idle: int = Field(description="Live workers holding no job.", examples=[1])
+    idle: int = Field(description="Live workers holding no job (warming ones not counted).", examples=[1])
+    warming: int = Field(
+        description="Live workers still compiling and warming up their model (SKIPSTEP_COMPILE): they take jobs "
+        "once warm; 0 when every live worker is warm.",
+        examples=[0],
+    )
     devices: list[str] = Field(
         description="host/device of each live worker, with its pinned GPUs (admin keys only; empty otherwise).",
         examples=[[f"{examples.HOSTNAME}/cuda:0 (GPU 0)", f"{examples.HOSTNAME}/cuda:0 (GPU 1)"]],
@@ -224,7 +229,12 @@ def list_models(key: KeyDep, session: SessionDep, settings: SettingsDep) -> Any:
                     )
                     for p in own
                 ],
-                workers=WorkersView(live=pool.live, idle=pool.idle, devices=pool.devices if key.is_admin else []),
+                workers=WorkersView(
+                    live=pool.live,
+                    idle=pool.idle,
+                    warming=pool.warming,
+                    devices=pool.devices if key.is_admin else [],
+                ),
                 queue=QueueView(
                     queued=numbers.queued,
                     running=numbers.running,

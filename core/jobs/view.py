@@ -97,6 +97,28 @@ class StageTimings(BaseModel):
     upload: float | None = Field(description="Storing the MP4.", examples=[0.4])
 
 
+class ChoiceMetrics(BaseModel):
+    requested: str = Field(description="What the worker's settings ask for.", examples=["_flash_3"])
+    used: str = Field(description="What ran.", examples=["native"])
+    fallback_reason: str | None = Field(
+        description="Why the request could not be met on the worker's machine; null when it was.",
+        examples=["RuntimeError: Flash Attention 3 backend '_flash_3' is not usable because of missing package"],
+    )
+
+
+class EngineMetrics(BaseModel):
+    """How the worker's model ran the job."""
+
+    attention: ChoiceMetrics = Field(description="Attention backend (SKIPSTEP_ATTENTION_BACKEND).")
+    precision: ChoiceMetrics = Field(
+        description="The transformer blocks' precision: the model's dtype, or fp8 (SKIPSTEP_FP8_MODELS)."
+    )
+    compiled: bool = Field(description="The transformer's blocks ran compiled (SKIPSTEP_COMPILE).", examples=[True])
+    prompt_cached: bool = Field(
+        description="The prompt's encoding was reused from an earlier job on the same worker.", examples=[False]
+    )
+
+
 class JobMetrics(BaseModel):
     """What the cache saved and where the time went (on success)."""
 
@@ -135,6 +157,9 @@ class JobMetrics(BaseModel):
     fidelity: FidelityMetrics | None = Field(description="With `compare: true` only; null otherwise.")
     step_seconds: list[float] = Field(description="Wall time of each denoising step.", examples=[examples.STEP_SECONDS])
     timings: StageTimings = Field(description="Seconds per stage, submit to upload.")
+    engine: EngineMetrics | None = Field(
+        default=None, description="Attention kernel, precision, compilation, prompt cache; null for older jobs."
+    )
 
 
 class JobView(BaseModel):

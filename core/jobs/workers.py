@@ -20,6 +20,8 @@ ALIVE_HEARTBEATS = 3
 SHUTDOWN = "shutdown"
 DRAINING = "draining"
 GONE = "gone"
+# Alive but not taking jobs yet: compiling its model's blocks and warming them up (core.models.compile).
+WARMING = "warming"
 
 
 @dataclass(frozen=True)
@@ -33,14 +35,25 @@ class Device:
     visible_devices: str | None = None
 
 
-def register(session: Session, worker_id: str, hostname: str, pid: int, model: str, device: Device) -> None:
+def register(
+    session: Session, worker_id: str, hostname: str, pid: int, model: str, device: Device, warming: bool = False
+) -> None:
+    """A worker that starts; ``warming``: it takes no jobs until ``warm`` says it is ready."""
     now = utcnow()
     worker = session.get(Worker, worker_id) or Worker(id=worker_id)
     worker.hostname, worker.pid, worker.model = hostname, pid, model
     worker.device, worker.device_name, worker.visible_devices = device.name, device.description, device.visible_devices
     worker.started_at = worker.last_seen_at = now
-    worker.current_job_id, worker.stopped_at, worker.stop_reason, worker.jobs_done = None, None, None, 0
+    worker.current_job_id, worker.stopped_at, worker.jobs_done = None, None, 0
+    worker.stop_reason = WARMING if warming else None
     session.add(worker)
+
+
+def warm(session: Session, worker_id: str) -> None:
+    """The worker has compiled and warmed up: it takes jobs (unless it began shutting down meanwhile)."""
+    session.execute(
+        update(Worker).where(Worker.id == worker_id, Worker.stop_reason == WARMING).values(stop_reason=None)
+    )
 
 
 def seen(session: Session, worker_id: str) -> None:
@@ -99,25 +112,43 @@ def waiting_for_worker(session: Session, model: str, heartbeat_seconds: float) -
 
 @dataclass(frozen=True)
 class ModelWorkers:
-    """A model's live workers: how many, how many of those hold no job, and the devices they hold."""
+    """A model's live workers: how many, how many of those hold no job and take one, how many are still warming
+    up, and the devices they hold."""
 
     live: int
     idle: int
     devices: list[str]
+    warming: int = 0
 
 
 def by_model(session: Session, heartbeat_seconds: float) -> dict[str, ModelWorkers]:
     """Live workers per model (models without one are absent)."""
     rows = session.execute(
-        select(Worker.model, Worker.hostname, Worker.device, Worker.visible_devices, Worker.current_job_id)
+        select(
+            Worker.model,
+            Worker.hostname,
+            Worker.device,
+            Worker.visible_devices,
+            Worker.current_job_id,
+            Worker.stop_reason,
+        )
         .where(_alive(heartbeat_seconds))
         .order_by(Worker.model, Worker.hostname, Worker.started_at)
     ).all()
     models: dict[str, ModelWorkers] = {}
-    for model, hostname, device, visible, job_id in rows:
+    for model, hostname, device, visible, job_id, reason in rows:
         current = models.get(model, ModelWorkers(0, 0, []))
-        where = f"{hostname}/{device}" + (f" (GPU {visible})" if visible else "")
-        models[model] = ModelWorkers(current.live + 1, current.idle + (job_id is None), [*current.devices, where])
+        where = (
+            f"{hostname}/{device}"
+            + (f" (GPU {visible})" if visible else "")
+            + (" warming" if reason == WARMING else "")
+        )
+        models[model] = ModelWorkers(
+            current.live + 1,
+            current.idle + (job_id is None and reason != WARMING),
+            [*current.devices, where],
+            current.warming + (reason == WARMING),
+        )
     return models
 
 
@@ -171,8 +202,8 @@ class WorkerStatus:
     stop_reason: Annotated[
         str | None,
         Field(
-            description="`draining` while it shuts down, then `shutdown`; `gone` once marked as no longer answering; "
-            "null while it runs.",
+            description="`warming` while it compiles and warms up (it takes no jobs yet); `draining` while it shuts "
+            "down, then `shutdown`; `gone` once marked as no longer answering; null while it takes jobs.",
             examples=["shutdown"],
         ),
     ]

@@ -1,36 +1,115 @@
-"""torch.compile for workers: the transformer's repeated blocks, compiled once and warmed up.
+"""torch.compile for workers: the transformer's repeated blocks, compiled once, warmed up, and kept on disk.
 
 Regional compilation (``compile_repeated_blocks``) compiles one block class; every block of the
 stack shares its graph. The cache engine decides outside the blocks (``core.caching.hooks``), so
 the compiled graph holds no cache state: no graph breaks, and no recompiles across steps, CFG
-branches, strategies or jobs of one shape. A new shape compiles once more (then dynamo marks it
-dynamic). The warm-up runs the model's default shape, with both CFG branches, at worker start.
+branches, strategies or jobs of one shape. Each further shape compiles once more: the second
+shape makes dynamo mark the sizes dynamic, and that graph serves every later one. A worker
+therefore warms up at each shape it expects (the model's default and ``SKIPSTEP_COMPILE_SHAPES``)
+before it takes jobs.
+
+With inductor, what compiling produced is kept under ``SKIPSTEP_HOME/compile-cache``: inductor's
+own on-disk caches (FX graphs, AOTAutograd, Triton kernels and their autotuning:
+``TORCHINDUCTOR_CACHE_DIR`` points there) and a portable "mega-cache" file of the same artifacts
+(``torch.compiler.save_cache_artifacts``), loaded before compiling, so a restarted worker, or a
+new one given the file, loads the kernels instead of compiling them. Dynamo still traces the block
+(a second or two).
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import re
+from pathlib import Path
+
+import torch
+
 from core.caching.none import NoCache
 from core.contract.request import GenerationRequest
+from core.contract.shapes import Shape
 from core.generation import run
 from core.models.loading import LoadedModel
 from core.settings import Settings
+
+log = logging.getLogger("skipstep.models")
 
 WARMUP_STEPS = 2
 
 
 def compile_blocks(model: LoadedModel, backend: str) -> None:
     model.transformer.compile_repeated_blocks(fullgraph=True, backend=backend)
+    model.compiled = True
 
 
-def warm_up(model: LoadedModel) -> None:
-    """One short uncached run at the default shape, so the first job does not pay the compilation."""
-    request = GenerationRequest(prompt="warm-up", num_inference_steps=WARMUP_STEPS)
-    shape = request.shape(model.family.rules, model.default_shape)
-    run(model, request, shape, NoCache())
+def warmup_shapes(model: LoadedModel, settings: Settings) -> list[Shape]:
+    """The model's default shape, then SKIPSTEP_COMPILE_SHAPES (checked against the family's size rules)."""
+    shapes = [model.default_shape]
+    for width, height, frames in settings.warmup_shapes:
+        request = GenerationRequest(prompt="warm-up", width=width, height=height, num_frames=frames)
+        shape = request.shape(model.family.rules, model.default_shape)
+        if shape not in shapes:
+            shapes.append(shape)
+    return shapes
 
 
-def prepare_compiled(model: LoadedModel, settings: Settings) -> None:
-    """Compile and warm up the model when ``SKIPSTEP_COMPILE`` asks for it."""
-    if settings.compile:
-        compile_blocks(model, settings.compile_backend)
-        warm_up(model)
+def warm_up(model: LoadedModel, shape: Shape) -> None:
+    """One short uncached run at ``shape``, both CFG branches, so no job pays its compilation."""
+    request = GenerationRequest(
+        prompt="warm-up",
+        width=shape.width,
+        height=shape.height,
+        num_frames=shape.num_frames,
+        num_inference_steps=WARMUP_STEPS,
+    )
+    run(model, request, request.shape(model.family.rules, model.default_shape), NoCache())
+
+
+class CompileCache:
+    """Inductor's caches under ``directory``, and a mega-cache file of their artifacts named by ``key``."""
+
+    def __init__(self, directory: Path, key: str) -> None:
+        self.directory = directory
+        self.file = directory / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', key)}.bin"
+
+    @classmethod
+    def of(cls, model: LoadedModel, settings: Settings) -> CompileCache:
+        """The cache of this model's blocks on this kind of device, torch release and backend."""
+        device = torch.cuda.get_device_name(model.device) if model.device.type == "cuda" else model.device.type
+        key = f"{model.name}-{device}-torch{torch.__version__}-{settings.compile_backend}"
+        return cls(settings.compile_cache_dir, key)
+
+    def open(self) -> None:
+        """Point inductor at the directory and hot-load the mega-cache file; before anything is compiled."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        # Set, not defaulted: importing diffusers (torchao, when installed) already sets inductor's default in /tmp.
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(self.directory / "inductor")
+        if self.file.is_file():
+            try:
+                torch.compiler.load_cache_artifacts(self.file.read_bytes())
+            except Exception as exc:  # a stale or foreign file is only a lost shortcut
+                log.warning(
+                    "compile cache %s not loaded (%s: %s); compiling afresh", self.file, type(exc).__name__, exc
+                )
+
+    def save(self) -> None:
+        artifacts = torch.compiler.save_cache_artifacts()
+        if artifacts is None:
+            return
+        scratch = self.file.with_suffix(".tmp")
+        scratch.write_bytes(artifacts[0])
+        scratch.replace(self.file)
+
+
+def compile_and_warm_up(model: LoadedModel, settings: Settings) -> None:
+    """Compile the blocks with SKIPSTEP_COMPILE_BACKEND and warm them up at every warm-up shape, through the
+    compile cache with inductor."""
+    backend = settings.compile_backend
+    cache = CompileCache.of(model, settings) if backend == "inductor" else None
+    if cache is not None:
+        cache.open()
+    compile_blocks(model, backend)
+    for shape in warmup_shapes(model, settings):
+        warm_up(model, shape)
+    if cache is not None:
+        cache.save()

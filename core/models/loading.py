@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import DiffusionPipeline
@@ -15,9 +16,12 @@ from core.caching.profiles import ProfileStore, applicable_strategies, config_si
 from core.contract.models import ModelInfo, fetch_hint, hub_snapshot, is_hub_id
 from core.contract.shapes import Shape
 from core.errors import ModelLoadError
+from core.models.attention import AttentionChoice, apply_attention_backend
 from core.models.families import ModelFamily, family_of
+from core.models.fp8 import PrecisionChoice, apply_precision
 from core.models.presets import PRESETS, ensure_preset
-from core.settings import Settings
+from core.models.prompts import PromptCache
+from core.settings import Settings, model_name
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
@@ -29,10 +33,20 @@ class LoadedModel:
     pipeline: DiffusionPipeline
     family: ModelFamily
     default_shape: Shape
+    attention: AttentionChoice
+    precision: PrecisionChoice
+    prompts: PromptCache
+    # Set once the blocks are compiled (core.models.compile).
+    compiled: bool = False
 
     @property
     def device(self) -> torch.device:
         return self.pipeline.transformer.device
+
+    @property
+    def text_device(self) -> torch.device:
+        """Where the prompts are encoded (SKIPSTEP_TEXT_ENCODER_DEVICE; default: with the transformer)."""
+        return self.pipeline.text_encoder.device
 
     @property
     def transformer(self) -> torch.nn.Module:
@@ -53,6 +67,17 @@ class LoadedModel:
             profiles=tuple(profile.model_dump(mode="json") for profile in held),
             strategies=applicable_strategies(held),
         )
+
+    def encode_prompts(self, prompt: str, negative_prompt: str, do_cfg: bool) -> tuple[dict[str, Any], bool]:
+        """The pipeline's keyword arguments for the encoded prompts, on the transformer's device, and whether
+        they came from the prompt cache."""
+
+        def encode() -> dict[str, Any]:
+            encoded = self.family.encode_prompt(self.pipeline, prompt, negative_prompt, do_cfg, self.text_device)
+            return {key: value.to(self.device) if torch.is_tensor(value) else value for key, value in encoded.items()}
+
+        with torch.no_grad():
+            return self.prompts.get((prompt, negative_prompt, do_cfg), encode)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -89,8 +114,10 @@ def _from_pretrained(source: Path | str, device: torch.device, what: str, **opti
     return pipeline.to(device)
 
 
-def load_model(source: str, settings: Settings) -> LoadedModel:
-    """Load a preset by name (building it on first use), a local model directory or a hub id."""
+def load_model(source: str, settings: Settings, name: str | None = None) -> LoadedModel:
+    """Load a preset by name (building it on first use), a local model directory or a hub id, as model ``name``
+    (default: the source's own name) of the settings: its attention backend, FP8, prompt cache, VAE tiling and
+    text-encoder placement."""
     device = resolve_device(settings.device)
     _quiet_loading()
     if source in PRESETS:
@@ -111,7 +138,24 @@ def load_model(source: str, settings: Settings) -> LoadedModel:
     except ValueError as exc:
         raise ModelLoadError(f"model directory {path}: {exc}") from None
     default_shape = PRESETS[source].default_shape if source in PRESETS else family.rules.default_shape
-    return LoadedModel(name=source, path=path, pipeline=pipeline, family=family, default_shape=default_shape)
+    if settings.vae_tiling:
+        pipeline.vae.enable_tiling()
+    if settings.text_encoder_device is not None:
+        text_device = torch.device(settings.text_encoder_device)
+        for component, module in pipeline.components.items():
+            if component.startswith("text_encoder") and module is not None:
+                module.to(text_device)
+    fp8 = (name or model_name(source)) in settings.fp8_model_names
+    return LoadedModel(
+        name=source,
+        path=path,
+        pipeline=pipeline,
+        family=family,
+        default_shape=default_shape,
+        attention=apply_attention_backend(pipeline.transformer, settings.attention_backend),
+        precision=apply_precision(pipeline.transformer, family, fp8),
+        prompts=PromptCache(settings.prompt_cache_size),
+    )
 
 
 def _quiet_loading() -> None:
