@@ -1,5 +1,6 @@
 """How a model is set up to run: the attention backend and its fallback, FP8 and its refusal without a capable
-GPU, the prompt cache, VAE tiling and the text encoder's place; and that a run leaves nothing behind."""
+GPU, the prompt cache, VAE tiling and the text encoder's place; that a run leaves nothing behind; and the
+analytic FLOP count the GPU bench divides by."""
 
 import gc
 import weakref
@@ -7,10 +8,13 @@ import weakref
 import numpy as np
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from core.caching.registry import build_cache
+from core.contract.shapes import Shape
 from core.generation import generate, run
 from core.models import LoadedModel, load_model
+from core.models.flops import wan_call_flops, wan_tokens
 from core.models.fp8 import fp8_unsupported
 from core.settings import Settings
 from worker.runner import engine_metrics
@@ -135,3 +139,24 @@ def test_a_finished_run_holds_no_cached_tensors(wan_tiny, profiles, small_reques
         assert [ref() for ref in held] == [None] * len(held)
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize(("width", "height", "frames", "text_tokens"), [(32, 48, 9, 512), (64, 32, 5, 77)])
+def test_flop_count_matches_torch_flop_counter(settings, width, height, frames, text_tokens) -> None:
+    """The bench's analytic count of a Wan call against torch's own count of the same call (the math attention
+    kernel, whose matrix products the counter sees; it has no formula for CPU's fused one)."""
+    model = load_model("wan-tiny", with_settings(settings, attention_backend="_native_math"))
+    transformer = model.transformer
+    config = transformer.config
+    shape = Shape(width=width, height=height, num_frames=frames, num_inference_steps=2)
+    latents = torch.randn(1, config.in_channels, (frames - 1) // 4 + 1, height // 8, width // 8)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        transformer(
+            hidden_states=latents,
+            timestep=torch.tensor([500.0]),
+            encoder_hidden_states=torch.randn(1, text_tokens, config.text_dim),
+            return_dict=False,
+        )
+    flops = wan_call_flops(transformer, wan_tokens(config, shape), text_tokens)
+    assert flops.per_call == counter.get_total_flops()
+    assert flops.layers == config.num_layers and flops.per_block * flops.layers > flops.outside
