@@ -123,7 +123,8 @@ def _chunks(queries: int, keys: int, heads: int) -> Iterator[slice]:
 
 
 def _logits(q: torch.Tensor, k: torch.Tensor, rows: slice, scale: float) -> torch.Tensor:
-    return (q[:, :, rows].float() @ k.float().transpose(-1, -2)) * scale
+    # The product in the model's dtype (tensor cores accumulate in float32), the softmax side in float32.
+    return (q[:, :, rows] @ k.transpose(-1, -2)).float() * scale
 
 
 def key_scores(
@@ -163,7 +164,7 @@ def restricted_attention(
         allowed = chosen[:, :, voxels.of_token[rows]]
         logits = _logits(q, k, rows, scale).masked_fill(~allowed, float("-inf"))
         weights = logits.softmax(dim=-1).nan_to_num(0.0)
-        out[:, :, rows] = (weights @ v.float()).to(q.dtype)
+        out[:, :, rows] = (weights.to(v.dtype) @ v).to(q.dtype)
     return out
 
 
