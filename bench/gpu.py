@@ -15,7 +15,7 @@ A row is ``plain`` (diffusers' WanPipeline as documented: native SDPA, eager), a
   ``compile_repeated_blocks(fullgraph=True)``, ``--compile-backend``), compiled and warmed up at the first
   such row, the seconds printed apart;
 - ``@fp8``: a second copy of the model loaded with its blocks in FP8 (``SKIPSTEP_FP8_MODELS``'s path:
-  torchao float8 dynamic quantization), compiled the same way; it refuses to run where FP8 cannot.
+  torchao float8 dynamic quantization), compiled the same way; where FP8 cannot run the row says why.
 
 ``--attention-backend best`` times one transformer call at the bench's shape with each diffusers backend
 that runs on this machine and keeps the fastest (the table is printed). Rows run in the order given,
@@ -100,6 +100,10 @@ COLUMNS = (
     "peak GiB",
 )
 MODES = ("eager", "compiled", "fp8")
+
+
+class Unavailable(Exception):
+    """A row that cannot run on this machine (FP8 without a capable GPU or torchao): reported, not measured."""
 
 
 @dataclass
@@ -212,7 +216,7 @@ class Bench:
         settings = self.settings.model_copy(update={"fp8_models": self.model.name})
         model = load_model(self.model.name, settings)
         if model.precision.used != "fp8":
-            raise SystemExit(f"@fp8 rows: FP8 cannot run here: {model.precision.fallback_reason}")
+            raise Unavailable(f"FP8 cannot run here: {model.precision.fallback_reason}")
         apply_attention_backend(model.transformer, self.model.attention.used)
         compile_blocks(model, self.args.compile_backend)
         self.warm_up(model, self.args.warmup_steps)
@@ -543,9 +547,17 @@ def main() -> None:
     emit("|" + "---|" * len(COLUMNS))
     reference: dict[str, Measured] = {}
     runs: dict[str, list[Measured]] = {row.text: [] for row in rows}
+    unavailable: dict[str, str] = {}
     for repeat in range(args.repeats):
         for row in rows:
-            measured = bench.measure(row)
+            if row.text in unavailable:
+                continue
+            try:
+                measured = bench.measure(row)
+            except Unavailable as exc:
+                unavailable[row.text] = str(exc)
+                emit(f"| `{row.text}` | not run: {exc} |" + " |" * (len(COLUMNS) - 2))
+                continue
             runs[row.text].append(measured)
             note_reference(reference, row, measured)
             label = f"`{row.text}`" + (f" pass {repeat + 1}" if args.repeats > 1 else "")
@@ -558,6 +570,8 @@ def main() -> None:
         emit("|" + "---|" * len(COLUMNS))
         medians: dict[str, Measured] = {}
         for row in rows:
+            if row.text in unavailable:
+                continue
             measured = median_of(runs[row.text])
             note_reference(medians, row, measured)
             emit(table_row(f"`{row.text}`", row, measured, bench, medians, peak))
