@@ -98,6 +98,11 @@ class BranchFigures(BaseModel):
     schedule: str
 
 
+class RuledBranchFigures(BranchFigures):
+    # One character per step: which rule decided it (composite strategies; each module lists its letters).
+    rules: str
+
+
 def branch_figures(decisions: Sequence[bool]) -> BranchFigures:
     computed = sum(decisions)
     return BranchFigures(
@@ -190,6 +195,10 @@ class TimestepCache:
     def after_compute(self, state: BranchState, unit_input: torch.Tensor, unit_output: torch.Tensor) -> None:
         """Called after each computed call, with the unit's input and output."""
 
+    def step_rules(self) -> dict[str, str] | None:
+        """Per branch, one letter per step naming the rule that decided it (composites); None for one rule."""
+        return None
+
     def inside_blocks(self, blocks: Sequence[torch.nn.Module]) -> AbstractContextManager[None]:
         """What the strategy changes inside the blocks for the run (Chipmunk's sparse-delta layers); default none."""
         return nullcontext()
@@ -218,9 +227,17 @@ class TimestepCache:
         decisions = list(self.schedule.values())
         return ScheduleFigures(
             steps_total=self.plan.num_steps,
-            branches={branch: branch_figures(d) for branch, d in self.schedule.items()},
+            branches=self._with_rules({branch: branch_figures(d) for branch, d in self.schedule.items()}),
             ideal_speedup=_ratio(sum(map(len, decisions)), sum(map(sum, decisions))),
         )
+
+    def _with_rules(self, branches: dict[str, BranchFigures]) -> dict[str, BranchFigures]:
+        rules = self.step_rules()
+        if rules is None:
+            return branches
+        return {
+            name: RuledBranchFigures(**figures.model_dump(), rules=rules[name]) for name, figures in branches.items()
+        }
 
     def state_for(self, branch: str) -> BranchState:
         state = self.states.get(branch)
@@ -282,7 +299,7 @@ class TimestepCache:
             profile=self.profile.name if self.profile else None,
             scheduled_ahead=self.schedule is not None,
             steps_total=self.plan.num_steps,
-            branches={name: branch_figures(state.decisions) for name, state in self.states.items()},
+            branches=self._with_rules({name: branch_figures(state.decisions) for name, state in self.states.items()}),
             denoise_seconds=denoise_seconds,
             seconds_per_computed_call=per_call,
             seconds_per_computed_step=_ratio(denoise_seconds * len(self.states), computed),

@@ -73,13 +73,11 @@ import torch.nn.functional as F
 from diffusers.models.activations import GELU
 from torch.overrides import TorchFunctionMode
 
-from core.caching.base import BranchFigures, BranchState, CacheReport, RunPlan, ScheduleFigures, TimestepCache
-from core.caching.magcache import MagCache
-from core.caching.teacache import TeaCache
+from core.caching.base import BranchState, RunPlan, TimestepCache
+from core.caching.composed import STEP_RULES, step_rule_schedule
 from core.contract.strategies import ChipmunkParams
 from core.errors import CacheConfigError
 
-STEP_CACHES: dict[str, tuple[type[TimestepCache], str]] = {"magcache": (MagCache, "m"), "teacache": (TeaCache, "t")}
 # The reference's MLP keeps its column choice on odd steps from this step on (modules/mlp.py).
 MLP_CHOICE_KEPT_FROM = 10
 # Logit elements computed at once by the chunked attention passes (about 512 MiB in float32).
@@ -247,11 +245,6 @@ class _SparseMlp(torch.nn.Module):
         return self.cache.feed_forward(self.layer, self.mlp, hidden_states)
 
 
-class ChipmunkBranchFigures(BranchFigures):
-    # One character per step: "D" dense layers, "s" sparse deltas, "m"/"t" reused by the step cache.
-    rules: str
-
-
 class Chipmunk(TimestepCache):
     name = "chipmunk"
     params: ChipmunkParams
@@ -274,10 +267,7 @@ class Chipmunk(TimestepCache):
     def _step_cache_schedule(self, plan: RunPlan) -> dict[str, list[bool]] | None:
         if self.params.step_cache == "none":
             return None
-        strategy, _ = STEP_CACHES[self.params.step_cache]
-        rule = strategy(None, self.profile)
-        rule.prepare(plan)
-        return rule.schedule
+        return step_rule_schedule(self.params.step_cache, self.profile, plan, "chipmunk's step_cache")
 
     def signals(self) -> dict[str, Sequence[float]]:
         return {branch: [0.0] * self.plan.num_steps for branch in self.plan.branches}
@@ -397,23 +387,12 @@ class Chipmunk(TimestepCache):
 
     # -- figures ----------------------------------------------------------------------------
 
-    def _rules(self, decisions: Sequence[bool]) -> str:
-        reused = STEP_CACHES[self.params.step_cache][1] if self.steps_reused is not None else "."
-        return "".join(
-            ("D" if self.dense_attention_step(step) else "s") if computed else reused
-            for step, computed in enumerate(decisions)
-        )
-
-    def _with_rules(self, branches: dict[str, BranchFigures]) -> dict[str, BranchFigures]:
+    def step_rules(self) -> dict[str, str]:
+        reused = STEP_RULES[self.params.step_cache][1] if self.steps_reused is not None else "."
         return {
-            name: ChipmunkBranchFigures(**figures.model_dump(), rules=self._rules(self.schedule[name]))
-            for name, figures in branches.items()
+            name: "".join(
+                ("D" if self.dense_attention_step(step) else "s") if computed else reused
+                for step, computed in enumerate(decisions)
+            )
+            for name, decisions in self.schedule.items()
         }
-
-    def planned(self) -> ScheduleFigures | None:
-        figures = super().planned()
-        return figures.model_copy(update={"branches": self._with_rules(figures.branches)})
-
-    def report(self, denoise_seconds: float) -> CacheReport:
-        report = super().report(denoise_seconds)
-        return report.model_copy(update={"branches": self._with_rules(report.branches)})

@@ -50,9 +50,8 @@ from dataclasses import dataclass
 
 import torch
 
-from core.caching.base import BranchFigures, BranchState, CacheReport, RunPlan, ScheduleFigures, TimestepCache
-from core.caching.magcache import MagCache
-from core.caching.teacache import TeaCache
+from core.caching.base import BranchState, RunPlan, TimestepCache
+from core.caching.composed import STEP_RULES, step_rule_schedule
 from core.contract.schedules import (
     RatioAccumulator,
     taocache_branch,
@@ -63,18 +62,11 @@ from core.contract.schedules import (
 from core.contract.strategies import TaoCacheParams
 from core.errors import CacheConfigError
 
-EARLY_RULES: dict[str, tuple[type[TimestepCache], str]] = {"magcache": (MagCache, "m"), "teacache": (TeaCache, "t")}
-
 
 @dataclass
 class _History:
     output: torch.Tensor | None = None
     delta: torch.Tensor | None = None
-
-
-class TaoBranchFigures(BranchFigures):
-    # One character per step: "C" computed, "p" predicted by TaoCache, "m"/"t" reused by the early rule.
-    rules: str
 
 
 class TaoCache(TimestepCache):
@@ -92,15 +84,7 @@ class TaoCache(TimestepCache):
     def _early_schedule(self, plan: RunPlan) -> dict[str, list[bool]] | None:
         if self.params.early == "none":
             return None
-        strategy, _ = EARLY_RULES[self.params.early]
-        if getattr(self.profile, strategy.needs) is None:
-            raise CacheConfigError(
-                f"cache.profile: profile {self.profile.name!r} has no {strategy.needs} data "
-                f"(taocache with early={self.params.early} needs it)"
-            )
-        early = strategy(None, self.profile)
-        early.prepare(plan)
-        return early.schedule
+        return step_rule_schedule(self.params.early, self.profile, plan, f"taocache with early={self.params.early}")
 
     def new_accumulator(self) -> RatioAccumulator:
         return RatioAccumulator()
@@ -123,7 +107,7 @@ class TaoCache(TimestepCache):
     def replay(self, branch: int, signals: Sequence[tuple[float, float]]) -> list[bool]:
         name = self.plan.branches[branch]
         early = self.early[name] if self.early is not None else None
-        early_code = EARLY_RULES[self.params.early][1] if self.early is not None else ""
+        early_code = STEP_RULES[self.params.early][1] if self.early is not None else ""
         decisions, self.rules[name] = taocache_branch(self.params, signals, early, early_code)
         return decisions
 
@@ -146,15 +130,5 @@ class TaoCache(TimestepCache):
             history.delta = unit_output - history.output
         history.output = unit_output
 
-    def _with_rules(self, branches: dict[str, BranchFigures]) -> dict[str, BranchFigures]:
-        return {
-            name: TaoBranchFigures(**figures.model_dump(), rules=self.rules[name]) for name, figures in branches.items()
-        }
-
-    def planned(self) -> ScheduleFigures | None:
-        figures = super().planned()
-        return figures.model_copy(update={"branches": self._with_rules(figures.branches)})
-
-    def report(self, denoise_seconds: float) -> CacheReport:
-        report = super().report(denoise_seconds)
-        return report.model_copy(update={"branches": self._with_rules(report.branches)})
+    def step_rules(self) -> dict[str, str]:
+        return self.rules

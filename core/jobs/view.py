@@ -64,8 +64,9 @@ class BranchMetrics(BaseModel):
     )
     rules: str | None = Field(
         default=None,
-        description='TaoCache composites: which rule decided each step, "C" computed, "m"/"t" reused by '
-        'MagCache/TeaCache, "p" predicted by TaoCache; null for other strategies.',
+        description='Composite strategies: which rule decided each step. TaoCache: "C" computed, "m"/"t" reused by '
+        'MagCache/TeaCache, "p" predicted by TaoCache; Chipmunk: "D" dense layers, "s" sparse deltas, "m"/"t" reused '
+        "by its step cache; null for other strategies.",
         examples=["CCCCCCCCCCCmCmCCmCmCCmCmCCpCppCppCppCppCppCppCppCC"],
     )
 
