@@ -155,15 +155,14 @@ def choose(scores: torch.Tensor, count: int, random_share: float, generator: tor
 def restricted_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, chosen: torch.Tensor, voxels: Voxels
 ) -> torch.Tensor:
-    """Attention of each query over its voxel's chosen keys only (softmax over those; 0 for an empty set)."""
+    """Attention of each query over its voxel's chosen keys only (softmax over those; 0 for an empty set): SDPA
+    with a boolean mask, which on CUDA runs a fused kernel instead of materialising the probabilities."""
     batch, heads, queries, _ = q.shape
     out = torch.empty(batch, heads, queries, v.shape[-1], device=q.device, dtype=q.dtype)
     for rows in _chunks(queries, k.shape[2], heads):
         allowed = chosen[:, :, voxels.of_token[rows]]
-        logits = _logits(q, k, rows, scale).masked_fill(~allowed, float("-inf"))
-        weights = logits.softmax(dim=-1).nan_to_num(0.0)
-        out[:, :, rows] = (weights.to(v.dtype) @ v).to(q.dtype)
-    return out
+        out[:, :, rows] = F.scaled_dot_product_attention(q[:, :, rows], k, v, attn_mask=allowed, scale=scale)
+    return out.nan_to_num(0.0)
 
 
 @dataclass
