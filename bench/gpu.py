@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -218,8 +219,12 @@ class Bench:
         if model.precision.used != "fp8":
             raise Unavailable(f"FP8 cannot run here: {model.precision.fallback_reason}")
         apply_attention_backend(model.transformer, self.model.attention.used)
-        compile_blocks(model, self.args.compile_backend)
-        self.warm_up(model, self.args.warmup_steps)
+        try:
+            compile_blocks(model, self.args.compile_backend)
+            self.warm_up(model, self.args.warmup_steps)
+        except Exception as exc:  # the rows after it still run
+            traceback.print_exc()
+            raise Unavailable(f"FP8 blocks failed to compile or run: {type(exc).__name__}: {exc}") from exc
         self.note(
             f"FP8: a second copy of the model, blocks quantized by torchao (Float8DynamicActivationFloat8Weight, "
             f"per-row scales), compiled ({self.args.compile_backend}); load + compile + warm-up "
