@@ -27,6 +27,8 @@ class PresetInfo:
     family: FamilyRules
     default_shape: Shape
     description: str
+    # Random weights: timings and schedules are real, fidelity figures say little.
+    random_weights: bool = True
 
 
 PRESETS: dict[str, PresetInfo] = {
