@@ -13,14 +13,27 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
 from faults import Stack, TcpProxy
-from service import SLOW_JOB, SMALL_JOB, Service, fresh_database, s3_settings, start_up, stop_group, wait_until
-from sqlalchemy import func, select
+from service import (
+    SLOW_JOB,
+    SMALL_JOB,
+    Service,
+    fresh_database,
+    job_row,
+    s3_settings,
+    start_up,
+    stop_group,
+    wait_until,
+)
+from sqlalchemy import func, select, update
 
-from core.db import Job, JobRun, WebhookDelivery, Worker, session_scope
+from core.db import ApiKey, Job, JobRun, JobStatus, WebhookDelivery, Worker, session_scope, utcnow
+from core.db.migrate import upgrade
+from core.jobs import transitions, workers
 from core.settings import Settings
 
 # Many short steps: a job that runs a few seconds and reaches a step boundary every ~0.2 s.
@@ -195,6 +208,105 @@ def test_a_worker_that_lost_its_lease_stops_and_writes_nothing(stack: Callable[.
     videos = Path(service.env["SKIPSTEP_STORAGE_DIR"]) / "videos" / job_id
     assert sorted(path.name for path in videos.iterdir()) == ["2.mp4"]
     assert [run.outcome for run in runs(service, job_id)] == ["abandoned", "succeeded"]
+
+
+def test_a_frozen_worker_marked_gone_comes_back_and_its_old_job_is_finished_once(stack: Callable[..., Stack]) -> None:
+    """SIGSTOP a worker mid-job past three heartbeats: the other worker marks it gone, takes the job over and
+    finishes it. Thawed (SIGCONT), the frozen worker is live again, writes nothing for the job it lost, and takes
+    the next job once it is the only worker left."""
+    made = stack()
+    service = made.service
+    frozen = service.start_worker()
+    frozen_id = f"{socket.gethostname()}:{frozen.pid}"
+    job_id = service.submit(**LONG_JOB, webhook_url="http://127.0.0.1:9/hook")["id"]
+    running_step(service, job_id, worker=frozen)
+    os.kill(frozen.pid, signal.SIGSTOP)
+    try:
+        taker = service.start_worker()
+        done = service.wait(job_id, timeout=120)
+        # Three beats of 0.5 s missed long ago: marked gone by the taker's sweep.
+        wait_until(lambda: worker_row(service, frozen_id).stop_reason == "gone", 30, 0.1, "the frozen worker gone")
+    finally:
+        os.kill(frozen.pid, signal.SIGCONT)
+    assert done["status"] == "succeeded" and done["worker"].endswith(f":{taker.pid}")
+    wait_until(
+        lambda: (w := worker_row(service, frozen_id)).stopped_at is None and w.stop_reason is None,
+        30,
+        0.1,
+        "the thawed worker to be live again",
+    )
+    wait_until(
+        lambda: "this worker no longer holds the job" in service.worker_log.read_text(), 60, what="the thawed worker"
+    )
+    taker.terminate()
+    assert taker.wait(timeout=60) == 0
+    following = service.wait(service.submit()["id"], timeout=60)
+    assert following["status"] == "succeeded" and following["worker"] == frozen_id
+
+    assert [run.outcome for run in runs(service, job_id)] == ["abandoned", "succeeded"]
+    finished = row(service, job_id)
+    assert finished.status == JobStatus.succeeded and finished.video_key == f"videos/{job_id}/2.mp4"
+    videos = Path(service.env["SKIPSTEP_STORAGE_DIR"]) / "videos" / job_id
+    assert sorted(path.name for path in videos.iterdir()) == ["2.mp4"]
+    assert deliveries(service, job_id, "job.succeeded") == 1
+
+
+def worker_row(service: Service, worker_id: str) -> Worker:
+    with session_scope(service.settings.database) as session:
+        return session.get_one(Worker, worker_id)
+
+
+def test_a_stale_claim_writes_nothing_even_when_the_same_worker_holds_the_job_again() -> None:
+    """A worker id alone does not name a claim: a worker presumed dead whose job was requeued and claimed again
+    (here by the same worker id, as a restarted container with the same hostname and pid would) cannot renew,
+    finish or hand back the job through its old attempt; the new attempt can. A worker marked gone that beats
+    again is live again, in the state it reports."""
+    with fresh_database() as url:
+        upgrade(url)
+        with session_scope(url) as session:
+            key = ApiKey(name="k", key_hash=uuid.uuid4().hex, webhook_secret="whsec_x")
+            session.add(key)
+            session.flush()
+            job = job_row(key.id, "m", JobStatus.queued)
+            session.add(job)
+            session.flush()
+            job_id = job.id
+            workers.register(session, "host:1", "host", 1, "m", workers.Device("cpu"))
+        lapsed, lease = timedelta(seconds=-1), timedelta(seconds=30)
+        with session_scope(url) as session:
+            assert transitions.claim(session, job_id, "host:1", "m", lapsed, 3) is not None
+        with session_scope(url) as session:
+            assert [job for job, _, _ in transitions.requeue_lapsed(session, 3, "http://x").requeued] == [job_id]
+        with session_scope(url) as session:
+            assert transitions.claim(session, job_id, "host:1", "m", lease, 3).attempts == 2
+        with session_scope(url) as session:
+            before = session.get_one(Job, job_id).version
+            assert transitions.check_in(session, job_id, "host:1", 1, lease, progress_step=3) is None
+            assert transitions.finish(session, job_id, "host:1", 1, JobStatus.succeeded, "http://x") is None
+            assert transitions.hand_back(session, job_id, "host:1", 1) is False
+        with session_scope(url) as session:
+            stale = session.get_one(Job, job_id)
+            assert (stale.status, stale.attempts, stale.version, stale.progress_step) == (
+                JobStatus.running,
+                2,
+                before,
+                0,
+            )
+            assert transitions.check_in(session, job_id, "host:1", 2, lease) is not None
+            ended = transitions.finish(session, job_id, "host:1", 2, JobStatus.succeeded, "http://x")
+            assert ended is not None and ended.job.status == JobStatus.succeeded
+
+        with session_scope(url) as session:
+            session.execute(update(Worker).values(last_seen_at=utcnow() - timedelta(hours=1)))
+        with session_scope(url) as session:
+            assert [gone for gone, _, _ in workers.mark_gone(session, 0.5)] == ["host:1"]
+            assert workers.serving_count(session, "m", 0.5) == 0
+        with session_scope(url) as session:
+            assert workers.seen(session, "host:1", workers.DRAINING) is True
+            assert workers.seen(session, "host:1", None) is False  # already back: nothing to restore
+            back = session.get_one(Worker, "host:1")
+            assert (back.stopped_at, back.stop_reason) == (None, workers.DRAINING)
+            assert workers.by_model(session, 0.5)["m"].live == 1
 
 
 def test_cancel_at_any_moment_ends_canceled_or_finished_first(stack: Callable[..., Stack]) -> None:

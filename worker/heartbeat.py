@@ -53,7 +53,8 @@ class Heartbeat(threading.Thread):
     def beat(self) -> None:
         runner = self.runner
         with session_scope(self.settings.database) as session:
-            workers.seen(session, runner.worker_id)
+            if workers.seen(session, runner.worker_id, self.state()):
+                log.warning("worker %s: answering again after it was marked gone; live again", runner.worker_id)
             if runner.shutdown_requested_at is not None and not self._draining:
                 workers.draining(session, runner.worker_id)
                 self._draining = True
@@ -62,13 +63,19 @@ class Heartbeat(threading.Thread):
             self.watch(active)
         dispatcher.sweep(self.settings)
 
+    def state(self) -> str | None:
+        """What the worker's row says of it while it runs: warming up, draining, or taking jobs (None)."""
+        if self.runner.shutdown_requested_at is not None:
+            return workers.DRAINING
+        return workers.WARMING if self.runner.warming else None
+
     def watch(self, active: ActiveJob) -> None:
         runner, settings, now = self.runner, self.settings, time.monotonic()
         if now - active.last_sign > settings.stall_seconds:
             self.end_stalled(active, now - active.last_sign)
             return
         with session_scope(settings.database) as session:
-            renewal = transitions.check_in(session, active.job.id, runner.worker_id, runner.lease)
+            renewal = transitions.check_in(session, active.job.id, runner.worker_id, active.job.attempts, runner.lease)
         if active.stop is not None:
             return
         if renewal is None:
@@ -93,6 +100,7 @@ class Heartbeat(threading.Thread):
                 session,
                 active.job.id,
                 runner.worker_id,
+                active.job.attempts,
                 JobStatus.failed,
                 settings.public_url,
                 error_code=transitions.TIMEOUT,

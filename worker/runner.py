@@ -66,6 +66,8 @@ class JobRunner:
         self.shutdown_requested_at: float | None = None
         device = describe_device(self.model.device)
         compiles = settings.compiles_on(self.model.device.type)
+        # Compiling and warming up its model's blocks: it takes no jobs until that is done.
+        self.warming = compiles
         with session_scope(settings.database) as session:
             workers.register(session, self.worker_id, socket.gethostname(), os.getpid(), model, device, compiles)
             catalogue.publish(session, model, self.info, self.worker_id)
@@ -81,6 +83,7 @@ class JobRunner:
             log.info("model %s: blocks compiled and warmed up in %.1f s", model, time.perf_counter() - started)
             with session_scope(settings.database) as session:
                 workers.warm(session, self.worker_id)
+            self.warming = False
         dispatcher.dispatch(settings, [model])
 
     def begin_shutdown(self) -> None:
@@ -168,6 +171,12 @@ class JobRunner:
             path = Path(scratch) / "video.mp4"
             encode_mp4(to_uint8(result.frames), path, result.fps)
             active.alive()
+            try:
+                # A worker frozen past its lease may find here that its job was requeued: it stores nothing.
+                steps.held()
+            except StopJob as stop:
+                self._stopped(active, stop)
+                return
             uploading = time.perf_counter()
             try:
                 size = self._store(active, key, path)
@@ -236,7 +245,7 @@ class JobRunner:
 
     def _hand_back(self, job: Job) -> bool:
         with session_scope(self.settings.database) as session:
-            return transitions.hand_back(session, job.id, self.worker_id)
+            return transitions.hand_back(session, job.id, self.worker_id, job.attempts)
 
     def _end_run(self, job: Job, outcome: str) -> None:
         with session_scope(self.settings.database) as session:
@@ -246,7 +255,13 @@ class JobRunner:
         def finish() -> transitions.Ended | None:
             with session_scope(self.settings.database) as session:
                 return transitions.finish(
-                    session, active.job.id, self.worker_id, status, self.settings.public_url, **values
+                    session,
+                    active.job.id,
+                    self.worker_id,
+                    active.job.attempts,
+                    status,
+                    self.settings.public_url,
+                    **values,
                 )
 
         ended = retrying(finish, self._deadline(), "finishing a job")
@@ -298,13 +313,17 @@ class Steps:
             }
         self._check_in(**values)
 
+    def held(self) -> None:
+        """Check in once more after denoising, before the video is stored; raises as a step would."""
+        self._check_in()
+
     def _check_in(self, **values: int) -> None:
         runner, job = self.runner, self.active.job
 
         def check_in() -> transitions.Renewal | None:
             with session_scope(runner.settings.database) as session:
                 return transitions.check_in(
-                    session, job.id, runner.worker_id, runner.lease, progress_at=utcnow(), **values
+                    session, job.id, runner.worker_id, job.attempts, runner.lease, progress_at=utcnow(), **values
                 )
 
         try:

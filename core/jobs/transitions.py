@@ -70,8 +70,10 @@ class Swept:
     deliveries: list[uuid.UUID]
 
 
-def _mine(job_id: uuid.UUID, worker_id: str) -> Any:
-    return and_(Job.id == job_id, Job.worker_id == worker_id, Job.status == JobStatus.running)
+def _mine(job_id: uuid.UUID, worker_id: str, attempt: int) -> Any:
+    """The job as this worker's claim of it: a worker id alone is not enough, as a worker presumed dead (frozen,
+    cut off) may come back after its job was requeued and claimed again, even by itself."""
+    return and_(Job.id == job_id, Job.worker_id == worker_id, Job.attempts == attempt, Job.status == JobStatus.running)
 
 
 def _end_run(session: Session, job_id: uuid.UUID, attempt: int, outcome: str) -> None:
@@ -172,13 +174,13 @@ def _served(session: Session, owner_id: uuid.UUID, model: str, now: datetime) ->
 
 
 def check_in(
-    session: Session, job_id: uuid.UUID, worker_id: str, lease: timedelta, **progress: int | datetime
+    session: Session, job_id: uuid.UUID, worker_id: str, attempt: int, lease: timedelta, **progress: int | datetime
 ) -> Renewal | None:
-    """Renew the lease of a running job (with any progress to record); None if this worker no longer holds
-    it, in which case it must stop and write nothing more."""
+    """Renew the lease of this worker's claim (``attempt``) of a running job, with any progress to record; None
+    if it no longer holds that claim, in which case it must stop and write nothing more."""
     result = session.execute(
         update(Job)
-        .where(_mine(job_id, worker_id))
+        .where(_mine(job_id, worker_id, attempt))
         .values(lease_expires_at=utcnow() + lease, **progress, **(_seen(session, job_id) if progress else {}))
         .returning(Job.cancel_requested_at)
         .execution_options(synchronize_session=False)
@@ -188,13 +190,19 @@ def check_in(
 
 
 def finish(
-    session: Session, job_id: uuid.UUID, worker_id: str, status: JobStatus, public_url: str, **values: Any
+    session: Session,
+    job_id: uuid.UUID,
+    worker_id: str,
+    attempt: int,
+    status: JobStatus,
+    public_url: str,
+    **values: Any,
 ) -> Ended | None:
-    """Move this worker's running job to its final status; None if the worker no longer holds it.
+    """Move this worker's claim (``attempt``) of a running job to its final status; None if it no longer holds it.
 
     A job whose cancel was requested while it finished ends canceled, not succeeded: an accepted cancel
     always ends the job canceled (its result is dropped)."""
-    guard = _mine(job_id, worker_id)
+    guard = _mine(job_id, worker_id, attempt)
     succeeded = status == JobStatus.succeeded and _set_final(
         session, job_id, and_(guard, Job.cancel_requested_at.is_(None)), status, values
     )
@@ -204,7 +212,7 @@ def finish(
         if not _set_final(session, job_id, guard, status, values):
             return None
     job = session.get_one(Job, job_id, populate_existing=True)
-    _end_run(session, job_id, job.attempts, status.value)
+    _end_run(session, job_id, attempt, status.value)
     return Ended(job, _event(session, job, status, public_url))
 
 
@@ -218,13 +226,12 @@ def _set_final(session: Session, job_id: uuid.UUID, where: Any, status: JobStatu
     return result.rowcount == 1
 
 
-def hand_back(session: Session, job_id: uuid.UUID, worker_id: str) -> bool:
-    """Put this worker's running job back in the queue at once (the worker is shutting down); the
-    attempt does not count against the job."""
-    attempt = session.scalar(select(Job.attempts).where(_mine(job_id, worker_id)))
+def hand_back(session: Session, job_id: uuid.UUID, worker_id: str, attempt: int) -> bool:
+    """Put this worker's claim (``attempt``) of a running job back in the queue at once (the worker is shutting
+    down); the attempt does not count against the job."""
     result = session.execute(
         update(Job)
-        .where(_mine(job_id, worker_id))
+        .where(_mine(job_id, worker_id, attempt))
         .values(
             status=JobStatus.queued,
             worker_id=None,
@@ -240,7 +247,7 @@ def hand_back(session: Session, job_id: uuid.UUID, worker_id: str) -> bool:
     )
     if result.rowcount != 1:
         return False
-    _end_run(session, job_id, attempt or 0, RunOutcome.HANDED_BACK)
+    _end_run(session, job_id, attempt, RunOutcome.HANDED_BACK)
     return True
 
 

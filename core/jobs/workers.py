@@ -56,8 +56,19 @@ def warm(session: Session, worker_id: str) -> None:
     )
 
 
-def seen(session: Session, worker_id: str) -> None:
-    session.execute(update(Worker).where(Worker.id == worker_id).values(last_seen_at=utcnow()))
+def seen(session: Session, worker_id: str, state: str | None = None) -> bool:
+    """A heartbeat. A worker marked gone that beats again (it was frozen, or cut off from the database) is live
+    again, in ``state`` (``WARMING``, ``DRAINING`` or None: taking jobs); True when it came back so. The job it
+    held was requeued meanwhile, and its claim of that job is void (``core.jobs.transitions``)."""
+    now = utcnow()
+    session.execute(update(Worker).where(Worker.id == worker_id).values(last_seen_at=now))
+    back = session.execute(
+        update(Worker)
+        .where(Worker.id == worker_id, Worker.stop_reason == GONE)
+        .values(stopped_at=None, stop_reason=state, current_job_id=None)
+        .execution_options(synchronize_session=False)
+    )
+    return back.rowcount == 1
 
 
 def set_current(session: Session, worker_id: str, job_id: uuid.UUID | None, done: bool = False) -> None:
