@@ -11,9 +11,12 @@ from sqlalchemy.orm import Session
 from api.errors import ApiError
 from core import admin_sessions
 from core.db import ApiKey, sessions
+from core.jobs.service import Broker
 from core.keys import authenticate
 from core.settings import Settings, get_settings
 from core.storage import Storage, storage_from
+from worker import dispatcher
+from worker.app import enqueue_delivery
 
 
 async def current_settings() -> Settings:
@@ -23,6 +26,9 @@ async def current_settings() -> Settings:
 
 
 SettingsDep = Annotated[Settings, Depends(current_settings)]
+
+# The workers, as the job actions in core.jobs.service reach them.
+BROKER = Broker(dispatch=dispatcher.dispatch, deliver=enqueue_delivery)
 
 NO_KEY = "a valid API key is required as 'Authorization: Bearer <key>'"
 ADMIN_ONLY = "this route needs an admin API key"

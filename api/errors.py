@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from core.db.session import UNREACHABLE
-from core.errors import InvalidRequest
+from core.errors import Conflict, InvalidRequest, LimitReached
 
 CODES = {
     400: "bad_request",
@@ -162,6 +162,15 @@ def install(app: FastAPI) -> None:
         # The size rules of the job's model family, checked once the model is known.
         fields = [FieldError(field=field, rule=rule) for field, rule in exc.problems]
         return _respond(request, status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc), fields)
+
+    @app.exception_handler(Conflict)
+    async def conflict(request: Request, exc: Conflict) -> Any:
+        return _respond(request, status.HTTP_409_CONFLICT, str(exc), None)
+
+    @app.exception_handler(LimitReached)
+    async def limit_reached(request: Request, exc: LimitReached) -> Any:
+        headers = {"Retry-After": str(exc.retry_after)}
+        return _respond(request, status.HTTP_429_TOO_MANY_REQUESTS, str(exc), None, **headers)
 
     # Starlette's own errors (no such route, method not allowed) in the same shape.
     @app.exception_handler(HTTPException)

@@ -23,7 +23,7 @@ from api.errors import (
     OPENAI_PREFIX,
     openai_status,
 )
-from api.limits import rate_limit, room_for_a_job
+from api.limits import rate_limit
 from api.openapi_examples import ERROR_REF, OPENAI_ERROR_REF
 from core.contract import examples
 from core.contract.strategies import STRATEGIES, CacheParams
@@ -60,7 +60,6 @@ DEPENDENCY_ERRORS: dict[Callable[..., Any], dict[int, str]] = {
     admin_key: {403: "The API key is valid but not an admin key."},
     get_session: {503: "The database is unreachable right now; retry after `Retry-After` seconds."},
     rate_limit: {429: "Too many requests for this API key; retry after `Retry-After` seconds."},
-    room_for_a_job: {429: "This API key has as many unfinished jobs as it may; retry once some finish."},
 }
 INVALID = {422: "A parameter or body field breaks a rule; `error.fields` names each one and its rule."}
 TOO_LARGE = {413: "The body is over the size limit."}

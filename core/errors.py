@@ -19,3 +19,15 @@ class InvalidRequest(SkipstepError):
 
 class CacheConfigError(SkipstepError):
     """An unknown strategy or profile, or strategy parameters outside their rules."""
+
+
+class Conflict(SkipstepError):
+    """A request that contradicts what the service already holds (an Idempotency-Key used for another body)."""
+
+
+class LimitReached(SkipstepError):
+    """A per-key limit the request would pass; ``retry_after``: seconds worth waiting before asking again."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -9,8 +9,10 @@ import logging
 import socket
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -169,6 +171,31 @@ def test_jobs_in_flight_are_capped_per_key(service: Service) -> None:
             "the capped jobs to be canceled",
         )
         assert capped.post("/jobs", json={"prompt": "a fox", **SMALL_JOB}).status_code == 202
+
+
+def test_the_in_flight_cap_holds_under_concurrent_submits(service: Service, second_api: str) -> None:
+    # 40 submits at once through two API processes, against a cap of 5: a check-then-insert lets more through.
+    raw = limited_key(service, max_active_jobs=5, rate_per_second=0)
+    slow = {"prompt": "a fox", **SMALL_JOB, "num_inference_steps": 50}
+    start = threading.Barrier(40)
+
+    def submit(index: int) -> httpx.Response:
+        with client(service, raw, second_api if index % 2 else None) as caller:
+            start.wait(timeout=30)
+            return caller.post("/jobs", json=slow)
+
+    with ThreadPoolExecutor(40) as pool:
+        answers = list(pool.map(submit, range(40)))
+    accepted = [answer.json()["id"] for answer in answers if answer.status_code == 202]
+    refused = [answer for answer in answers if answer.status_code == 429]
+    try:
+        assert (len(accepted), len(refused)) == (5, 35), [answer.status_code for answer in answers]
+        assert all("max_active_jobs" in error_of(answer)["message"] for answer in refused)
+        assert all(answer.headers["retry-after"].isdigit() for answer in refused)
+    finally:
+        with client(service, raw) as caller:
+            for job_id in accepted:
+                caller.post(f"/jobs/{job_id}/cancel")
 
 
 # Body size

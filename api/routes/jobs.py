@@ -2,31 +2,21 @@
 
 from __future__ import annotations
 
-import logging
 import uuid
-from dataclasses import asdict
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Response, status
-from fastapi.responses import FileResponse, RedirectResponse
-from sqlalchemy.exc import IntegrityError
 
-from api.deps import KeyDep, SessionDep, SettingsDep, StorageDep
+from api.deps import BROKER, KeyDep, SessionDep, SettingsDep, StorageDep
 from api.errors import ApiError, ErrorResponse
-from api.limits import RoomForJob, size_refusal
+from api.media import mp4_response
 from api.schemas import JobPage
-from core.caching.profiles import ProfileStore
 from core.contract.request import JobRequest
 from core.db import ApiKey, Job, JobStatus
-from core.jobs import catalogue, repository, transitions
-from core.jobs.expected import expected, standing
-from core.jobs.mapping import new_job
+from core.jobs import repository, service
+from core.jobs.expected import standing
 from core.jobs.view import JobView, job_view
-from core.webhooks.addresses import UnresolvableHost, UnsafeWebhookURL, resolve_target
-from worker import dispatcher
-from worker.app import enqueue_delivery
 
-log = logging.getLogger(__name__)
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 NOT_FOUND = {404: {"model": ErrorResponse, "description": "No such job for this API key."}}
@@ -63,7 +53,6 @@ def _view(session: SessionDep, job: Job, settings: SettingsDep) -> JobView:
 def submit(
     body: JobRequest,
     key: KeyDep,
-    _room: RoomForJob,
     session: SessionDep,
     settings: SettingsDep,
     response: Response,
@@ -71,64 +60,11 @@ def submit(
 ) -> Any:
     """Queue a generation job. Sizes are checked by the rules of the job's model family; the row is
     committed before the job is queued, so nothing is lost."""
-    if body.webhook_url is not None:
-        try:
-            resolve_target(body.webhook_url, settings.webhook_allow_private)
-        except (UnsafeWebhookURL, UnresolvableHost) as exc:
-            raise ApiError.invalid("webhook_url", str(exc)) from None
-
-    fingerprint = body.fingerprint()
-    if idempotency_key is not None:
-        existing = repository.by_idempotency_key(session, key, idempotency_key)
-        if existing is not None:
-            return _replay(session, existing, fingerprint, settings, response)
-
-    model = body.model or settings.default_model
-    info = catalogue.describe(session, model, settings)
-    shape = body.shape(info.family, info.default_shape)
-    info.check_cache(body.cache)
-    refusal = size_refusal(key, settings, asdict(shape))
-    if refusal is not None:
-        return refusal
-    figures = expected(session, body, shape, model, info, ProfileStore(settings.profiles_dir))
-    job = new_job(
-        body,
-        shape,
-        model,
-        key.id,
-        idempotency_key=idempotency_key,
-        request_hash=fingerprint,
-        expected=figures.model_dump(mode="json") if figures is not None else None,
-        pending_checks=info.pending_checks(body.cache),
-    )
-    session.add(job)
-    try:
-        session.commit()
-    except IntegrityError:
-        # A concurrent request with the same Idempotency-Key won the insert.
-        session.rollback()
-        existing = repository.by_idempotency_key(session, key, idempotency_key or "")
-        if existing is None:
-            raise
-        return _replay(session, existing, fingerprint, settings, response)
-
-    try:
-        dispatcher.dispatch(settings, [job.model])
-    except Exception:
-        log.warning("job %s is saved but could not be dispatched now; a worker's sweep will send it", job.id)
-    response.headers["Location"] = f"/jobs/{job.id}"
-    return _view(session, job, settings)
-
-
-def _replay(session: SessionDep, job: Job, fingerprint: str, settings: SettingsDep, response: Response) -> Any:
-    if job.request_hash != fingerprint:
-        raise ApiError(
-            status.HTTP_409_CONFLICT,
-            f"Idempotency-Key was already used for job {job.id} with a different request body",
-        )
-    response.headers["Idempotent-Replayed"] = "true"
-    response.headers["Location"] = f"/jobs/{job.id}"
-    return _view(session, job, settings)
+    submitted = service.submit(session, key, body, settings, BROKER, idempotency_key)
+    if submitted.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = f"/jobs/{submitted.job.id}"
+    return _view(session, submitted.job, settings)
 
 
 @router.get("", response_model=JobPage)
@@ -163,21 +99,11 @@ def get_job(job_id: uuid.UUID, key: KeyDep, session: SessionDep, settings: Setti
 def cancel(job_id: uuid.UUID, key: KeyDep, session: SessionDep, settings: SettingsDep) -> Any:
     """A queued job is canceled at once; a running job stops at its next denoising step."""
     _found(session, job_id, key)
-    canceled = cancel_job(session, job_id, settings)
+    canceled = service.cancel(session, job_id, settings, BROKER)
     if canceled is None:
         job = _found(session, job_id, key)
         raise ApiError(status.HTTP_409_CONFLICT, f"job {job.id} has already finished ({job.status.value})")
     return _view(session, canceled, settings)
-
-
-def cancel_job(session: SessionDep, job_id: uuid.UUID, settings: SettingsDep) -> Job | None:
-    """Cancel (or ask a running job to stop), committed, its webhook event sent; None if it had finished."""
-    outcome = transitions.cancel(session, job_id, settings.public_url)
-    session.commit()
-    if isinstance(outcome, transitions.Ended):
-        enqueue_delivery(outcome.delivery)
-        return outcome.job
-    return outcome
 
 
 @router.get(
@@ -190,10 +116,4 @@ def cancel_job(session: SessionDep, job_id: uuid.UUID, settings: SettingsDep) ->
     },
 )
 def video(job_id: uuid.UUID, key: KeyDep, session: SessionDep, storage: StorageDep) -> Any:
-    job = _found(session, job_id, key)
-    if job.status != JobStatus.succeeded or job.video_key is None:
-        raise ApiError(status.HTTP_404_NOT_FOUND, f"job {job.id} has no video (status {job.status.value})")
-    url = storage.presigned_url(job.video_key)
-    if url is not None:
-        return RedirectResponse(url, status_code=status.HTTP_307_TEMPORARY_REDIRECT)
-    return FileResponse(storage.local_path(job.video_key), media_type="video/mp4", filename=f"{job.id}.mp4")
+    return mp4_response(_found(session, job_id, key), storage)

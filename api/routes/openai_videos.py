@@ -23,18 +23,17 @@ import re
 import uuid
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Query, Request, Response, status
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, ValidationError
+from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
-from api.deps import KeyDep, SessionDep, SettingsDep, StorageDep
-from api.errors import OPENAI_FIELDS, ApiError, OpenAIErrorResponse, openai_error_response
-from api.limits import RoomForJob
-from api.routes import jobs
+from api.deps import BROKER, KeyDep, SessionDep, SettingsDep, StorageDep
+from api.errors import ApiError, OpenAIErrorResponse
+from api.media import mp4_response
 from core.contract import examples
 from core.contract.request import JobRequest
 from core.db import ApiKey, Job, JobStatus
-from core.jobs import repository
+from core.errors import InvalidRequest
+from core.jobs import repository, service
 from core.jobs.view import JobView, job_view
 
 router = APIRouter(prefix="/v1/videos", tags=["openai"])
@@ -42,7 +41,10 @@ NO_VIDEO: dict[int | str, dict[str, Any]] = {
     404: {"model": OpenAIErrorResponse, "description": "No such video for this API key (`after`: no such id)."}
 }
 
-SIZE = re.compile(r"(\d+)x(\d+)")
+SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")
+SECONDS = re.compile(r"[0-9]{1,3}(\.[0-9]{1,6})?")
+MAX_SECONDS = 60
+MAX_FORM_DEPTH = 4
 TEMPORAL_MULTIPLE = 4
 STATUS = {
     JobStatus.queued: "queued",
@@ -104,12 +106,6 @@ class VideoDeleted(BaseModel):
     )
 
 
-class Invalid(Exception):
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(f"{param}: {message}")
-        self.param = param
-
-
 def video(view: JobView) -> Video:
     error = VideoError(code=view.error.code, message=view.error.message) if view.error else None
     if view.status == JobStatus.canceled:
@@ -129,30 +125,38 @@ def video(view: JobView) -> Video:
     )
 
 
-async def _body(request: Request) -> dict[str, Any]:
+async def video_fields(request: Request) -> dict[str, Any]:
     """The request's fields, from JSON or from a form (the ``openai`` client sends multipart, with nested
     ``extra_body`` fields flattened as ``cache[params][threshold]``)."""
     if request.headers.get("content-type", "").startswith("application/json"):
         try:
             body = await request.json()
-        except ValueError as exc:
-            raise Invalid("body", "is not valid JSON") from exc
+        except ValueError:
+            raise ApiError.invalid("body", "must be valid JSON") from None
         if not isinstance(body, dict):
-            raise Invalid("body", "must be a JSON object")
+            raise ApiError.invalid("body", "must be a JSON object")
         return body
     form = await request.form()
     fields: dict[str, Any] = {}
     for name in form:
-        values = [value for value in form.getlist(name) if isinstance(value, str)]
-        if len(values) != len(form.getlist(name)):
-            raise Invalid(name.split("[")[0], "file uploads are not supported")
+        given = form.getlist(name)
+        values = [value for value in given if isinstance(value, str)]
+        root = name.split("[")[0]
+        if len(values) != len(given):
+            raise ApiError.invalid(root, "file uploads are not supported")
         path = name.removesuffix("[]").replace("]", "").split("[")
+        if len(path) > MAX_FORM_DEPTH:
+            raise ApiError.invalid(root, f"must be nested at most {MAX_FORM_DEPTH} levels deep")
         if len(path) > 1:
             # A nested field (extra_body's cache params, say) lost its JSON type in the form: 0.2 came as "0.2".
             values = [_json_value(value) for value in values]
         target = fields
         for part in path[:-1]:
             target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise ApiError.invalid(root, "is given both as a value and as nested fields")
+        if path[-1] in target and isinstance(target[path[-1]], dict):
+            raise ApiError.invalid(root, "is given both as a value and as nested fields")
         target[path[-1]] = values if name.endswith("[]") else values[-1]
     return fields
 
@@ -160,37 +164,56 @@ async def _body(request: Request) -> dict[str, Any]:
 def _json_value(text: str) -> Any:
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return text
 
 
 def _job_body(fields: dict[str, Any]) -> JobRequest:
     body = dict(fields)
     if body.pop("input_reference", None) is not None:
-        raise Invalid("input_reference", "is not supported: this service generates from text only")
+        raise ApiError.invalid("input_reference", "is not supported: this service generates from text only")
     size = body.pop("size", None)
     if size is not None:
-        match = SIZE.fullmatch(str(size))
+        match = SIZE.fullmatch(size) if isinstance(size, str) else None
         if match is None:
-            raise Invalid("size", "must be WIDTHxHEIGHT, e.g. 832x480")
+            raise ApiError.invalid("size", "must be WIDTHxHEIGHT, e.g. 832x480")
         body["width"], body["height"] = int(match[1]), int(match[2])
     seconds = body.pop("seconds", None)
     if seconds is not None:
-        try:
-            length = float(seconds)
-        except ValueError as exc:
-            raise Invalid("seconds", "must be a number of seconds") from exc
-        if not 0 < length <= 60:
-            raise Invalid("seconds", "must be more than 0 and at most 60")
-        fps = int(body.get("fps") or JobRequest.model_fields["fps"].default)
-        body["num_frames"] = TEMPORAL_MULTIPLE * round(length * fps / TEMPORAL_MULTIPLE) + 1
+        length = _seconds(seconds)
+        fps = _fps(body.get("fps", JobRequest.model_fields["fps"].default))
+        if fps is not None:
+            body["num_frames"] = TEMPORAL_MULTIPLE * round(length * fps / TEMPORAL_MULTIPLE) + 1
     try:
         return JobRequest.model_validate(body)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        field = str(error["loc"][0]) if error["loc"] else "body"
-        param = OPENAI_FIELDS.get(field, ".".join(str(part) for part in error["loc"]) or "body")
-        raise Invalid(param, str(error["msg"]).removeprefix("Value error, ")) from exc
+        problems = [(".".join(str(part) for part in error["loc"]) or "body", _rule(error)) for error in exc.errors()]
+        raise InvalidRequest(*problems[0], *problems[1:]) from None
+
+
+def _seconds(value: Any) -> float:
+    """``seconds`` as OpenAI sends it (a string such as "4"), or a JSON number."""
+    text = value if isinstance(value, str) else None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        text = str(value)
+    if text is None or not SECONDS.fullmatch(text):
+        raise ApiError.invalid("seconds", 'must be a number of seconds, e.g. "4"')
+    length = float(text)
+    if not 0 < length <= MAX_SECONDS:
+        raise ApiError.invalid("seconds", f"must be more than 0 and at most {MAX_SECONDS}")
+    return length
+
+
+def _fps(value: Any) -> int | None:
+    """The body's fps for the frame count; None when it breaks its rule, which the request's validation names."""
+    try:
+        return TypeAdapter(JobRequest.model_fields["fps"].annotation).validate_python(value)
+    except ValidationError:
+        return None
+
+
+def _rule(error: Any) -> str:
+    return str(error["msg"]).removeprefix("Value error, ")
 
 
 def _found(session: SessionDep, video_id: uuid.UUID, key: ApiKey) -> Job:
@@ -200,35 +223,25 @@ def _found(session: SessionDep, video_id: uuid.UUID, key: ApiKey) -> Job:
     return job
 
 
-def _as_openai(result: Any) -> Any:
-    """A skipstep route's answer, its errors reshaped as OpenAI's."""
-    if isinstance(result, JSONResponse) and result.status_code >= 400:
-        error = json.loads(result.body)["error"]
-        field = (error.get("fields") or [{}])[0].get("field")
-        return openai_error_response(result.status_code, error["message"], OPENAI_FIELDS.get(field, field))
-    return video(result)
-
-
 @router.post(
     "",
     response_model=Video,
-    responses={400: {"model": OpenAIErrorResponse, "description": "A field breaks a rule; `param` names it."}},
+    responses={
+        400: {"model": OpenAIErrorResponse, "description": "A field breaks a rule; `param` names it."},
+        409: {"model": OpenAIErrorResponse, "description": "Idempotency-Key reused with a different body."},
+        429: {"model": OpenAIErrorResponse, "description": "Too many requests, or too many videos in flight."},
+    },
 )
-async def create(
-    request: Request,
+def create(
+    fields: Annotated[dict[str, Any], Depends(video_fields)],
     key: KeyDep,
-    room: RoomForJob,
     session: SessionDep,
     settings: SettingsDep,
-    response: Response,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
 ) -> Any:
     """Queue a video (a skipstep job): JSON or multipart form, as the `openai` client sends it."""
-    try:
-        body = _job_body(await _body(request))
-    except Invalid as exc:
-        return openai_error_response(status.HTTP_400_BAD_REQUEST, str(exc), exc.param)
-    return _as_openai(jobs.submit(body, key, room, session, settings, response, idempotency_key))
+    submitted = service.submit(session, key, _job_body(fields), settings, BROKER, idempotency_key)
+    return video(job_view(submitted.job, settings.public_url))
 
 
 @router.get("", response_model=VideoList, responses=NO_VIDEO)
@@ -257,14 +270,14 @@ def list_videos(
 
 @router.get("/{video_id}", response_model=Video, responses=NO_VIDEO)
 def retrieve(video_id: uuid.UUID, key: KeyDep, session: SessionDep, settings: SettingsDep) -> Any:
-    return video(jobs.get_job(video_id, key, session, settings))
+    return video(job_view(_found(session, video_id, key), settings.public_url))
 
 
 @router.delete("/{video_id}", response_model=VideoDeleted, responses=NO_VIDEO)
 def delete(video_id: uuid.UUID, key: KeyDep, session: SessionDep, settings: SettingsDep) -> Any:
     """Cancels a queued or running job; a finished job is kept and answers `deleted: false`."""
     job = _found(session, video_id, key)
-    canceled = None if job.status.finished else jobs.cancel_job(session, job.id, settings)
+    canceled = None if job.status.finished else service.cancel(session, job.id, settings, BROKER)
     return VideoDeleted(id=str(job.id), deleted=canceled is not None)
 
 
@@ -282,4 +295,4 @@ def content(
     variant: Literal["video"] = "video",
 ) -> Any:
     """The MP4 (`variant=video`; thumbnails and spritesheets are not made)."""
-    return jobs.video(video_id, key, session, storage)
+    return mp4_response(_found(session, video_id, key), storage)
