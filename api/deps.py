@@ -12,7 +12,7 @@ from api.errors import ApiError
 from core import admin_sessions
 from core.db import ApiKey, sessions
 from core.jobs.service import Broker
-from core.keys import authenticate
+from core.keys import KeyCache
 from core.settings import Settings, get_settings
 from core.storage import Storage, storage_from
 from worker import dispatcher
@@ -72,9 +72,16 @@ def admin_cookie_key(request: Request, session: Session) -> ApiKey | None:
     return admin_sessions.key_for(session, token)
 
 
-def current_key(request: Request, session: SessionDep) -> ApiKey:
+KEYS = KeyCache()
+
+
+def current_key(request: Request, session: SessionDep, settings: SettingsDep) -> ApiKey:
     token = bearer_token(request)
-    key = authenticate(session, token) if token else admin_cookie_key(request, session)
+    key = (
+        KEYS.authenticate(session, token, settings.api_key_cache_seconds)
+        if token
+        else admin_cookie_key(request, session)
+    )
     if key is None:
         raise ApiError(status.HTTP_401_UNAUTHORIZED, NO_KEY, headers={"WWW-Authenticate": "Bearer"})
     return key

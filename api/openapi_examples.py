@@ -46,6 +46,11 @@ PARAMETERS: dict[str, dict[str, Any]] = {
         "stream resumes after it.",
         "example": "4",
     },
+    "wait": {"example": 30},
+    "if-none-match": {
+        "description": "The `ETag` of the job as last received: an unchanged job answers 304 with no body.",
+        "example": '"5d41402abc4b2a76"',
+    },
     "grace_hours": {"example": 24},
     "webhook-id": {"example": examples.WEBHOOK_ID},
     "webhook-timestamp": {"example": 1748779278},

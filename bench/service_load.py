@@ -1,10 +1,13 @@
 """Submit throughput and latency of the API under concurrent clients: starts uvicorn (--workers N) on the
 given PostgreSQL database and Redis, then C clients, each with its own API key, make N submits in all
 (POST /jobs, then one GET /jobs/{id} of the job just made), and the database is checked afterwards for lost
-and duplicated jobs. No GPU worker runs unless --busy-worker starts one (wan-tiny, on the same cores).
+and duplicated jobs. Then, with --polls, the clients poll the jobs they made (GET /jobs/{id}) as a fleet of
+pollers does: once plainly, once conditionally (If-None-Match with the last ETag: 304 where the API supports
+it), with the API processes' CPU time per request. No GPU worker runs unless --busy-worker starts one
+(wan-tiny, on the same cores).
 
     .venv/bin/python bench/service_load.py --database-url postgresql+psycopg://postgres@127.0.0.1:5432/bench \
-        --broker-url redis://127.0.0.1:6379/9 --submits 2000 --concurrency 16 --api-workers 2
+        --broker-url redis://127.0.0.1:6379/9 --submits 2000 --concurrency 16 --api-workers 2 --polls 5000
 
 The database must be empty or a bench database of this script (it is migrated here). Rate and job-count
 limits stay on, set high enough never to refuse, so that their cost is measured.
@@ -27,9 +30,9 @@ from pathlib import Path
 import httpx
 from sqlalchemy import select
 
-from core.db import Job, session_scope
+from core.db import ApiKey, Job, session_scope
 from core.db.migrate import upgrade
-from core.keys import create_key
+from core.keys import create_key, hash_key
 
 RAMP = 0.02
 JOB = {"width": 64, "height": 64, "num_frames": 9, "num_inference_steps": 6}
@@ -108,6 +111,54 @@ async def load(url: str, keys: list[str], run: str, submits: int) -> tuple[dict[
     return results, time.perf_counter() - started
 
 
+async def poll_loop(
+    url: str, key: str, job_ids: list[str], count: asyncio.Queue[int], results: dict[str, list], conditional: bool
+) -> None:
+    headers = {"Authorization": f"Bearer {key}"}
+    tags: dict[str, str] = {}
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as client:
+        index = 0
+        while True:
+            try:
+                count.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            job_id = job_ids[index % len(job_ids)]
+            index += 1
+            extra = {"If-None-Match": tags[job_id]} if conditional and job_id in tags else {}
+            started = time.perf_counter()
+            response = await client.get(f"/jobs/{job_id}", headers=extra)
+            results["latency"].append(time.perf_counter() - started)
+            results[str(response.status_code)].append(1)
+            if "etag" in response.headers:
+                tags[job_id] = response.headers["etag"]
+
+
+async def polls(
+    url: str, keys: list[str], jobs: dict[str, list[str]], total: int, conditional: bool
+) -> tuple[dict[str, list], float]:
+    count: asyncio.Queue[int] = asyncio.Queue()
+    for number in range(total):
+        count.put_nowait(number)
+    results: dict[str, list] = {"latency": [], "200": [], "304": []}
+    started = time.perf_counter()
+    await asyncio.gather(*(poll_loop(url, key, jobs[key], count, results, conditional) for key in keys if jobs[key]))
+    return results, time.perf_counter() - started
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and its children (uvicorn's worker processes)."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(stat.parent.name) == pid or int(fields[1]) == pid:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--database-url", required=True)
@@ -117,6 +168,7 @@ def main() -> None:
     parser.add_argument("--api-workers", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=100, help="submits made and not counted, first")
     parser.add_argument("--busy-worker", action="store_true", help="run a wan-tiny worker taking the jobs")
+    parser.add_argument("--polls", type=int, default=0, help="GET /jobs/{id} polls per mode after the submits")
     args = parser.parse_args()
 
     upgrade(args.database_url)
@@ -148,6 +200,13 @@ def main() -> None:
         asyncio.run(load(url, keys, f"warmup-{uuid.uuid4().hex[:6]}", args.warmup))
         run = uuid.uuid4().hex[:8]
         results, seconds = asyncio.run(load(url, keys, run, args.submits))
+        polled = []
+        if args.polls:
+            jobs = owned_jobs(args.database_url, keys, run)
+            for conditional in (False, True):
+                before = cpu_seconds(processes[0].pid)
+                figures, took = asyncio.run(polls(url, keys, jobs, args.polls, conditional))
+                polled.append((conditional, figures, took, cpu_seconds(processes[0].pid) - before))
     finally:
         for process in processes:
             process.terminate()
@@ -172,6 +231,28 @@ def main() -> None:
     print(f"GET /jobs/{{id}}  p50 {ms(results['poll'], 0.5):6.1f} ms  p99 {ms(results['poll'], 0.99):6.1f} ms")
     print(f"accepted {len(accepted)}, stored {len(stored)}, lost {lost}, duplicated {duplicated}")
     print(f"errors {len(results['errors'])}" + (f": {results['errors'][:3]}" if results["errors"] else ""))
+    for conditional, figures, took, cpu in polled:
+        done = len(figures["latency"])
+        print(
+            f"{'conditional' if conditional else 'plain':11} GETs  {done / took:7.1f}/s  "
+            f"p50 {ms(figures['latency'], 0.5):6.1f} ms  p99 {ms(figures['latency'], 0.99):6.1f} ms  "
+            f"200: {len(figures['200'])}  304: {len(figures['304'])}  API CPU {cpu / done * 1000:5.2f} ms/request"
+        )
+
+
+def owned_jobs(database_url: str, keys: list[str], run: str) -> dict[str, list[str]]:
+    """Each client's jobs of this run, by its raw key."""
+    by_hash = {hash_key(key): key for key in keys}
+    with session_scope(database_url) as session:
+        rows = session.execute(
+            select(ApiKey.key_hash, Job.id)
+            .join(ApiKey, ApiKey.id == Job.owner_id)
+            .where(Job.prompt.like(f"load {run} %"))
+        ).all()
+    jobs: dict[str, list[str]] = {key: [] for key in keys}
+    for key_hash, job_id in rows:
+        jobs[by_hash[key_hash]].append(str(job_id))
+    return jobs
 
 
 if __name__ == "__main__":

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+import time
+from collections import OrderedDict
 from datetime import timedelta
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import inspect, select
+from sqlalchemy.orm import Session, make_transient_to_detached
 
 from core.db import ApiKey, utcnow
 from core.webhooks.signing import new_secret
@@ -33,6 +36,41 @@ def authenticate(session: Session, raw_key: str) -> ApiKey | None:
     if key is None or key.revoked_at is not None:
         return None
     return key
+
+
+class KeyCache:
+    """Keys an API process has looked up recently, by hash, each kept ``ttl`` seconds: most requests then need
+    no key query. A revoked key, or a change to its row, takes effect within ``ttl``. Only keys that exist
+    are kept (a stream of wrong keys cannot fill it), at most ``size`` of them."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._keys: OrderedDict[str, tuple[float, ApiKey]] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def authenticate(self, session: Session, raw_key: str, ttl: float) -> ApiKey | None:
+        if ttl <= 0:
+            return authenticate(session, raw_key)
+        digest = hash_key(raw_key)
+        with self._lock:
+            kept = self._keys.get(digest)
+        if kept is not None and kept[0] > time.monotonic():
+            return session.merge(kept[1], load=False)
+        key = authenticate(session, raw_key)
+        if key is not None:
+            with self._lock:
+                self._keys[digest] = (time.monotonic() + ttl, _detached_copy(key))
+                self._keys.move_to_end(digest)
+                while len(self._keys) > self._size:
+                    self._keys.popitem(last=False)
+        return key
+
+
+def _detached_copy(key: ApiKey) -> ApiKey:
+    """A copy of the row's values, belonging to no session, that ``Session.merge(load=False)`` attaches."""
+    copy = ApiKey(**{column.key: getattr(key, column.key) for column in inspect(ApiKey).column_attrs})
+    make_transient_to_detached(copy)
+    return copy
 
 
 def rotate_webhook_secret(session: Session, key: ApiKey, grace: timedelta) -> str:

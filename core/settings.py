@@ -138,6 +138,13 @@ class Settings(BaseSettings):
     event_streams_per_key: int = Field(
         default=8, ge=1, description="Concurrent event streams one API key may hold open on one API process."
     )
+    api_key_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        le=60,
+        description="An API process keeps a key it has looked up this long before reading it again (0: off); a "
+        "revoked key, or a change to its limits, takes effect within it.",
+    )
 
     # Limits (core.limits); an API key's row may override each per-key figure.
     max_pixels: int = Field(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
+import anyio
 from fastapi import APIRouter, Header, Query, Response, status
 
 from api.deps import BROKER, KeyDep, SessionDep, SettingsDep, StorageDep
@@ -13,7 +14,7 @@ from api.media import mp4_response
 from api.schemas import JobPage
 from core.contract.request import JobRequest
 from core.db import ApiKey, Job, JobStatus
-from core.jobs import repository, service
+from core.jobs import polling, repository, service
 from core.jobs.expected import standing
 from core.jobs.view import JobView, job_view
 
@@ -85,9 +86,47 @@ def list_jobs(
     return JobPage(jobs=[job_view(job, settings.public_url) for job in page.jobs], next_cursor=page.next_cursor)
 
 
-@router.get("/{job_id}", response_model=JobView, responses=NOT_FOUND)
-def get_job(job_id: uuid.UUID, key: KeyDep, session: SessionDep, settings: SettingsDep) -> Any:
-    return _view(session, _found(session, job_id, key), settings)
+@router.get(
+    "/{job_id}",
+    response_model=JobView,
+    responses=NOT_FOUND
+    | {304: {"description": "Not modified: the job still has the `If-None-Match` tag (after `wait`, if given)."}},
+)
+async def get_job(
+    job_id: uuid.UUID,
+    key: KeyDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    response: Response,
+    wait: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=60,
+            description="Long-poll: answer as soon as the job changes (from the `If-None-Match` state, else from "
+            "its state now), or after this many seconds.",
+        ),
+    ] = 0,
+    if_none_match: Annotated[str | None, Header(max_length=1024)] = None,
+) -> Any:
+    """The job, with an `ETag`. With `If-None-Match` holding that tag, an unchanged job answers 304 (no body).
+    With `wait`, the answer waits for the job's next change: from the tagged state if `If-None-Match` is given,
+    else from its state now; unchanged after `wait` seconds, 304 (tagged) or the job. A queued job carries
+    `Retry-After`: when looking again is worthwhile."""
+    seen = polling.seen_tags(if_none_match)
+    snapshot = await anyio.to_thread.run_sync(polling.read, session, job_id, key, settings, seen)
+    if snapshot is not None and wait and not snapshot.finished and (snapshot.view is None or not seen):
+        session.close()  # no pooled connection held while waiting
+        snapshot = await polling.next_change(settings, job_id, key, snapshot.etag, wait, answer_unchanged=not seen)
+    if snapshot is None:
+        raise ApiError(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
+    headers = {"ETag": snapshot.etag, "Cache-Control": "no-cache"}
+    if snapshot.retry_after is not None:
+        headers["Retry-After"] = str(snapshot.retry_after)
+    if snapshot.view is None:
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+    response.headers.update(headers)
+    return snapshot.view
 
 
 @router.post(

@@ -76,7 +76,7 @@ def frame(name: str, version: int, view: JobView) -> str:
 
 async def events(settings: Settings, job_id: uuid.UUID, last_seen: int | None) -> AsyncIterator[str]:
     """The stream's text, event by event, until the job reaches a terminal status."""
-    listener = await _subscribe(settings.broker_url, job_id)
+    listener = await subscribe(settings.broker_url, job_id)
     previous: JobStatus | None = None
     quiet_since = time.monotonic()
     try:
@@ -91,14 +91,14 @@ async def events(settings: Settings, job_id: uuid.UUID, last_seen: int | None) -
             if time.monotonic() - quiet_since >= KEEPALIVE_SECONDS:
                 yield ": keepalive\n\n"
                 quiet_since = time.monotonic()
-            await _changed(listener, settings.event_poll_seconds)
+            await changed(listener, settings.event_poll_seconds)
     finally:
         if listener is not None:
             with anyio.CancelScope(shield=True):
-                await _close(listener)
+                await unsubscribe(listener)
 
 
-async def _subscribe(url: str | None, job_id: uuid.UUID) -> redis.asyncio.client.PubSub | None:
+async def subscribe(url: str | None, job_id: uuid.UUID) -> redis.asyncio.client.PubSub | None:
     """Listen for the job's change announcements; None (poll only) without a reachable broker."""
     if url is None:
         return None
@@ -106,12 +106,12 @@ async def _subscribe(url: str | None, job_id: uuid.UUID) -> redis.asyncio.client
     try:
         await listener.subscribe(channel(job_id))
     except (redis.RedisError, OSError):
-        await _close(listener)
+        await unsubscribe(listener)
         return None
     return listener
 
 
-async def _changed(listener: redis.asyncio.client.PubSub | None, seconds: float) -> None:
+async def changed(listener: redis.asyncio.client.PubSub | None, seconds: float) -> None:
     """Return when the job is announced changed, or after ``seconds``."""
     if listener is None:
         await anyio.sleep(seconds)
@@ -125,7 +125,7 @@ async def _changed(listener: redis.asyncio.client.PubSub | None, seconds: float)
         await anyio.sleep(seconds)
 
 
-async def _close(listener: redis.asyncio.client.PubSub) -> None:
+async def unsubscribe(listener: redis.asyncio.client.PubSub) -> None:
     try:
         await listener.aclose()
         await listener.connection_pool.aclose()
