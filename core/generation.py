@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -27,10 +27,15 @@ from core.models import LoadedModel
 
 @dataclass(frozen=True)
 class Progress:
+    """Steps done of the whole generation: with ``compare`` the uncached baseline's steps follow the cached run's
+    (``total`` is twice the step count); the calls are the cached run's."""
+
     step: int
     total: int
     computed_calls: int
     skipped_calls: int
+    # A step of the uncached baseline of a ``compare`` run.
+    baseline: bool = False
 
 
 class Timings(BaseModel):
@@ -69,11 +74,26 @@ def generate(
     on_plan: PlanCallback | None = None,
     on_step: ProgressCallback | None = None,
 ) -> GenerationResult:
+    """Generate; ``on_step`` sees every step, the baseline's of a ``compare`` run too, so whoever supervises the
+    job (cancel, time limits, stall signs) supervises the baseline as well."""
     shape = request.shape(model.family.rules, model.default_shape)
+    steps = shape.num_inference_steps
+    total = steps * 2 if request.compare else steps
     cache = build_cache(request.cache, model.transformer, shape, profiles)
-    result = run(model, request, shape, cache, on_plan, on_step)
+
+    def cached_step(progress: Progress) -> None:
+        if on_step is not None:
+            on_step(replace(progress, total=total))
+
+    result = run(model, request, shape, cache, on_plan, cached_step)
     if request.compare:
-        baseline = run(model, request, shape, NoCache(), None, None)
+        computed, skipped = cache.calls()
+
+        def baseline_step(progress: Progress) -> None:
+            if on_step is not None:
+                on_step(Progress(steps + progress.step, total, computed, skipped, baseline=True))
+
+        baseline = run(model, request, shape, NoCache(), None, baseline_step)
         result.fidelity = Fidelity(
             psnr=psnr(result.frames, baseline.frames),
             ssim=ssim(result.frames, baseline.frames),

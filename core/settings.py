@@ -130,6 +130,12 @@ class Settings(BaseSettings):
     storage_retry_seconds: float = Field(
         default=1.0, ge=0, description="Wait before the second try to store a video; doubled for each further one."
     )
+    storage_retry_max_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="The longest wait between two tries to store a video: once the store is back, the video is "
+        "stored within this.",
+    )
 
     # Server-sent events (GET /jobs/{id}/events)
     event_poll_seconds: float = Field(

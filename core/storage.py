@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Protocol
 
 import boto3
+from boto3.exceptions import S3UploadFailedError
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -91,6 +92,12 @@ class S3Storage:
             self.client.upload_file(str(path), self.bucket, key, ExtraArgs={"ContentType": "video/mp4"})
         except (BotoCoreError, ClientError) as exc:
             raise StorageError(f"upload of {key} to bucket {self.bucket}: {_reason(exc)}") from exc
+        except S3UploadFailedError as exc:
+            # The server's error answer (NoSuchBucket, SlowDown, ...), which boto3 wraps with the local file's path
+            # in the message: the answer's code and message alone.
+            answer = exc.__context__
+            reason = _reason(answer) if isinstance(answer, ClientError) else "the server refused the upload"
+            raise StorageError(f"upload of {key} to bucket {self.bucket}: {reason}") from exc
         return path.stat().st_size
 
     def delete(self, key: str) -> None:

@@ -5,6 +5,7 @@ restarted empty, connections are dropped by a proxy; every wait is bounded."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -13,7 +14,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -337,6 +338,26 @@ def test_cancel_at_any_moment_ends_canceled_or_finished_first(stack: Callable[..
         assert deliveries(service, job_id, "job.succeeded" if status == "canceled" else "job.canceled") == 0
 
 
+def test_cancel_during_the_compare_baseline_ends_the_job_canceled_promptly(stack: Callable[..., Stack]) -> None:
+    """The uncached baseline of a compare job runs under the same step callback as the job: its steps are
+    progress (after the cached run's), and a cancel stops it at its next step."""
+    service = stack().service
+    service.start_worker()
+    job_id = service.submit(**LONG_JOB, compare=True)["id"]
+    steps = LONG_JOB["num_inference_steps"]
+    in_baseline = running_step(service, job_id, step=steps + 2)
+    assert in_baseline["progress"]["total"] == 2 * steps
+    with service.client() as client:
+        assert client.post(f"/jobs/{job_id}/cancel").status_code == 202
+    canceled_at = time.monotonic()
+    final = service.wait(job_id, timeout=30)
+    assert final["status"] == "canceled"
+    # At the next step: far sooner than the 20-odd steps left of the baseline (~0.2 s each when idle).
+    assert time.monotonic() - canceled_at < 10
+    assert row(service, job_id).progress_step < 2 * steps
+    assert [run.outcome for run in runs(service, job_id)] == ["canceled"]
+
+
 def test_a_cancel_for_a_job_whose_worker_died_ends_it_canceled(stack: Callable[..., Stack]) -> None:
     service = stack().service
     doomed = service.start_worker()
@@ -443,7 +464,7 @@ def test_storage_down_at_upload_is_retried_then_fails_without_server_details(
     try:
         s3 = s3_settings(f"http://127.0.0.1:{proxy.port}", "skipstep-durable")
         service = stack(**s3).service
-        service.start_worker(SKIPSTEP_STORAGE_ATTEMPTS="3", SKIPSTEP_STORAGE_RETRY_SECONDS="1")
+        first = service.start_worker(SKIPSTEP_STORAGE_ATTEMPTS="3", SKIPSTEP_STORAGE_RETRY_SECONDS="1")
         proxy.cut()
         failed = service.wait(service.submit(webhook_url="http://127.0.0.1:9/hook")["id"], timeout=120)
         assert failed["status"] == "failed" and failed["error"]["code"] == "storage_failed"
@@ -458,6 +479,23 @@ def test_storage_down_at_upload_is_retried_then_fails_without_server_details(
         job_id = service.submit()["id"]
         first_try = f"job {job_id}: storing the video failed (try 1)"
         wait_until(lambda: first_try in service.worker_log.read_text(), 120, 0.05, "a failed first upload")
+        proxy.restore()
+        assert service.wait(job_id, timeout=60)["status"] == "succeeded"
+
+        # A long outage with many tries: the waits stop doubling at the longest wait, so the video is stored soon
+        # after the store is back (doubling alone would wait 4 s before the fifth try, 8 s before the sixth).
+        first.terminate()
+        assert first.wait(timeout=60) == 0
+        service.start_worker(
+            SKIPSTEP_STORAGE_ATTEMPTS="20", SKIPSTEP_STORAGE_RETRY_SECONDS="0.5", SKIPSTEP_STORAGE_RETRY_MAX_SECONDS="1"
+        )
+        proxy.cut()
+        job_id = service.submit()["id"]
+        fifth_try = f"job {job_id}: storing the video failed (try 5)"
+        wait_until(lambda: fifth_try in service.worker_log.read_text(), 120, 0.05, "five failed uploads")
+        tries = [line for line in service.worker_log.read_text().splitlines() if f"job {job_id}: storing" in line]
+        moments = [datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f") for line in tries]
+        assert max(later - earlier for earlier, later in itertools.pairwise(moments[2:])) < timedelta(seconds=3)
         proxy.restore()
         assert service.wait(job_id, timeout=60)["status"] == "succeeded"
     finally:

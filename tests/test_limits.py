@@ -94,6 +94,26 @@ def test_a_keys_own_ceilings_replace_the_global_ones(service: Service) -> None:
     assert cost["rule"].startswith(f"width x height x num_frames x num_inference_steps must be at most {64 * 64 * 36}")
 
 
+def test_compare_counts_its_uncached_baseline_against_max_cost(service: Service) -> None:
+    """A compare job costs its run plus the baseline's: over max_cost at twice the cost it is refused naming
+    compare and the rule, while the same job without compare is accepted."""
+    cost = 64 * 64 * 9 * 6
+    raw = limited_key(service, max_cost=cost * 3 // 2)
+    with client(service, raw) as capped:
+        compared = capped.post("/jobs", json={"prompt": "a fox", **SMALL_JOB, "compare": True})
+        alone = capped.post("/jobs", json={"prompt": "a fox", **SMALL_JOB})
+        cheaper = capped.post("/jobs", json={"prompt": "a fox", **SMALL_JOB, "num_inference_steps": 4, "compare": True})
+    assert compared.status_code == 422
+    [rule] = error_of(compared)["fields"]
+    assert rule["field"] == "compare"
+    assert rule["rule"] == (
+        "with compare the uncached baseline runs too: 2 x width x height x num_frames x num_inference_steps "
+        f"must be at most {cost * 3 // 2} (asked {cost * 2})"
+    )
+    assert alone.status_code == 202, alone.text
+    assert cheaper.status_code == 202, cheaper.text
+
+
 # Request rate and jobs in flight
 
 
@@ -399,3 +419,22 @@ def test_storage_errors_name_no_server_path_or_address(tmp_path: Any) -> None:
     with pytest.raises(StorageError) as remote:
         store.check()
     assert str(closed) not in str(remote.value) and "127.0.0.1" not in str(remote.value)
+
+
+def test_an_upload_the_store_answers_with_an_error_is_a_storage_error(tmp_path: Any, s3_endpoint: str) -> None:
+    """An error answer to an upload (here the bucket is gone, as on a store restarted without its data) is a
+    StorageError, which the worker retries, naming the server's code and no local path."""
+    settings = Settings(
+        home=tmp_path,
+        storage_backend="s3",
+        s3_endpoint_url=s3_endpoint,
+        s3_bucket=f"missing-{uuid.uuid4().hex[:8]}",
+        s3_access_key_id="test",
+        s3_secret_access_key="test",
+    )
+    video = tmp_path / "video.mp4"
+    video.write_bytes(b"\x00" * 64)
+    with pytest.raises(StorageError) as refused:
+        storage_from(settings).put("videos/x/1.mp4", video)
+    assert "NoSuchBucket" in str(refused.value)
+    assert str(tmp_path) not in str(refused.value)

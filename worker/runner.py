@@ -197,7 +197,7 @@ class JobRunner:
             denoise_seconds=result.timings.denoising,
             speedup=metrics["speedup"],
             metrics=metrics,
-            progress_step=result.shape.num_inference_steps,
+            progress_step=total_steps(job),
             computed_calls=sum(branch.computed for branch in result.cache.branches.values()),
             skipped_calls=sum(branch.skipped for branch in result.cache.branches.values()),
         )
@@ -209,7 +209,7 @@ class JobRunner:
 
     def _store(self, active: ActiveJob, key: str, path: Path) -> int:
         """Upload with retries and backoff; the server's error is logged, never shown to the client."""
-        delay, attempt = self.settings.storage_retry_seconds, 1
+        delay, attempt = min(self.settings.storage_retry_seconds, self.settings.storage_retry_max_seconds), 1
         while True:
             try:
                 return self.storage.put(key, path)
@@ -221,7 +221,7 @@ class JobRunner:
                 log.warning("job %s: storing the video failed (try %d): %s; retrying", active.job.id, attempt, exc)
                 time.sleep(delay)
                 active.alive()
-                delay, attempt = delay * 2, attempt + 1
+                delay, attempt = min(delay * 2, self.settings.storage_retry_max_seconds), attempt + 1
 
     def _discard(self, key: str) -> None:
         try:
@@ -287,16 +287,15 @@ class Steps:
         self.denoising_at = utcnow()
         self._last_step = time.perf_counter()
         self.active.alive()
-        self._check_in(
-            progress_step=0, progress_total=self.active.job.num_inference_steps, computed_calls=0, skipped_calls=0
-        )
+        self._check_in(progress_step=0, progress_total=total_steps(self.active.job), computed_calls=0, skipped_calls=0)
 
     def stepped(self, progress: Progress) -> None:
         if self.cuda:
             # Step times are only true if the device has finished the step's work.
             torch.cuda.synchronize()
         now = time.perf_counter()
-        self.step_seconds.append(now - self._last_step)
+        if not progress.baseline:
+            self.step_seconds.append(now - self._last_step)
         self._last_step = now
         self.active.alive()
         if self.active.stop is not None:
@@ -334,6 +333,11 @@ class Steps:
             raise LeaseLost("another worker holds the job")
         if renewal.cancel_requested:
             raise JobCanceled
+
+
+def total_steps(job: Job) -> int:
+    """The steps a job's progress counts: a ``compare`` job runs its uncached baseline after the cached run."""
+    return job.num_inference_steps * (2 if job.compare else 1)
 
 
 def _metrics(job: Job, result: GenerationResult, steps: Steps, encode: float, upload: float) -> dict[str, Any]:

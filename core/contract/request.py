@@ -101,7 +101,9 @@ class GenerationRequest(BaseModel):
     )
     compare: bool = Field(
         default=False,
-        description="Also run uncached with the same seed and report fidelity (`metrics.fidelity`).",
+        description="Also run uncached with the same seed and report fidelity (`metrics.fidelity`). The baseline "
+        "runs after the job, under the same cancel and time limit, and counts in `progress` and in the key's cost "
+        "ceiling (twice the job's cost).",
         examples=[True],
     )
 

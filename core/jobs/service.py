@@ -74,7 +74,7 @@ def submit(
     info = catalogue.describe(session, model, settings)
     shape = request.shape(info.family, info.default_shape)
     info.check_cache(request.cache)
-    too_big = SizeLimits.for_key(key, settings).violations(shape)
+    too_big = SizeLimits.for_key(key, settings).violations(shape, request.compare)
     if too_big:
         raise InvalidRequest(*too_big[0], *too_big[1:])
     figures = expected(session, request, shape, model, info, ProfileStore(settings.profiles_dir))

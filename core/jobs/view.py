@@ -16,8 +16,14 @@ from core.jobs.mapping import request_of
 
 
 class ProgressView(BaseModel):
-    step: int = Field(description="Denoising steps finished.", examples=[50])
-    total: int = Field(description="Denoising steps in all.", examples=[50])
+    step: int = Field(
+        description="Denoising steps finished; with `compare`, the uncached baseline's steps follow the job's.",
+        examples=[50],
+    )
+    total: int = Field(
+        description="Denoising steps in all: the job's, twice that with `compare` (its uncached baseline runs after).",
+        examples=[50],
+    )
     percent: float = Field(description="step / total, in percent, one decimal.", examples=[100.0])
     computed_calls: int = Field(description="Transformer calls (steps x CFG branches) that ran.", examples=[62])
     skipped_calls: int = Field(description="Transformer calls the cache replaced by a cached residual.", examples=[38])

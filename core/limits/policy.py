@@ -24,8 +24,9 @@ class SizeLimits:
 
         return cls(*(pick(name) for name in ("max_pixels", "max_frames", "max_steps", "max_cost")))
 
-    def violations(self, shape: Shape) -> list[tuple[str, str]]:
-        """(field, rule) for every ceiling ``shape`` is over."""
+    def violations(self, shape: Shape, compare: bool = False) -> list[tuple[str, str]]:
+        """(field, rule) for every ceiling ``shape`` is over; ``compare`` runs the uncached baseline after the
+        job, so its cost counts twice."""
         pixels = shape.width * shape.height
         problems = []
         if pixels > self.max_pixels:
@@ -35,8 +36,19 @@ class SizeLimits:
             problems.append(("num_frames", f"must be at most {self.max_frames}"))
         if shape.num_inference_steps > self.max_steps:
             problems.append(("num_inference_steps", f"must be at most {self.max_steps}"))
-        cost = pixels * shape.num_frames * shape.num_inference_steps
+        run = pixels * shape.num_frames * shape.num_inference_steps
+        cost = run * 2 if compare else run
         if not problems and cost > self.max_cost:
-            rule = f"width x height x num_frames x num_inference_steps must be at most {self.max_cost} (asked {cost})"
-            problems.append(("num_inference_steps", rule))
+            if compare:
+                rule = (
+                    f"with compare the uncached baseline runs too: 2 x width x height x num_frames x "
+                    f"num_inference_steps must be at most {self.max_cost} (asked {cost})"
+                )
+                # Named as compare when the job alone would fit.
+                problems.append(("compare" if run <= self.max_cost else "num_inference_steps", rule))
+            else:
+                rule = (
+                    f"width x height x num_frames x num_inference_steps must be at most {self.max_cost} (asked {cost})"
+                )
+                problems.append(("num_inference_steps", rule))
         return problems
