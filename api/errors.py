@@ -122,11 +122,16 @@ def openai_error_response(status_code: int, message: str, param: str | None = No
     return JSONResponse(body.model_dump(), status_code=status_code, headers=headers or None)
 
 
-def _respond(request: Request, status_code: int, message: str, fields: list[FieldError] | None, **headers: str) -> Any:
-    if request.url.path.startswith(OPENAI_PREFIX):
+def respond(path: str, status_code: int, message: str, fields: list[FieldError] | None = None, **headers: str) -> Any:
+    """The error response for a request to ``path``: OpenAI's shape under ``/v1/``, skipstep's elsewhere."""
+    if path.startswith(OPENAI_PREFIX):
         param = OPENAI_FIELDS.get(fields[0].field, fields[0].field) if fields else None
         return openai_error_response(status_code, message, param, **headers)
     return error_response(status_code, message, fields, **headers)
+
+
+def _respond(request: Request, status_code: int, message: str, fields: list[FieldError] | None, **headers: str) -> Any:
+    return respond(request.url.path, status_code, message, fields, **headers)
 
 
 def _field_name(loc: tuple[Any, ...]) -> str:

@@ -8,14 +8,13 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import Iterator
-from typing import Any
 from urllib.parse import parse_qsl
 
-from fastapi import FastAPI, status
+from fastapi import FastAPI, Request, status
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import FieldError, error_response
+from api.bodies import DEPTH_RULE, text_rule, violations
+from api.errors import FieldError, respond
 from core.settings import get_settings
 
 log = logging.getLogger("skipstep.api")
@@ -23,13 +22,6 @@ log = logging.getLogger("skipstep.api")
 REQUEST_ID_HEADER = "x-request-id"
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _GIVEN_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-
-# C0 controls other than tab, line feed and carriage return, and DEL: never meaningful in a prompt, a filter
-# or a name, and PostgreSQL refuses NUL in text.
-CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-CONTROL_RULE = "must not contain control characters (U+0000-U+001F other than tab and line breaks, or U+007F)"
-# A JSON body can only carry a control character escaped; this finds candidates cheaply, the parse decides.
-_ESCAPED_CONTROL = re.compile(rb"\\u00[01][0-9a-fA-F]|\\u007[fF]")
 
 
 class RequestIds:
@@ -62,7 +54,7 @@ class RequestIds:
             if started:
                 raise
             message = f"an unexpected error occurred; quote request id {rid} when reporting it"
-            response = error_response(status.HTTP_500_INTERNAL_SERVER_ERROR, message)
+            response = respond(scope["path"], status.HTTP_500_INTERNAL_SERVER_ERROR, message)
             await response(scope, receive, send_with_id)
         finally:
             request_id.reset(token)
@@ -70,7 +62,8 @@ class RequestIds:
 
 class InputGuard:
     """Refuses, before any route reads them: a body over the size limit (413, by Content-Length or while it
-    streams in) and control characters in the path, the query string, a form or a JSON body's strings (422)."""
+    streams in), and values that break api.bodies' rules (422) in the path, the query string, a form (URL-encoded
+    or multipart) or a JSON body."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -99,7 +92,7 @@ class InputGuard:
                 return
             if not message.get("more_body", False):
                 break
-        fields = _body_text_fields(scope, bytes(body))
+        fields = await _body_fields(scope, bytes(body))
         if fields:
             await _refuse_text(fields, scope, receive, send)
             return
@@ -127,56 +120,69 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replayed
 
 
-def _text_fields(scope: Scope) -> list[str]:
-    fields = ["path"] if CONTROL.search(scope.get("path", "")) else []
+def _text_fields(scope: Scope) -> list[tuple[str, str]]:
+    path = scope.get("path", "")
+    fields = [("path", rule)] if (rule := text_rule(path)) else []
     return fields + _form_fields(scope.get("query_string", b""), "query")
 
 
-def _form_fields(encoded: bytes, whole: str) -> list[str]:
-    """The names of URL-encoded fields (a query string, a form) whose name or value has a control character."""
+def _form_fields(encoded: bytes, whole: str) -> list[tuple[str, str]]:
+    """(field, rule) for URL-encoded fields (a query string, a form) whose name or value breaks a text rule."""
     fields = []
     for name, value in parse_qsl(encoded.decode("latin-1"), keep_blank_values=True, errors="replace"):
-        if CONTROL.search(name) or CONTROL.search(value):
-            fields.append(name if not CONTROL.search(name) else whole)
+        if rule := text_rule(name):
+            fields.append((whole, rule))
+        elif rule := text_rule(value):
+            fields.append((name, rule))
     return fields
 
 
-def _body_text_fields(scope: Scope, body: bytes) -> list[str]:
-    if (_header(scope, "content-type") or "").startswith("application/x-www-form-urlencoded"):
+async def _body_fields(scope: Scope, body: bytes) -> list[tuple[str, str]]:
+    content_type = _header(scope, "content-type") or ""
+    if content_type.startswith("application/x-www-form-urlencoded"):
         return _form_fields(body, "body")
-    return _json_text_fields(body) if _ESCAPED_CONTROL.search(body) else []
-
-
-def _json_text_fields(body: bytes) -> list[str]:
+    if content_type.startswith("multipart/form-data"):
+        return await _multipart_fields(scope, body)
+    if not body.strip():
+        return []
     try:
         document = json.loads(body)
+    except RecursionError:
+        return [("body", DEPTH_RULE)]
     except ValueError:
         return []  # not JSON: the route's own parsing answers
-    return sorted(set(_controlled(document, "")))
+    return violations(document)
 
 
-def _controlled(value: Any, path: str) -> Iterator[str]:
-    if isinstance(value, str):
-        if CONTROL.search(value):
-            yield path or "body"
-    elif isinstance(value, dict):
-        for name, item in value.items():
-            inner = f"{path}.{name}" if path else str(name)
-            yield from ([inner] if CONTROL.search(str(name)) else _controlled(item, inner))
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from _controlled(item, f"{path}.{index}" if path else str(index))
+async def _multipart_fields(scope: Scope, body: bytes) -> list[tuple[str, str]]:
+    async def receive() -> Message:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(scope, receive).form()
+    except Exception:
+        return []
+    try:
+        fields = []
+        for name, value in form.multi_items():
+            if rule := text_rule(name):
+                fields.append(("body", rule))
+            elif isinstance(value, str) and (rule := text_rule(value)):
+                fields.append((name, rule))
+        return sorted(set(fields))
+    finally:
+        await form.close()
 
 
-async def _refuse_text(fields: list[str], scope: Scope, receive: Receive, send: Send) -> None:
-    errors = [FieldError(field=field, rule=CONTROL_RULE) for field in fields]
-    message = "; ".join(f"{field}: {CONTROL_RULE}" for field in fields)
-    await error_response(status.HTTP_422_UNPROCESSABLE_CONTENT, message, errors)(scope, receive, send)
+async def _refuse_text(fields: list[tuple[str, str]], scope: Scope, receive: Receive, send: Send) -> None:
+    errors = [FieldError(field=field, rule=rule) for field, rule in fields]
+    message = "; ".join(f"{field}: {rule}" for field, rule in fields)
+    await respond(scope["path"], status.HTTP_422_UNPROCESSABLE_CONTENT, message, errors)(scope, receive, send)
 
 
 async def _too_large(limit: int, scope: Scope, receive: Receive, send: Send) -> None:
     message = f"the request body must be at most {limit} bytes"
-    await error_response(status.HTTP_413_CONTENT_TOO_LARGE, message)(scope, receive, send)
+    await respond(scope["path"], status.HTTP_413_CONTENT_TOO_LARGE, message)(scope, receive, send)
 
 
 def install(app: FastAPI) -> None:

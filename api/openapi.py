@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Header
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute, RouteContext, iter_route_contexts
+from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from api import openapi_examples
@@ -25,11 +26,13 @@ from api.errors import (
 )
 from api.limits import rate_limit
 from api.openapi_examples import ERROR_REF, OPENAI_ERROR_REF
+from api.routes.openai_videos import VideoCreate
 from core.contract import examples
 from core.contract.strategies import STRATEGIES, CacheParams
 from core.webhooks.events import WebhookEvent
 
 BEARER = "bearerAuth"
+REF_TEMPLATE = "#/components/schemas/{model}"
 
 # endpoint (module.function) -> (operationId, summary). A route missing here gets ``<tag>-<function>``, and
 # tests/test_openapi.py fails until it is added.
@@ -215,8 +218,16 @@ def _complete(app: FastAPI, schema: dict[str, Any]) -> None:
             # The receiver answers a webhook: not with FastAPI's validation error, and its body is not read.
             operation["responses"].pop("422", None)
             operation["responses"]["200"].pop("content", None)
+    _add_models(schema["components"]["schemas"], [VideoCreate])
     _cache_variants(schema["components"]["schemas"])
     openapi_examples.add(schema)
+
+
+def _add_models(components: dict[str, Any], models: list[type[BaseModel]]) -> None:
+    """Schemas of bodies that a route reads itself (``openapi_extra``), beside FastAPI's own."""
+    _, definitions = models_json_schema([(model, "validation") for model in models], ref_template=REF_TEMPLATE)
+    for name, definition in definitions["$defs"].items():
+        components.setdefault(name, definition)
 
 
 def _cache_variants(components: dict[str, Any]) -> None:
@@ -225,7 +236,7 @@ def _cache_variants(components: dict[str, Any]) -> None:
     with its fields, rules and defaults."""
     spec = components["CacheSpec"]
     models = [(info.Params, "validation") for info in STRATEGIES.values() if info.Params is not CacheParams]
-    _, definitions = models_json_schema(models, ref_template="#/components/schemas/{model}")
+    _, definitions = models_json_schema(models, ref_template=REF_TEMPLATE)
     components.update(definitions["$defs"])
     mapping = {}
     for name, info in STRATEGIES.items():

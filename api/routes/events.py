@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -14,6 +15,8 @@ from api.errors import ApiError, ErrorResponse
 from core.jobs import repository, stream
 
 router = APIRouter(tags=["jobs"])
+# An event id is a job's version: ASCII digits (str.isdigit() also takes "²"), within a BIGINT.
+EVENT_ID = re.compile(r"[0-9]{1,18}")
 slots = stream.StreamSlots()
 
 EXAMPLE = (
@@ -50,7 +53,7 @@ def job_events(
         raise ApiError(status.HTTP_404_NOT_FOUND, f"job {job_id} not found")
     last_seen = None
     if last_event_id is not None:
-        if not last_event_id.isdigit():
+        if not EVENT_ID.fullmatch(last_event_id):
             raise ApiError.invalid("Last-Event-ID", "must be the id of an event of this stream")
         last_seen = int(last_event_id)
     if job.status.finished and last_seen is not None and last_seen >= job.version:

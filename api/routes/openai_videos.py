@@ -24,8 +24,9 @@ import uuid
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
+from api.bodies import violations
 from api.deps import BROKER, KeyDep, SessionDep, SettingsDep, StorageDep
 from api.errors import ApiError, OpenAIErrorResponse
 from api.media import mp4_response
@@ -53,6 +54,42 @@ STATUS = {
     JobStatus.failed: "failed",
     JobStatus.canceled: "failed",
 }
+
+
+# The fields of JobRequest that OpenAI's own fields stand for (`size`, `seconds`) or that it names itself.
+OPENAI_OWN = ("prompt", "model", "width", "height", "num_frames")
+
+
+class OpenAIFields(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1, description="What the video shows; not blank.", examples=[examples.PROMPT])
+    model: str | None = Field(
+        default=None,
+        description="A model the service serves (`GET /models`); default: the first.",
+        examples=["wan-tiny"],
+    )
+    size: str | None = Field(
+        default=None,
+        pattern=r"^[0-9]{1,5}x[0-9]{1,5}$",
+        description="WIDTHxHEIGHT in pixels, each the model family's multiple. Default: the model's.",
+        examples=["832x480"],
+    )
+    seconds: str | None = Field(
+        default=None,
+        pattern=r"^[0-9]{1,3}(\.[0-9]{1,6})?$",
+        description="Length of the clip, more than 0 and at most 60: the 4k+1 frames nearest seconds x fps.",
+        examples=["4"],
+    )
+
+
+# POST /v1/videos' body as the OpenAPI document shows it (JSON or multipart): OpenAI's fields and skipstep's
+# others (the openai client's `extra_body`). The route reads it into a JobRequest (``_job_body``).
+VideoCreate = create_model(
+    "VideoCreate",
+    __base__=OpenAIFields,
+    **{name: (field.annotation, field) for name, field in JobRequest.model_fields.items() if name not in OPENAI_OWN},
+)
 
 
 class VideoError(BaseModel):
@@ -158,6 +195,9 @@ async def video_fields(request: Request) -> dict[str, Any]:
         if path[-1] in target and isinstance(target[path[-1]], dict):
             raise ApiError.invalid(root, "is given both as a value and as nested fields")
         target[path[-1]] = values if name.endswith("[]") else values[-1]
+    problems = violations(fields)  # the values nested fields decoded to; the input guard saw the form's text
+    if problems:
+        raise InvalidRequest(*problems[0], *problems[1:])
     return fields
 
 
@@ -229,7 +269,17 @@ def _found(session: SessionDep, video_id: uuid.UUID, key: ApiKey) -> Job:
     responses={
         400: {"model": OpenAIErrorResponse, "description": "A field breaks a rule; `param` names it."},
         409: {"model": OpenAIErrorResponse, "description": "Idempotency-Key reused with a different body."},
+        413: {"model": OpenAIErrorResponse, "description": "The body is over the size limit."},
         429: {"model": OpenAIErrorResponse, "description": "Too many requests, or too many videos in flight."},
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                media: {"schema": {"$ref": "#/components/schemas/VideoCreate"}}
+                for media in ("application/json", "multipart/form-data")
+            },
+        }
     },
 )
 def create(

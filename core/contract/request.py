@@ -3,10 +3,10 @@
 ``GenerationRequest`` is what the engine runs (``skipstep generate``, calibration, the worker);
 ``JobRequest`` adds what the service needs (the model to run it, webhooks) and is the body of
 ``POST /jobs``, what ``skipstep submit`` sends, what a job row maps to and what ``GET /jobs/{id}``
-and webhook events show as ``input``. The models' own validators are rules of the contract alone, so that a
-client parses any server's answer; the server's rules (its upper limits, ``SKIPSTEP_REQUEST_MAX_*``, and the
-models it serves) are ``server_violations``, and the size rules of the model's family are applied with
-``shape()`` once the model is known.
+and webhook events show as ``input``. The upper limits are settings (``SKIPSTEP_REQUEST_MAX_*``); the
+size rules of the model's family are applied with ``shape()`` once the model is known. The validators that
+read settings are the server's rules for what it receives: a job's ``input`` as clients read it back is
+``JobInput``, the same fields without them, so that a client parses any server's answer.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ import json
 from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
 
 from core.contract import examples
 from core.contract.jobs import DEFAULT_EVENTS
 from core.contract.shapes import SIZE_FIELDS, FamilyRules, Shape
 from core.contract.strategies import CacheSpec
 from core.errors import InvalidRequest
-from core.settings import Settings, get_settings
+from core.settings import get_settings
 from core.webhooks.addresses import check_url_syntax
 
 WebhookEventName = Literal["job.started", "job.succeeded", "job.failed", "job.canceled"]
@@ -112,7 +112,27 @@ class GenerationRequest(BaseModel):
     def _not_blank(cls, prompt: str) -> str:
         if not prompt.strip():
             raise ValueError("must not be blank")
-        return prompt
+        return _at_most_chars(prompt, get_settings().request_max_prompt_chars)
+
+    @field_validator("negative_prompt")
+    @classmethod
+    def _negative_length(cls, text: str) -> str:
+        return _at_most_chars(text, get_settings().request_max_prompt_chars)
+
+    @field_validator("width", "height")
+    @classmethod
+    def _side_limit(cls, side: int | None) -> int | None:
+        return _at_most(side, get_settings().request_max_side)
+
+    @field_validator("num_frames")
+    @classmethod
+    def _frames_limit(cls, frames: int | None) -> int | None:
+        return _at_most(frames, get_settings().request_max_frames)
+
+    @field_validator("num_inference_steps")
+    @classmethod
+    def _steps_limit(cls, steps: int | None) -> int | None:
+        return _at_most(steps, get_settings().request_max_steps)
 
     def shape(self, family: FamilyRules | None, default: Shape | None) -> Shape:
         """The concrete shape, checked against the family's size rules (InvalidRequest names every field). For a
@@ -185,6 +205,14 @@ class JobRequest(GenerationRequest):
         examples=[["job.succeeded", "job.failed"]],
     )
 
+    @field_validator("model")
+    @classmethod
+    def _configured(cls, model: str | None) -> str | None:
+        configured = get_settings().model_sources
+        if model is not None and model not in configured:
+            raise ValueError(f"unknown model {model!r}; configured: {', '.join(configured)}")
+        return model
+
     @field_validator("webhook_url")
     @classmethod
     def _url_syntax(cls, url: str | None) -> str | None:
@@ -208,24 +236,24 @@ class JobRequest(GenerationRequest):
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def server_violations(request: GenerationRequest, settings: Settings) -> list[tuple[str, str]]:
-    """(field, rule) for each of the server's own rules the request breaks: its upper limits and, for a job, a
-    model it serves. Applied where the server receives a request, never when a client reads one back."""
-    problems = []
-    for name in ("prompt", "negative_prompt"):
-        if len(getattr(request, name)) > settings.request_max_prompt_chars:
-            problems.append((name, f"String should have at most {settings.request_max_prompt_chars} characters"))
-    limits = {
-        "width": settings.request_max_side,
-        "height": settings.request_max_side,
-        "num_frames": settings.request_max_frames,
-        "num_inference_steps": settings.request_max_steps,
-    }
-    for name, limit in limits.items():
-        value = getattr(request, name)
-        if value is not None and value > limit:
-            problems.append((name, f"Input should be less than or equal to {limit}"))
-    model = getattr(request, "model", None)
-    if model is not None and model not in settings.model_sources:
-        problems.append(("model", f"unknown model {model!r}; configured: {', '.join(settings.model_sources)}"))
-    return problems
+def _at_most(value: Any, limit: int) -> Any:
+    if value is not None and value > limit:
+        raise ValueError(f"Input should be less than or equal to {limit}")
+    return value
+
+
+def _at_most_chars(text: str, limit: int) -> str:
+    if len(text) > limit:
+        raise ValueError(f"String should have at most {limit} characters")
+    return text
+
+
+# A job's request as a response shows it (``JobView.input``): JobRequest's fields and their contract rules, without
+# the validators that read this machine's settings (its limits and models), which a client cannot know the
+# server's of.
+JobInput = create_model(
+    "JobInput",
+    __config__=ConfigDict(extra="forbid"),
+    __doc__="The request as the job runs it.",
+    **{name: (field.annotation, field) for name, field in JobRequest.model_fields.items()},
+)

@@ -19,7 +19,7 @@ from core.errors import CacheConfigError
 class CacheParams(BaseModel):
     """Base of every strategy's parameter schema."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     # Whether block_rule has anything to check: the strategy's parameters count the transformer's blocks.
     depends_on_blocks: ClassVar[bool] = False
 

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import base64
+import math
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -55,10 +56,16 @@ def encode_cursor(value: datetime | float, job_id: uuid.UUID) -> str:
 def decode_cursor(cursor: str, parse: Callable[[str], Any] = datetime.fromisoformat) -> tuple[Any, uuid.UUID]:
     try:
         text, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+        if not text.isprintable():
+            raise ValueError("a cursor's value is printable text")
         value = parse(text)
         if isinstance(value, datetime):
+            if value.tzinfo is None:
+                raise ValueError("a cursor's time has its UTC offset")
             # In range once converted to UTC, as the database compares it (0001-01-01T00:00:00+14:00 is not).
             value = value.astimezone(UTC)
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("a cursor's number is finite")
         return value, uuid.UUID(job_id)
     except (ValueError, UnicodeDecodeError, OverflowError) as exc:
         raise CursorError("not a cursor returned by this API for this order") from exc

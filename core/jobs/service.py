@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.caching.profiles import ProfileStore
-from core.contract.request import JobRequest, server_violations
+from core.contract.request import JobRequest
 from core.db import ApiKey, Job
 from core.errors import Conflict, InvalidRequest
 from core.jobs import catalogue, repository, transitions
@@ -51,13 +51,11 @@ def submit(
     broker: Broker,
     idempotency_key: str | None = None,
 ) -> Submitted:
-    """Check a job against the server's rules (InvalidRequest naming every field), queue it and dispatch it.
+    """Check a valid request against what depends on its model and the key (InvalidRequest naming every field),
+    queue it and dispatch it.
     The row is committed before the broker hears of it, and the key's cap on jobs in flight holds under
     concurrent submits (``core.limits.active``). The same Idempotency-Key and body give the same job; another body,
     Conflict."""
-    problems = server_violations(request, settings)
-    if problems:
-        raise InvalidRequest(*problems[0], *problems[1:])
     if request.webhook_url is not None:
         try:
             resolve_target(request.webhook_url, settings.webhook_allow_private)

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from core.contract import examples
-from core.contract.request import JobRequest
+from core.contract.request import JobInput
 from core.db import Job, JobStatus
 from core.jobs.expected import Expected
 from core.jobs.mapping import request_of
@@ -200,9 +200,7 @@ class JobView(BaseModel):
     cancel_requested: bool = Field(
         description="A cancel was asked for; a running job stops at its next step.", examples=[False]
     )
-    input: JobRequest = Field(
-        description="The request as the job runs it: the model's defaults and the seed filled in."
-    )
+    input: JobInput = Field(description="The request as the job runs it: the model's defaults and the seed filled in.")
     expected: Expected | None = Field(
         description="For strategies whose schedule is known ahead (MagCache; TeaCache where the calibration "
         "profile has the job's steps): the planned computed and skipped calls per branch, the ideal speedup and "
@@ -264,7 +262,7 @@ def job_view(
         status_detail="waiting_for_worker" if waiting_for_worker and job.status == JobStatus.queued else None,
         estimated_start_at=estimated_start_at if job.status == JobStatus.queued else None,
         cancel_requested=job.cancel_requested_at is not None,
-        input=request_of(job),
+        input=JobInput.model_construct(**dict(request_of(job))),
         expected=Expected.model_validate(job.expected) if job.expected else None,
         pending_checks=list(job.pending_checks or ()) if job.status == JobStatus.queued else [],
         progress=progress,
