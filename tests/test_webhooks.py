@@ -343,10 +343,16 @@ def test_rotation_signs_with_both_secrets_and_resend_keeps_the_webhook_id(servic
 
 
 @pytest.fixture
-def strict(tmp_path: Path) -> Settings:
+def strict(tmp_path: Path, redis_url: str) -> Settings:
     url = f"sqlite:///{tmp_path / 'strict.db'}"
     upgrade(url)
-    return Settings(home=tmp_path, database_url=url, webhook_allow_private=False, webhook_connect_timeout=2)
+    return Settings(
+        home=tmp_path,
+        database_url=url,
+        broker_url=redis_url,
+        webhook_allow_private=False,
+        webhook_connect_timeout=2,
+    )
 
 
 PRIVATE_URLS = [
