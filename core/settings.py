@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 COMPILE_SHAPE = re.compile(r"[1-9][0-9]{0,4}x[1-9][0-9]{0,4}x[1-9][0-9]{0,3}")
 
 
@@ -191,7 +192,15 @@ class Settings(BaseSettings):
         default=15, gt=0, description="Seconds one webhook attempt may take in all: connect, send and read."
     )
     webhook_endpoint_concurrency: int = Field(
-        default=4, ge=1, description="Attempts in flight at once to one receiver (scheme, host, port) per process."
+        default=4,
+        ge=1,
+        description="Attempts in flight at once to one receiver (scheme, host, port), across all webhooks workers.",
+    )
+    webhook_key_concurrency: int = Field(
+        default=8,
+        ge=1,
+        description="Attempts in flight at once for one API key's deliveries, across all webhooks workers; keep it "
+        "well under one webhooks worker's threads (32), so that one key's slow receivers leave the rest to others.",
     )
     webhook_retry_scale: float = Field(
         default=1.0, gt=0, le=1, description="Multiplies every retry delay (tests shrink the schedule with it)."
@@ -267,6 +276,11 @@ class Settings(BaseSettings):
     @property
     def profiles_dir(self) -> Path:
         return self.home / "profiles"
+
+    @property
+    def broker(self) -> str:
+        """The broker's Redis: SKIPSTEP_BROKER_URL, else Redis's default address on this machine."""
+        return self.broker_url or DEFAULT_BROKER
 
     @property
     def database(self) -> str:

@@ -240,12 +240,13 @@ class Service:
 
     def start_webhooks_worker(self) -> subprocess.Popen[bytes]:
         path = self.worker_log.with_name("webhooks.log")
+        name = f"webhooks-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
         command = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", "webhooks"]
         command += ["--pool", "threads", "-c", "32"]
-        command += ["-l", "info", "-n", f"webhooks-{uuid.uuid4().hex[:6]}@%h"]
+        command += ["-l", "info", "-n", name]
         process = subprocess.Popen(command, env=self.env, stdout=path.open("ab"), stderr=subprocess.STDOUT)
         self.processes.append(process)
-        wait_until(lambda: "ready." in path.read_text(), 120, 0.2, "the webhooks worker to start")
+        wait_until(lambda: f"{name} ready." in path.read_text(), 120, 0.2, "the webhooks worker to start")
         return process
 
     def stop(self) -> None:

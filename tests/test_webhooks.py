@@ -29,7 +29,7 @@ from core.db import ApiKey, DeliveryStatus, Job, JobStatus, WebhookAttempt, Webh
 from core.db.migrate import upgrade
 from core.keys import create_key
 from core.settings import Settings
-from core.webhooks.delivery import attempt_delivery, claim, take_due
+from core.webhooks.delivery import SWEEP_BATCH, attempt_delivery, claim, take_due
 from core.webhooks.events import record_event
 from core.webhooks.retry import Verdict
 
@@ -343,10 +343,16 @@ def test_rotation_signs_with_both_secrets_and_resend_keeps_the_webhook_id(servic
 
 
 @pytest.fixture
-def strict(tmp_path: Path) -> Settings:
+def strict(tmp_path: Path, redis_url: str) -> Settings:
     url = f"sqlite:///{tmp_path / 'strict.db'}"
     upgrade(url)
-    return Settings(home=tmp_path, database_url=url, webhook_allow_private=False, webhook_connect_timeout=2)
+    return Settings(
+        home=tmp_path,
+        database_url=url,
+        broker_url=redis_url,
+        webhook_allow_private=False,
+        webhook_connect_timeout=2,
+    )
 
 
 PRIVATE_URLS = [
@@ -417,6 +423,35 @@ def test_a_private_address_is_refused_at_delivery_time(strict: Settings, receive
         assert attempt.status_code is None and attempt.outcome == "failed"
         assert attempt.error is not None and "loopback" in attempt.error
     assert attempt_delivery(strict, delivery_id) is None  # finished: nothing more is sent
+
+
+def test_the_sweep_takes_due_deliveries_in_turn_across_keys(strict: Settings) -> None:
+    """One key's backlog of due deliveries (deferred or retried) cannot fill a sweep while another key's wait."""
+    with session_scope(strict.database) as session:
+        busy, _ = create_key(session, "busy")
+        other, _ = create_key(session, "other")
+        backlog = [
+            record_event(
+                session,
+                add_job(session, busy.id, "https://example.com/hook", [EventType.succeeded]),
+                EventType.succeeded,
+                strict.public_url,
+            )
+            for _ in range(SWEEP_BATCH + 20)
+        ]
+        late = record_event(
+            session,
+            add_job(session, other.id, "https://example.com/hook", [EventType.succeeded]),
+            EventType.succeeded,
+            strict.public_url,
+        )
+        # All due and never sent, the other key's last of all.
+        session.execute(update(WebhookDelivery).values(dispatched_at=None))
+        session.execute(update(WebhookDelivery).where(WebhookDelivery.id == late).values(next_attempt_at=utcnow()))
+    with session_scope(strict.database) as session:
+        taken = take_due(session)
+    assert len(taken) == SWEEP_BATCH and late in taken
+    assert set(taken) - {late} <= set(backlog)
 
 
 def test_events_are_recorded_once_when_subscribed_and_claimed_by_one_worker(strict: Settings) -> None:

@@ -20,7 +20,7 @@ log = logging.getLogger("skipstep.worker")
 def create_celery(settings: Settings) -> Celery:
     app = Celery(
         "skipstep",
-        broker=settings.broker_url or "redis://127.0.0.1:6379/0",
+        broker=settings.broker,
         include=["worker.tasks", "worker.webhooks"],
     )
     # A message not acknowledged within the visibility timeout is delivered again; with acks_late that

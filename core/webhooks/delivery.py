@@ -13,12 +13,12 @@ from functools import cache
 from typing import Any
 
 import httpx
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from core.db import ApiKey, DeliveryStatus, Job, WebhookAttempt, WebhookDelivery, session_scope, utcnow
 from core.settings import Settings
-from core.webhooks import endpoints
+from core.webhooks import slots
 from core.webhooks.retry import Decision, Verdict, decide
 from core.webhooks.signing import headers, signing_secrets
 from core.webhooks.transport import AttemptOutcome, deliver
@@ -28,8 +28,9 @@ log = logging.getLogger("skipstep.webhooks")
 # A due delivery whose task was sent this long ago without being claimed has lost its message: send it again.
 REDISPATCH_AFTER = timedelta(seconds=30)
 SWEEP_BATCH = 100
-# A delivery whose receiver already has its most attempts in flight waits this long before it is sent again.
-ENDPOINT_BUSY_DELAY = timedelta(seconds=1)
+# A delivery whose receiver or API key already has its most attempts in flight waits this long before it is sent
+# again; no attempt is counted.
+BUSY_DELAY = timedelta(seconds=1)
 STATUS_AFTER = {
     Verdict.DELIVERED: DeliveryStatus.succeeded,
     Verdict.RETRY: DeliveryStatus.pending,
@@ -62,8 +63,17 @@ def take_due(session: Session) -> list[uuid.UUID]:
         WebhookDelivery.dispatched_at < WebhookDelivery.next_attempt_at,
         WebhookDelivery.dispatched_at < now - REDISPATCH_AFTER,
     )
-    query = select(WebhookDelivery.id).where(_due(now), unsent).order_by(WebhookDelivery.next_attempt_at)
-    candidates = session.scalars(query.limit(SWEEP_BATCH)).all()
+    # Round robin across API keys (each key's first due delivery, then each key's second, ...), so that one key's
+    # backlog of deferred or retried deliveries cannot fill the batch while another key's wait.
+    turn = func.row_number().over(partition_by=Job.owner_id, order_by=WebhookDelivery.next_attempt_at)
+    due = (
+        select(WebhookDelivery.id, WebhookDelivery.next_attempt_at, turn.label("turn"))
+        .join(Job, Job.id == WebhookDelivery.job_id)
+        .where(_due(now), unsent)
+        .subquery()
+    )
+    query = select(due.c.id).order_by(due.c.turn, due.c.next_attempt_at).limit(SWEEP_BATCH)
+    candidates = session.scalars(query).all()
     if not candidates:
         return []
     # Re-checked in the UPDATE: of two sweeps racing for a delivery, one sends it.
@@ -162,7 +172,7 @@ def attempt_lease(settings: Settings) -> timedelta:
 
 
 def defer(session: Session, delivery_id: uuid.UUID, delay: timedelta) -> None:
-    """Move a pending, due delivery's next attempt later without counting an attempt (its receiver is busy)."""
+    """Move a pending, due delivery's next attempt later without counting an attempt (it found no free slot)."""
     now = utcnow()
     session.execute(
         update(WebhookDelivery)
@@ -177,23 +187,30 @@ def defer(session: Session, delivery_id: uuid.UUID, delay: timedelta) -> None:
 
 
 def attempt_delivery(settings: Settings, delivery_id: uuid.UUID) -> Decision | None:
-    """Make the delivery's next attempt if it is due and its receiver has a free slot in this process; the
-    decision taken after it, or None if not attempted (a busy receiver's delivery is deferred a moment)."""
+    """Make the delivery's next attempt if it is due and both its receiver and its API key have a free slot; the
+    decision taken after it, or None if not attempted (a delivery without a slot is deferred a moment)."""
     with session_scope(settings.database) as session:
-        url = session.scalar(select(WebhookDelivery.url).where(WebhookDelivery.id == delivery_id))
-    if url is None:
+        found = session.execute(
+            select(WebhookDelivery.url, Job.owner_id)
+            .join(Job, Job.id == WebhookDelivery.job_id)
+            .where(WebhookDelivery.id == delivery_id)
+        ).one_or_none()
+    if found is None:
         return None
-    with endpoints.slot(url, settings.webhook_endpoint_concurrency) as free:
+    url, owner_id = found
+    lease = attempt_lease(settings)
+    caps = settings.webhook_endpoint_concurrency, settings.webhook_key_concurrency
+    with slots.slot(settings.broker, url, owner_id, *caps, lease) as free:
         if not free:
             with session_scope(settings.database) as session:
-                defer(session, delivery_id, ENDPOINT_BUSY_DELAY)
+                defer(session, delivery_id, BUSY_DELAY)
             return None
-        return _attempt(settings, delivery_id)
+        return _attempt(settings, delivery_id, lease)
 
 
-def _attempt(settings: Settings, delivery_id: uuid.UUID) -> Decision | None:
+def _attempt(settings: Settings, delivery_id: uuid.UUID, lease: timedelta) -> Decision | None:
     with session_scope(settings.database) as session:
-        claimed = claim(session, delivery_id, attempt_lease(settings))
+        claimed = claim(session, delivery_id, lease)
     if claimed is None:
         return None
     attempted_at = utcnow()
