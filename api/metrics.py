@@ -7,13 +7,13 @@ from datetime import timedelta
 from functools import lru_cache
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
 from core import health
 from core.db import Job, JobStatus, session_scope, utcnow
-from core.jobs import dashboard, fleet, repository, workers
+from core.jobs import dashboard, fleet, receipts, repository, workers
 
 WINDOW = timedelta(hours=1)
 
@@ -24,13 +24,14 @@ class JobCollector(Collector):
         self.models = models
         self.heartbeat_seconds = heartbeat_seconds
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         with session_scope(self.database) as session:
             per_model = fleet.figures(session, self.models)
             live = workers.by_model(session, self.heartbeat_seconds)
             counts = repository.counts_by_status(session)
             oldest = dashboard.queue_state(session, counts[JobStatus.queued]).oldest_created_at
             since = utcnow() - WINDOW
+            receipt_totals = receipts.totals(session)
             recent = session.execute(
                 select(
                     Job.cache_strategy,
@@ -67,6 +68,19 @@ class JobCollector(Collector):
             step.add_metric([strategy], mean_step or 0.0)
         yield from (finished, speedup, step)
         yield from _model_families(per_model, live)
+        taken = CounterMetricFamily(
+            "skipstep_fidelity_receipts", "Fidelity receipts measured, per model.", labels=["model"]
+        )
+        short = CounterMetricFamily(
+            "skipstep_fidelity_shortfalls",
+            "Receipts whose PSNR fell below the frontier's prediction by more than SKIPSTEP_RECEIPT_MARGIN_DB.",
+            labels=["model"],
+        )
+        for model in per_model:
+            tally = receipt_totals.get(model, receipts.Tally(0, 0))
+            taken.add_metric([model], tally.total)
+            short.add_metric([model], tally.shortfalls)
+        yield from (taken, short)
 
 
 def _model_families(

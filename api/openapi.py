@@ -28,7 +28,8 @@ from api.limits import rate_limit
 from api.openapi_examples import ERROR_REF, OPENAI_ERROR_REF
 from api.routes.openai_videos import VideoCreate
 from core.contract import examples
-from core.contract.strategies import STRATEGIES, CacheParams
+from core.contract.frontier import Target
+from core.contract.strategies import AUTO, STRATEGIES, CacheParams
 from core.webhooks.events import WebhookEvent
 
 BEARER = "bearerAuth"
@@ -111,6 +112,8 @@ WEBHOOK_EVENTS = {
     "job.succeeded": "The job finished with a video.",
     "job.failed": "The job failed; `data.error` says why (`generation_failed`, `storage_failed`, `timeout`, ...).",
     "job.canceled": "The job was canceled.",
+    "job.fidelity": "After the job succeeded: its fidelity receipt was measured (a sampled uncached re-run with "
+    "the same seed, SKIPSTEP_RECEIPT_SAMPLE_RATE); `data.metrics.fidelity` has it.",
 }
 WEBHOOK_DESCRIPTION = """Sent as `POST` to the job's `webhook_url`, signed as
 [Standard Webhooks](https://www.standardwebhooks.com/) do with the key's webhook secret. A `2xx` answer
@@ -262,6 +265,25 @@ def _cache_variants(components: dict[str, Any]) -> None:
             "additionalProperties": False,
         }
         mapping[name] = f"#/components/schemas/{variant}"
+    _, target = models_json_schema([(Target, "validation")], ref_template="#/components/schemas/{model}")
+    components.update(target["$defs"])
+    components["CacheAuto"] = {
+        "title": "CacheAuto",
+        "description": "A target instead of a setting: the service picks the fastest setting of the model's measured "
+        "frontier that meets it, and says so in the job's `expected.auto` (no cache, with the reason, where no "
+        "frontier covers the job).",
+        "type": "object",
+        "properties": {
+            "strategy": {"type": "string", "const": AUTO, "description": "auto.", "examples": [AUTO]},
+            "target": {
+                "$ref": "#/components/schemas/Target",
+                "description": "One of: a tier, min_psnr and/or min_ssim, deadline_seconds.",
+            },
+        },
+        "required": ["strategy", "target"],
+        "additionalProperties": False,
+    }
+    mapping[AUTO] = "#/components/schemas/CacheAuto"
     components["CacheSpec"] = {
         "title": "CacheSpec",
         "description": "The timestep-cache strategy, its parameters (each strategy's own, every one optional "

@@ -35,3 +35,12 @@ def ssim(frames: np.ndarray, reference: np.ndarray, window: int = 11, sigma: flo
     cov = blur(x * y) - mu_x * mu_y
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
     return float(ssim_map.mean())
+
+
+def delivered_fidelity(frames: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+    """PSNR (capped at IDENTICAL_PSNR for identical frames) and SSIM of two videos' 8-bit frames (what the MP4
+    gets), as frontiers and receipts measure them."""
+    from core.contract.frontier import IDENTICAL_PSNR
+
+    x, y = frames.astype(np.float32) / 255, reference.astype(np.float32) / 255
+    return min(psnr(x, y), IDENTICAL_PSNR), ssim(x, y)

@@ -175,6 +175,21 @@ class Settings(BaseSettings):
         default=12, gt=0, le=24 * 30, description="Dashboard sessions expire after this."
     )
 
+    # Fidelity receipts
+    receipt_sample_rate: float = Field(
+        default=0.02,
+        ge=0,
+        le=1,
+        description="Share of succeeded cached jobs that get an uncached re-run with the same seed on idle worker "
+        "time, measuring their fidelity (metrics.fidelity, job.fidelity event) and feeding the frontier (0: off).",
+    )
+    receipt_margin_db: float = Field(
+        default=1.0,
+        ge=0,
+        description="A receipt whose PSNR is this many dB below what the frontier predicted is a shortfall "
+        "(skipstep_fidelity_shortfalls_total, the dashboard).",
+    )
+
     # Dashboard
     dashboard_refresh_seconds: float = Field(
         default=5, ge=0, le=3600, description="Live refresh interval of /admin (0: off); ?refresh= overrides it."

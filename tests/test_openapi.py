@@ -138,7 +138,7 @@ def test_headers_are_documented() -> None:
 
 def test_the_webhook_requests_are_described() -> None:
     webhooks = SCHEMA["webhooks"]
-    assert set(webhooks) == {"job.started", "job.succeeded", "job.failed", "job.canceled"}
+    assert set(webhooks) == {"job.started", "job.succeeded", "job.failed", "job.canceled", "job.fidelity"}
     sent = webhooks["job.failed"]["post"]
     body = sent["requestBody"]["content"]["application/json"]["schema"]
     assert body == {"$ref": "#/components/schemas/WebhookEvent"}

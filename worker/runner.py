@@ -40,6 +40,7 @@ from worker.active import ActiveJob, HandedBack, JobCanceled, JobTimedOut, Lease
 from worker.app import enqueue_delivery
 from worker.device import describe as describe_device
 from worker.heartbeat import Heartbeat
+from worker.receipts import Receipts
 
 log = logging.getLogger("skipstep.worker")
 
@@ -59,6 +60,7 @@ class JobRunner:
         loaded = time.perf_counter() - started
         self.profiles = ProfileStore(settings.profiles_dir)
         self.info = self.model.info(self.profiles)
+        self.receipts = Receipts(settings, self.model, model, source)
         self.storage: Storage = storage_from(settings)
         self.storage.ensure()
         self.active: ActiveJob | None = None
@@ -126,6 +128,7 @@ class JobRunner:
             retrying(self._idle, self._deadline(), "reporting the worker idle")
             if self.shutdown_requested_at is None:
                 dispatcher.dispatch(self.settings, [self.model_name])
+        self.receipts.run_while_idle(lambda: self.shutdown_requested_at is not None)
 
     def _claim(self, job_id: uuid.UUID) -> Job | None:
         with session_scope(self.settings.database) as session:
@@ -201,6 +204,8 @@ class JobRunner:
             computed_calls=sum(branch.computed for branch in result.cache.branches.values()),
             skipped_calls=sum(branch.skipped for branch in result.cache.branches.values()),
         )
+        if ended is not None and ended.job.status == JobStatus.succeeded:
+            self.receipts.sample(job.id, request, result)
         if ended is None or ended.job.status != JobStatus.succeeded:
             # Superseded by another worker, or canceled while finishing: only the holder's video is published.
             self._discard(key)

@@ -24,9 +24,10 @@ from sqlalchemy.orm import Session
 from api.deps import ADMIN_COOKIE, AdminDep, SessionDep, SettingsDep, admin_cookie_key, bearer_token
 from api.errors import ApiError
 from core import admin_sessions
+from core.contract.models import model_key
 from core.contract.strategies import STRATEGIES
 from core.db import ApiKey, Job, JobStatus, utcnow
-from core.jobs import dashboard, fleet, repository, workers
+from core.jobs import dashboard, fleet, frontier, receipts, repository, workers
 from core.jobs.expected import standing
 from core.keys import authenticate
 from core.settings import Settings
@@ -38,6 +39,8 @@ templates = Jinja2Templates(directory=API_DIR / "templates")
 
 REFRESH_CHOICES = (0.0, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 PAGE_SIZE = 50
+# Receipts the dashboard counts beside each model's frontiers.
+RECEIPT_WINDOW = timedelta(hours=24)
 FRAGMENTS = ("counters", "jobs", "workers", "queue", "models")
 PALETTE = ("#2563eb", "#ea580c", "#16a34a", "#9333ea", "#db2777", "#0891b2", "#ca8a04")
 KNOWN_COLORS = {"none": "#64748b", "teacache": PALETTE[0], "magcache": PALETTE[1], "easycache": PALETTE[2]}
@@ -291,8 +294,23 @@ def _overview(session: Session, settings: Settings, query: DashboardQuery) -> di
     }
 
 
-def _summary_context(session: Session) -> dict[str, Any]:
-    return {"summary": dashboard.summary(session), "summary_limit": dashboard.SUMMARY_LIMIT}
+def _summary_context(session: Session, settings: Settings) -> dict[str, Any]:
+    since = utcnow() - RECEIPT_WINDOW
+    frontier_models = {}
+    for name, source in settings.model_sources.items():
+        key = model_key(source)
+        tally = receipts.tally(session, name, since)
+        frontier_models[name] = {
+            "key": key,
+            "frontiers": frontier.frontiers(session, key),
+            "receipts": tally if tally.total else None,
+        }
+    return {
+        "summary": dashboard.summary(session),
+        "summary_limit": dashboard.SUMMARY_LIMIT,
+        "frontier_models": frontier_models,
+        "margin_db": settings.receipt_margin_db,
+    }
 
 
 def _render(name: str, context: dict[str, Any]) -> str:
@@ -307,7 +325,7 @@ def dashboard_page(request: Request, session: SessionDep, settings: SettingsDep,
     strategies = sorted(set(STRATEGIES) | ({query.job_filter.strategy} - {None}))
     model_choices = [*settings.model_sources, *({query.job_filter.model} - {None} - set(settings.model_sources))]
     refresh_choices = sorted(set(REFRESH_CHOICES) | {query.refresh})
-    context = _overview(session, settings, query) | _summary_context(session)
+    context = _overview(session, settings, query) | _summary_context(session, settings)
     context |= {"base": _base(request), "strategies": strategies, "statuses": list(JobStatus)}
     context |= {"refresh_choices": refresh_choices, "model_choices": model_choices}
     return templates.TemplateResponse(request, "admin/dashboard.html", context)
@@ -336,9 +354,9 @@ def overview_json(
 
 
 @router.get("/api/summary")
-def summary_json(_admin: AdminDep, session: SessionDep) -> Any:
-    """The per-strategy summary and its charts (as the page's HTML fragment)."""
-    context = _summary_context(session)
+def summary_json(_admin: AdminDep, session: SessionDep, settings: SettingsDep) -> Any:
+    """The per-strategy summary and its charts, and the models' frontiers (as the page's HTML fragment)."""
+    context = _summary_context(session, settings)
     body = {"summary": asdict(context["summary"]), "html": {"summary": _render("summary", context)}}
     return JSONResponse(jsonable_encoder(body))
 

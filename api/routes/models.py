@@ -12,12 +12,13 @@ from pydantic import BaseModel, Field
 from api.deps import KeyDep, SessionDep, SettingsDep
 from core.caching.profiles import Profile, ProfileStore, applicable_strategies
 from core.contract import examples
-from core.contract.models import ModelInfo
+from core.contract.frontier import Frontier
+from core.contract.models import ModelInfo, model_key
 from core.contract.request import JobRequest
 from core.contract.shapes import FamilyRules
 from core.contract.strategies import STRATEGIES
 from core.db import utcnow
-from core.jobs import catalogue, fleet, workers
+from core.jobs import catalogue, fleet, frontier, workers
 from core.settings import Settings
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -150,6 +151,12 @@ class ModelView(BaseModel):
         description="Calibration profiles for the model: those its worker holds for its transformer; before any "
         "worker has described it, those of the API host for its family."
     )
+    frontiers: list[Frontier] = Field(
+        default_factory=list,
+        description="Its measured speed/fidelity frontiers (`skipstep frontier`), one per shape and step count: each "
+        "setting's computed calls, measured speedup and fidelity against uncached runs of the same seeds (worst "
+        "and mean, receipts folded in), the Pareto front marked. What `cache.strategy: auto` chooses from.",
+    )
     workers: WorkersView = Field(description="Its live workers.")
     queue: QueueView = Field(description="Its jobs waiting and running.")
     recent: RecentView = Field(description="How its recent jobs went.")
@@ -229,6 +236,7 @@ def list_models(key: KeyDep, session: SessionDep, settings: SettingsDep) -> Any:
                     )
                     for p in own
                 ],
+                frontiers=frontier.frontiers(session, model_key(info.source)),
                 workers=WorkersView(
                     live=pool.live,
                     idle=pool.idle,

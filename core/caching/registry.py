@@ -40,8 +40,8 @@ CACHES: dict[str, type[TimestepCache]] = {
 
 def build_cache(spec: CacheSpec, transformer: Any, shape: Shape, profiles: ProfileStore) -> TimestepCache:
     """The spec's strategy with its parameters and calibration profile (named, or the nearest that fits)."""
-    strategy = CACHES[spec.strategy]
     params = spec.parsed_params()
+    strategy = CACHES[spec.strategy]
     needs = spec.needs
     signature = transformer_signature(transformer)
     profile = None

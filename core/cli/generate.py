@@ -1,4 +1,4 @@
-"""``skipstep generate | calibrate | profiles``: the engine, without the service. The engine
+"""``skipstep generate | calibrate | frontier | profiles``: the engine, without the service. The engine
 (torch, diffusers) is imported inside each command, never when the command line starts."""
 
 from __future__ import annotations
@@ -38,6 +38,22 @@ def add_commands(commands: Any, settings: Settings) -> None:
     cal.add_argument("--guidance-scale", type=float, default=5.0)
     cal.add_argument("--seed", type=int, default=0)
     cal.set_defaults(run=_calibrate)
+
+    front = commands.add_parser(
+        "frontier", help="measure the speed/fidelity frontier of a model at one shape and store it for `auto` jobs"
+    )
+    _add_model_and_shape(front, settings)
+    front.add_argument("--prompts", type=Path, metavar="FILE", help="one prompt per line (default: 3 built in)")
+    front.add_argument(
+        "--setting",
+        action="append",
+        metavar="STRATEGY[:NAME=VALUE,...]",
+        help="a setting to measure, repeatable (default: every strategy at 3 settings, core/frontier.py)",
+    )
+    front.add_argument("--guidance-scale", type=float, default=5.0)
+    front.add_argument("--seed", type=int, default=0)
+    front.add_argument("--json", type=Path, metavar="FILE", help="also write the frontier here as JSON")
+    front.set_defaults(run=_frontier)
 
     profiles = commands.add_parser("profiles", help="list calibration profiles")
     profiles.set_defaults(run=_profiles)
@@ -137,6 +153,73 @@ def _calibrate(args: argparse.Namespace, settings: Settings) -> int:
         print(f"teacache polynomial ({compared}): " + ", ".join(f"{c:.6g}" for c in coefficients))
     print(f"wrote profile {profile.name} to {path}")
     return 0
+
+
+def _frontier(args: argparse.Namespace, settings: Settings) -> int:
+    from core.caching.profiles import ProfileStore
+    from core.contract.frontier import Frontier, mark_pareto
+    from core.contract.models import model_key
+    from core.db import session_scope, utcnow
+    from core.db.migrate import upgrade
+    from core.frontier import DEFAULT_GRID, measure
+    from core.jobs import frontier
+    from core.models import load_model
+
+    prompts = DEFAULT_CALIBRATION_PROMPTS
+    if args.prompts is not None:
+        prompts = tuple(line.strip() for line in args.prompts.read_text().splitlines() if line.strip())
+    grid = [parse_setting(item) for item in args.setting] if args.setting else list(DEFAULT_GRID)
+    model = load_model(args.model, settings)
+    shape = GenerationRequest(
+        prompt=prompts[0] if prompts else "-",
+        width=args.width,
+        height=args.height,
+        num_frames=args.num_frames,
+        num_inference_steps=args.num_inference_steps,
+    ).shape(model.family.rules, model.default_shape)
+    upgrade(settings.database)
+    runs = len(prompts) * (len(grid) + 1)
+    done = iter(range(1, runs + 1))
+
+    def on_run(prompt: str, setting: str, result: Any) -> None:
+        print(f"[{next(done)}/{runs}] {setting}: {result.timings.denoising:.2f} s  ({prompt})", file=sys.stderr)
+
+    points = mark_pareto(
+        measure(
+            model, shape, prompts, grid, ProfileStore(settings.profiles_dir), args.guidance_scale, args.seed, on_run
+        )
+    )
+    key = model_key(model.name)
+    with session_scope(settings.database) as session:
+        frontier.save(session, key, shape, args.guidance_scale, points)
+    measured = Frontier(
+        model=key, **vars(shape), guidance_scale=args.guidance_scale, measured_at=utcnow(), points=points
+    )
+    if args.json is not None:
+        args.json.write_text(measured.model_dump_json(indent=1))
+    print(format_frontier(measured))
+    size = f"{shape.width}x{shape.height}x{shape.num_frames}"
+    print(f"stored the frontier of {key} at {size}, {shape.num_inference_steps} steps")
+    return 0
+
+
+def parse_setting(item: str) -> tuple[str, dict[str, Any]]:
+    """``STRATEGY[:NAME=VALUE,...]`` as --setting gives it."""
+    from core.contract.strategies import parse_param
+
+    strategy, _, rest = item.partition(":")
+    return strategy.strip(), dict(parse_param(part) for part in rest.split(",") if part.strip())
+
+
+def format_frontier(measured: Any) -> str:
+    """The frontier as a text table, fastest first; * marks the Pareto front."""
+    lines = [f"  {'setting':<58} {'calls':>9} {'speedup':>6}  PSNR min/mean   SSIM min/mean"]
+    for p in sorted(measured.points, key=lambda p: -p.speedup):
+        lines.append(
+            f"{'*' if p.pareto else ' '} {p.setting:<58} {p.computed_calls:5.1f}/{p.total_calls:<3d} {p.speedup:5.2f}x "
+            f"{p.psnr:6.2f}/{p.psnr_mean:6.2f}  {p.ssim:6.4f}/{p.ssim_mean:6.4f}"
+        )
+    return "\n".join(lines)
 
 
 def _profiles(args: argparse.Namespace, settings: Settings) -> int:

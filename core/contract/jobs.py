@@ -22,6 +22,8 @@ class EventType(StrEnum):
     succeeded = "job.succeeded"
     failed = "job.failed"
     canceled = "job.canceled"
+    # A sampled job's fidelity receipt was measured (metrics.fidelity), after the job succeeded.
+    fidelity = "job.fidelity"
 
     @classmethod
     def on(cls, status: JobStatus) -> EventType:
@@ -29,4 +31,4 @@ class EventType(StrEnum):
         return cls(f"job.{status.value}")
 
 
-DEFAULT_EVENTS: tuple[EventType, ...] = (EventType.succeeded, EventType.failed, EventType.canceled)
+DEFAULT_EVENTS: tuple[EventType, ...] = (EventType.succeeded, EventType.failed, EventType.canceled, EventType.fidelity)

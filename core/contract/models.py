@@ -95,6 +95,14 @@ def same_model(source: str, other: str) -> bool:
     return Path(source).expanduser().name == Path(other).expanduser().name
 
 
+def model_key(source: str) -> str:
+    """What identifies a model's weights across hosts, as ``same_model`` compares sources: a preset name or hub id,
+    else the model directory's name. Frontiers are measured per model key."""
+    if is_hub_id(source) or source in PRESETS:
+        return source
+    return Path(source).expanduser().name
+
+
 def is_hub_id(source: str) -> bool:
     """``owner/name`` that is not a path on this machine: a Hugging Face hub repository."""
     return bool(HUB_ID.fullmatch(source)) and not Path(source).expanduser().exists()

@@ -26,7 +26,7 @@ from core.errors import InvalidRequest
 from core.settings import get_settings
 from core.webhooks.addresses import check_url_syntax
 
-WebhookEventName = Literal["job.started", "job.succeeded", "job.failed", "job.canceled"]
+WebhookEventName = Literal["job.started", "job.succeeded", "job.failed", "job.canceled", "job.fidelity"]
 
 
 def _limit(keyword: str, setting: str) -> Callable[[dict[str, Any]], None]:

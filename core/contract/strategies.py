@@ -13,7 +13,11 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.contract import examples
+from core.contract.frontier import Target
 from core.errors import CacheConfigError
+
+# Not a strategy: a job that names a target instead, for which the service picks a setting at submit.
+AUTO = "auto"
 
 
 class CacheParams(BaseModel):
@@ -342,7 +346,12 @@ STRATEGIES: dict[str, StrategyInfo] = {
 class CacheSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    strategy: str = Field(default="none", description=f"One of: {', '.join(STRATEGIES)}.", examples=["magcache"])
+    strategy: str = Field(
+        default="none",
+        description=f"One of: {', '.join(STRATEGIES)}; or `{AUTO}` with a `target`, for which the service picks the "
+        "fastest setting of the model's measured frontier that meets it.",
+        examples=["magcache"],
+    )
     params: dict[str, Any] = Field(
         default_factory=dict,
         description="The strategy's parameters.",
@@ -353,16 +362,29 @@ class CacheSpec(BaseModel):
         description="Calibration profile (`GET /models` lists them); default: the nearest one for the model.",
         examples=[examples.PROFILE],
     )
+    target: Target | None = Field(
+        default=None,
+        description=f"With strategy `{AUTO}` only: the fidelity, tier or deadline the chosen setting must meet.",
+        examples=[{"min_psnr": 30}],
+    )
 
     @field_validator("strategy")
     @classmethod
     def _known_strategy(cls, strategy: str) -> str:
-        if strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
+        if strategy not in STRATEGIES and strategy != AUTO:
+            raise ValueError(f"unknown strategy {strategy!r}; known: {', '.join(STRATEGIES)}, {AUTO}")
         return strategy
 
     @model_validator(mode="after")
     def _valid_params(self) -> CacheSpec:
+        if self.strategy == AUTO:
+            if self.target is None:
+                raise ValueError(f"{AUTO}: needs target")
+            if self.params or self.profile is not None:
+                raise ValueError(f"{AUTO}: takes a target, not params or profile")
+            return self
+        if self.target is not None:
+            raise ValueError(f"target: only with strategy {AUTO!r}")
         try:
             self.parsed_params()
         except ValidationError as exc:
@@ -372,6 +394,8 @@ class CacheSpec(BaseModel):
 
     @property
     def info(self) -> StrategyInfo:
+        if self.strategy == AUTO:
+            raise CacheConfigError(f"cache.strategy: {AUTO} is resolved by the service at submit; name a strategy")
         return STRATEGIES[self.strategy]
 
     @property

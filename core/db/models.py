@@ -288,3 +288,68 @@ class WebhookAttempt(Base):
     outcome: Mapped[str] = mapped_column(String(16))  # a core.webhooks.retry.Verdict
     reason: Mapped[str] = mapped_column(Text)
     next_attempt_at: Mapped[datetime | None]
+
+
+class FrontierPointRow(Base):
+    """One setting of a measured frontier (``skipstep frontier``): a model at one shape and step count, one cache
+    setting, and what it measured against uncached runs of the same seeds; receipts fold into its fidelity."""
+
+    __tablename__ = "frontier_points"
+    __table_args__ = (
+        Index(
+            "ix_frontier_points_setting",
+            "model",
+            "width",
+            "height",
+            "num_frames",
+            "num_inference_steps",
+            "setting",
+            unique=True,
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    # The model measured: a preset name, hub id or model directory's name (core.contract.models.model_key).
+    model: Mapped[str] = mapped_column(String(300))
+    width: Mapped[int]
+    height: Mapped[int]
+    num_frames: Mapped[int]
+    num_inference_steps: Mapped[int]
+    guidance_scale: Mapped[float] = mapped_column(Float)
+    strategy: Mapped[str] = mapped_column(String(32))
+    params: Mapped[dict[str, Any]]
+    # core.contract.frontier.setting_key(strategy, params)
+    setting: Mapped[str] = mapped_column(String(1000))
+    computed_calls: Mapped[float] = mapped_column(Float)
+    total_calls: Mapped[int]
+    speedup: Mapped[float] = mapped_column(Float)
+    denoise_seconds: Mapped[float] = mapped_column(Float)
+    baseline_denoise_seconds: Mapped[float] = mapped_column(Float)
+    # Fidelity over every sample (prompts measured, then receipts): worst and mean.
+    psnr_min: Mapped[float] = mapped_column(Float)
+    psnr_mean: Mapped[float] = mapped_column(Float)
+    ssim_min: Mapped[float] = mapped_column(Float)
+    ssim_mean: Mapped[float] = mapped_column(Float)
+    samples: Mapped[int]
+    receipts: Mapped[int] = mapped_column(default=0)
+    measured_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class FidelityReceipt(Base):
+    """A sampled cached job's uncached re-run with the same seed: its measured fidelity, what the frontier had
+    predicted, and whether it fell short of that by more than the margin (SKIPSTEP_RECEIPT_MARGIN_DB)."""
+
+    __tablename__ = "fidelity_receipts"
+    __table_args__ = (Index("ix_fidelity_receipts_model_measured", "model", "measured_at"),)
+
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    model: Mapped[str] = mapped_column(String(100))
+    strategy: Mapped[str] = mapped_column(String(32))
+    point_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("frontier_points.id", ondelete="SET NULL"))
+    psnr: Mapped[float] = mapped_column(Float)
+    ssim: Mapped[float] = mapped_column(Float)
+    predicted_psnr: Mapped[float | None] = mapped_column(Float)
+    predicted_ssim: Mapped[float | None] = mapped_column(Float)
+    shortfall: Mapped[bool] = mapped_column(default=False)
+    measured_at: Mapped[datetime] = mapped_column(default=utcnow)

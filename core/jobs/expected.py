@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from core.caching.profiles import Profile, ProfileStore, closest, config_signature
 from core.contract import examples
+from core.contract.frontier import Choice
 from core.contract.models import ModelInfo
 from core.contract.request import JobRequest
 from core.contract.schedules import magcache_schedule, taocache_branch, taocache_signals, teacache_schedule
@@ -43,13 +44,24 @@ class ExpectedBranch(BaseModel):
 
 class Expected(BaseModel):
     strategy: str = Field(description="The cache strategy the schedule is planned for.", examples=["magcache"])
-    profile: str = Field(description="The calibration profile the schedule follows from.", examples=[examples.PROFILE])
+    profile: str | None = Field(
+        description="The calibration profile the schedule follows from; null where the schedule is not known ahead "
+        "(an `auto` job whose chosen strategy decides as it runs).",
+        examples=[examples.PROFILE],
+    )
     steps_total: int = Field(description="Denoising steps of the job.", examples=[50])
-    branches: dict[str, ExpectedBranch] = Field(
-        description="Per CFG branch (`cond`, `uncond`; `cond` alone without guidance).",
+    branches: dict[str, ExpectedBranch] | None = Field(
+        description="Per CFG branch (`cond`, `uncond`; `cond` alone without guidance); null with `profile`.",
         examples=[{"cond": examples.BRANCH, "uncond": examples.BRANCH}],
     )
-    ideal_speedup: float = Field(description="Transformer calls over computed calls.", examples=[1.6129])
+    ideal_speedup: float | None = Field(
+        description="Transformer calls over computed calls; null with `profile`.", examples=[1.6129]
+    )
+    auto: Choice | None = Field(
+        default=None,
+        description="For `cache.strategy: auto`: the target, the setting chosen from the model's measured frontier "
+        "with its predicted speedup and fidelity, and why (or why it fell back to no cache); null otherwise.",
+    )
     estimated_denoise_seconds: float | None = Field(
         description="Expected computed calls times the median seconds per computed call of recent jobs of the "
         "same model, shape and strategy; null when there are none.",
@@ -59,19 +71,36 @@ class Expected(BaseModel):
 
 
 def expected(
-    session: Session, request: JobRequest, shape: Shape, model: str, info: ModelInfo, profiles: ProfileStore
+    session: Session,
+    request: JobRequest,
+    shape: Shape,
+    model: str,
+    info: ModelInfo,
+    profiles: ProfileStore,
+    choice: Choice | None = None,
 ) -> Expected | None:
-    """The job's schedule as the worker will plan it, or None where it is not known ahead."""
-    if info.family is None:
-        return None  # nothing describes the model yet
+    """The job's schedule as the worker will plan it, and for an ``auto`` job what was chosen (``request`` is then
+    the chosen setting); None where nothing is known ahead."""
     strategy = request.cache.strategy
-    branches = info.family.branches(request.guidance_scale > 1.0)
-    profile = _profile(request, shape, info, profiles)
-    if profile is None:
-        return None
-    schedule = _schedule(strategy, request.cache.parsed_params(), profile, branches, shape, info)
-    if schedule is None:
-        return None
+    schedule, profile = None, None
+    if info.family is not None:  # else nothing describes the model yet
+        branches = info.family.branches(request.guidance_scale > 1.0)
+        profile = _profile(request, shape, info, profiles)
+        if profile is not None:
+            schedule = _schedule(strategy, request.cache.parsed_params(), profile, branches, shape, info)
+    if schedule is None or profile is None:
+        if choice is None:
+            return None
+        return Expected(
+            strategy=strategy,
+            profile=None,
+            steps_total=shape.num_inference_steps,
+            branches=None,
+            ideal_speedup=None,
+            auto=choice,
+            estimated_denoise_seconds=choice.predicted_denoise_seconds,
+            estimate_jobs=0,
+        )
     computed = sum(sum(decisions) for decisions in schedule.values())
     total = sum(len(decisions) for decisions in schedule.values())
     per_call = _seconds_per_computed_call(session, model, shape, strategy)
@@ -88,6 +117,7 @@ def expected(
             for branch, decisions in schedule.items()
         },
         ideal_speedup=round(total / computed, 4),
+        auto=choice,
         estimated_denoise_seconds=round(statistics.median(per_call) * computed, 3) if per_call else None,
         estimate_jobs=len(per_call),
     )

@@ -17,7 +17,7 @@ from core.caching.profiles import ProfileStore
 from core.contract.request import JobRequest
 from core.db import ApiKey, Job
 from core.errors import Conflict, InvalidRequest
-from core.jobs import catalogue, repository, transitions
+from core.jobs import catalogue, repository, targets, transitions
 from core.jobs.expected import expected
 from core.jobs.mapping import new_job
 from core.limits.active import hold_room
@@ -71,11 +71,12 @@ def submit(
     model = request.model or settings.default_model
     info = catalogue.describe(session, model, settings)
     shape = request.shape(info.family, info.default_shape)
+    request, choice = targets.resolve(session, request, shape, model, info)
     info.check_cache(request.cache)
     too_big = SizeLimits.for_key(key, settings).violations(shape, request.compare)
     if too_big:
         raise InvalidRequest(*too_big[0], *too_big[1:])
-    figures = expected(session, request, shape, model, info, ProfileStore(settings.profiles_dir))
+    figures = expected(session, request, shape, model, info, ProfileStore(settings.profiles_dir), choice)
     job = new_job(
         request,
         shape,

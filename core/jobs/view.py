@@ -78,7 +78,7 @@ class BranchMetrics(BaseModel):
 
 
 class FidelityMetrics(BaseModel):
-    """Against an uncached run of the same request and seed (``compare: true``)."""
+    """Against an uncached run of the same request and seed: ``compare: true``, or a sampled job's receipt."""
 
     psnr: float | None = Field(
         description="dB over the decoded frames; null when identical (infinite).", examples=[33.8]
@@ -88,6 +88,25 @@ class FidelityMetrics(BaseModel):
     )
     baseline_denoise_seconds: float = Field(description="Denoising time of the uncached run.", examples=[101.8])
     measured_speedup: float = Field(description="Uncached denoising time over this job's.", examples=[1.5674])
+    basis: Literal["compare", "receipt"] = Field(
+        default="compare",
+        description="compare: the job asked (`compare: true`; float frames); receipt: the job was sampled for an "
+        "uncached re-run on idle worker time after it succeeded (8-bit frames, PSNR capped at 100 dB).",
+        examples=["receipt"],
+    )
+    predicted_psnr: float | None = Field(
+        default=None,
+        description="Receipts: the PSNR the model's frontier predicted for the job's setting; null without one.",
+        examples=[31.2],
+    )
+    predicted_ssim: float | None = Field(
+        default=None, description="Receipts: the SSIM the frontier predicted; null without one.", examples=[0.95]
+    )
+    shortfall: bool | None = Field(
+        default=None,
+        description="Receipts: the measured PSNR fell below the prediction by more than SKIPSTEP_RECEIPT_MARGIN_DB.",
+        examples=[False],
+    )
 
 
 class StageTimings(BaseModel):
@@ -161,7 +180,9 @@ class JobMetrics(BaseModel):
     )
     estimated_speedup: float = Field(description="estimated_full_seconds over denoise_seconds.", examples=[1.5792])
     ideal_speedup: float = Field(description="All calls over computed calls.", examples=[1.6129])
-    fidelity: FidelityMetrics | None = Field(description="With `compare: true` only; null otherwise.")
+    fidelity: FidelityMetrics | None = Field(
+        description="With `compare: true`, or once a sampled job's receipt is measured; null otherwise."
+    )
     step_seconds: list[float] = Field(description="Wall time of each denoising step.", examples=[examples.STEP_SECONDS])
     timings: StageTimings = Field(description="Seconds per stage, submit to upload.")
     engine: EngineMetrics | None = Field(
