@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from api import docs, errors, middleware, openapi
+from api import docs, errors, headers, middleware, openapi
 from api.limits import RATE_LIMITED
 from api.routes import admin, deliveries, events, health, jobs, models, openai_videos, workers
 from core.contract.strategies import STRATEGIES
@@ -29,6 +29,7 @@ def create_app() -> FastAPI:
     )
     errors.install(app)
     middleware.install(app)
+    headers.install(app)
     for router in (jobs.router, events.router, openai_videos.router, deliveries.router, models.router, workers.router):
         app.include_router(router, dependencies=RATE_LIMITED)
     app.include_router(health.router)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterator
+from ipaddress import IPv6Address, ip_address
 from typing import Annotated
 
 from fastapi import Depends, Request, status
@@ -97,3 +99,33 @@ def admin_key(key: KeyDep) -> ApiKey:
 
 
 AdminDep = Annotated[ApiKey, Depends(admin_key)]
+
+
+def metrics_reader(request: Request, settings: SettingsDep) -> None:
+    """Who may read /metrics: a client at an address SKIPSTEP_METRICS_ALLOW lists, or one presenting
+    SKIPSTEP_METRICS_TOKEN as its bearer token."""
+    if _address_allowed(request.client.host if request.client else None, settings):
+        return
+    expected = settings.metrics_token
+    if expected is None:
+        raise ApiError(status.HTTP_403_FORBIDDEN, "/metrics is not open to this address (SKIPSTEP_METRICS_ALLOW)")
+    given = bearer_token(request)
+    if given is None or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise ApiError(
+            status.HTTP_401_UNAUTHORIZED,
+            "/metrics needs the metrics token (SKIPSTEP_METRICS_TOKEN) as a bearer token",
+            headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+        )
+
+
+def _address_allowed(host: str | None, settings: Settings) -> bool:
+    try:
+        address = ip_address(host or "")
+    except ValueError:
+        return False
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in settings.metrics_networks)
+
+
+MetricsReader = Depends(metrics_reader)

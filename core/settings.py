@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Literal
 
@@ -190,6 +191,19 @@ class Settings(BaseSettings):
         "(skipstep_fidelity_shortfalls_total, the dashboard).",
     )
 
+    # Metrics
+    metrics_token: str | None = Field(
+        default=None,
+        min_length=16,
+        description="A bearer token that lets a scraper read /metrics from any address (Prometheus: "
+        "`authorization: {credentials: ...}`); unset: only the addresses in SKIPSTEP_METRICS_ALLOW may.",
+    )
+    metrics_allow: str = Field(
+        default="127.0.0.0/8,::1/128",
+        description="Addresses (comma-separated IPs or CIDR networks) that may read /metrics without the token; "
+        "empty: none.",
+    )
+
     # Dashboard
     dashboard_refresh_seconds: float = Field(
         default=5, ge=0, le=3600, description="Live refresh interval of /admin (0: off); ?refresh= overrides it."
@@ -233,6 +247,17 @@ class Settings(BaseSettings):
                     "(it names the model's queue)"
                 )
         return self
+
+    @field_validator("metrics_allow")
+    @classmethod
+    def _metrics_allow(cls, value: str) -> str:
+        parse_networks(value)
+        return value
+
+    @property
+    def metrics_networks(self) -> list[IPv4Network | IPv6Network]:
+        """SKIPSTEP_METRICS_ALLOW as networks."""
+        return parse_networks(self.metrics_allow)
 
     @field_validator("compile_shapes")
     @classmethod
@@ -315,6 +340,17 @@ def parse_shapes(text: str) -> list[tuple[int, int, int]]:
         width, height, frames = map(int, entry.split("x"))
         shapes.append((width, height, frames))
     return shapes
+
+
+def parse_networks(text: str) -> list[IPv4Network | IPv6Network]:
+    """``IP,CIDR,...`` as networks (an address alone is a network of one)."""
+    networks = []
+    for entry in filter(None, (item.strip() for item in text.split(","))):
+        try:
+            networks.append(ip_network(entry, strict=False))
+        except ValueError:
+            raise ValueError(f"SKIPSTEP_METRICS_ALLOW: {entry!r} is not an IP address or CIDR network") from None
+    return networks
 
 
 def model_name(source: str) -> str:

@@ -23,6 +23,22 @@ from core.keys import create_key
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
 
+@pytest.fixture(autouse=True)
+def no_csp_violations(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every page a browser test opens works under its Content-Security-Policy: Chromium reports each thing the
+    policy refused (an inline script or style, a fetch, a video from elsewhere) on the console."""
+    if "page" not in request.fixturenames:
+        yield
+        return
+    page: Page = request.getfixturevalue("page")
+    refused: list[str] = []
+    page.on(
+        "console", lambda message: refused.append(message.text) if "Content Security Policy" in message.text else None
+    )
+    yield
+    assert refused == []
+
+
 def log_in(page: Page, service: Service, key: str) -> None:
     page.goto(f"{service.url}/admin?refresh=1")
     assert "/admin/login" in page.url
@@ -61,6 +77,39 @@ def test_admin_key_required(page: Page, service: Service) -> None:
         "finished_last_hour",
     }
     assert set(overview.json()["html"]) == {"counters", "jobs", "workers", "queue", "models"}
+
+
+def test_pages_and_answers_carry_security_headers(service: Service) -> None:
+    admin = {"Authorization": f"Bearer {service.keys['admin']}"}
+    with httpx.Client(base_url=service.url, timeout=30) as client:
+        answers = {
+            "/admin": client.get("/admin", headers=admin),
+            "/admin/login": client.get("/admin/login"),
+            "/admin/api/overview": client.get("/admin/api/overview", headers=admin),
+            "/admin/static/dashboard.js": client.get("/admin/static/dashboard.js"),
+            "/jobs": client.get("/jobs", headers={"Authorization": f"Bearer {service.keys['alice']}"}),
+            "/jobs unauthenticated": client.get("/jobs"),
+            "/healthz": client.get("/healthz"),
+            "/docs": client.get("/docs"),
+        }
+    for name, response in answers.items():
+        assert response.status_code in (200, 401), (name, response.status_code)
+        assert response.headers["x-content-type-options"] == "nosniff", name
+        assert response.headers["x-frame-options"] == "DENY", name
+        assert "frame-ancestors 'none'" in response.headers["content-security-policy"], name
+    for name in ("/admin", "/admin/login", "/admin/api/overview"):
+        policy = dict(
+            part.strip().split(" ", 1) for part in answers[name].headers["content-security-policy"].split(";")
+        )
+        assert policy["default-src"] == "'none'" and policy["script-src"] == "'self'", name
+        assert policy["style-src"] == "'self'" and policy["base-uri"] == "'none'", name
+        # The job page's video redirects to the S3 store: its origin may serve media, nothing else.
+        assert policy["media-src"] == f"'self' {service.env['SKIPSTEP_S3_ENDPOINT_URL']}", name
+    assert answers["/jobs"].headers["content-security-policy"].startswith("default-src 'none';")
+    docs = answers["/docs"]
+    nonce = docs.text.split('<script nonce="', 1)[1].split('"', 1)[0]
+    assert f"script-src 'self' 'nonce-{nonce}'" in docs.headers["content-security-policy"]
+    assert "<script>" not in docs.text
 
 
 def test_dashboard_live_filters_and_job_page(page: Page, service: Service) -> None:

@@ -60,6 +60,10 @@ def test_docs_render_offline_with_authorize_and_strategy_parameters(
 ) -> None:
     requests: list[str] = []
     page.on("request", lambda request: requests.append(request.url))
+    refused: list[str] = []  # what the page's Content-Security-Policy refused, as Chromium reports it
+    page.on(
+        "console", lambda message: refused.append(message.text) if "Content Security Policy" in message.text else None
+    )
     page.goto(f"{api_alone.url}/docs")
     # Swagger UI's script and style come from the app: a CDN would show here before anything renders.
     assert outside(requests) == []
@@ -89,3 +93,4 @@ def test_docs_render_offline_with_authorize_and_strategy_parameters(
 
     assert outside(requests) == []
     assert f"{api_alone.url}/openapi.json" in requests
+    assert refused == []

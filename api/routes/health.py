@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
-from api.deps import SessionDep, SettingsDep, StorageDep
+from api.deps import MetricsReader, SessionDep, SettingsDep, StorageDep
 from api.errors import ErrorResponse
 from api.metrics import dependency_registry, registry_for
 from core import health
@@ -76,18 +76,22 @@ def readyz(session: SessionDep, settings: SettingsDep, storage: StorageDep) -> A
 @router.get(
     "/metrics",
     response_class=Response,
+    dependencies=[MetricsReader],
     responses={
         200: {
             "content": {CONTENT_TYPE_LATEST: {"example": METRICS_EXAMPLE}},
             "description": "Prometheus text exposition.",
         },
+        401: {"model": ErrorResponse, "description": "Not an allowed address, and no or a wrong metrics token."},
+        403: {"model": ErrorResponse, "description": "Not an allowed address, and no metrics token is configured."},
         503: {"model": ErrorResponse, "description": "The database is unreachable right now."},
     },
 )
 def metrics(session: SessionDep, settings: SettingsDep, storage: StorageDep) -> Response:
     """Prometheus exposition: jobs by status, queue depth, step time and speedup by strategy; per model: queue
     depth, live and idle workers, wait, denoise time, speedup and jobs per strategy; whether each dependency
-    answers."""
+    answers. Open to the addresses SKIPSTEP_METRICS_ALLOW lists (loopback by default) and to the bearer token
+    SKIPSTEP_METRICS_TOKEN."""
     registry = registry_for(settings.database, tuple(settings.model_sources), settings.heartbeat_seconds)
     checks = health.report(session, settings.broker_url, storage)
     body = generate_latest(registry) + generate_latest(dependency_registry(checks))

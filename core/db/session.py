@@ -14,6 +14,7 @@ from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.db import redact
 from core.settings import get_settings
 
 T = TypeVar("T")
@@ -38,10 +39,14 @@ def engine_for(url: str) -> Engine:
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
+        redact.install(engine)
         return engine
-    # Bound parameters (prompts, key hashes) never appear in error messages or logs.
+    # Bound parameters (prompts, key hashes) never appear in error messages or logs: neither in SQLAlchemy's text
+    # (hide_parameters) nor in the database's own message (core.db.redact).
     pool_size = get_settings().database_pool_size
-    return create_engine(url, pool_pre_ping=True, hide_parameters=True, pool_size=pool_size, max_overflow=pool_size)
+    engine = create_engine(url, pool_pre_ping=True, hide_parameters=True, pool_size=pool_size, max_overflow=pool_size)
+    redact.install(engine)
+    return engine
 
 
 @lru_cache
