@@ -45,7 +45,8 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=64)
     parser.add_argument("--num-frames", type=int, default=9)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--prompts", type=int, default=3, help="calibration and held-out prompts each (at most 3)")
+    parser.add_argument("--prompts", type=int, default=3, help="calibration prompts (at most 3)")
+    parser.add_argument("--held-out", type=int, default=3, help="held-out prompts (at most 3)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/frontier-cpu.md"))
     args = parser.parse_args()
 
@@ -61,7 +62,7 @@ def main() -> None:
     def progress(prompt: str, setting: str, result: object) -> None:
         print(f"{time.perf_counter() - started:7.1f} s  {setting}  ({prompt})", flush=True)
 
-    calibration_prompts, held_out_prompts = CALIBRATION[: args.prompts], HELD_OUT[: args.prompts]
+    calibration_prompts, held_out_prompts = CALIBRATION[: args.prompts], HELD_OUT[: args.held_out]
     calibration = mark_pareto(measure(model, shape, calibration_prompts, grid, profiles, seed=0, on_run=progress))
     held_out = measure(model, shape, held_out_prompts, grid, profiles, seed=100, on_run=progress)
     elapsed = time.perf_counter() - started
@@ -89,6 +90,7 @@ def report(
     command = (
         f"python bench/frontier.py --model {args.model} --width {frontier.width} --height {frontier.height} "
         f"--num-frames {frontier.num_frames} --steps {frontier.num_inference_steps} --prompts {args.prompts} "
+        f"--held-out {args.held_out} "
         f"--out {args.out}"
     )
     lines = [
@@ -98,7 +100,7 @@ def report(
         f"`{command}` ({elapsed / 60:.1f} min on the 2-core machine, other jobs running beside it)",
         "",
         f"Calibration prompts (seeds from 0): {'; '.join(CALIBRATION[: args.prompts])}.  ",
-        f"Held-out prompts (seeds from 100): {'; '.join(HELD_OUT[: args.prompts])}.",
+        f"Held-out prompts (seeds from 100): {'; '.join(HELD_OUT[: args.held_out])}.",
         "",
         "Fidelity: PSNR and SSIM of the decoded 8-bit frames against the uncached run of the same prompt and seed; "
         "worst and mean over the prompts (100 dB: identical). LPIPS is not measured: its network weights are not "

@@ -364,6 +364,8 @@ class CacheSpec(BaseModel):
     )
     target: Target | None = Field(
         default=None,
+        # Left out of dumps when absent: a request's fingerprint (Idempotency-Key) stays what it was before targets.
+        exclude_if=lambda target: target is None,
         description=f"With strategy `{AUTO}` only: the fidelity, tier or deadline the chosen setting must meet.",
         examples=[{"min_psnr": 30}],
     )
