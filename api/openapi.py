@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from api import openapi_examples
-from api.deps import admin_key, current_key, get_session
+from api.deps import admin_key, current_key, get_session, metrics_reader
 from api.errors import (
     OPENAI_PREFIX,
     openai_status,
@@ -33,6 +33,7 @@ from core.contract.strategies import AUTO, STRATEGIES, CacheParams
 from core.webhooks.events import WebhookEvent
 
 BEARER = "bearerAuth"
+METRICS_BEARER = "metricsToken"
 REF_TEMPLATE = "#/components/schemas/{model}"
 
 # endpoint (module.function) -> (operationId, summary). A route missing here gets ``<tag>-<function>``, and
@@ -64,6 +65,10 @@ DEPENDENCY_ERRORS: dict[Callable[..., Any], dict[int, str]] = {
     admin_key: {403: "The API key is valid but not an admin key."},
     get_session: {503: "The database is unreachable right now; retry after `Retry-After` seconds."},
     rate_limit: {429: "Too many requests for this API key; retry after `Retry-After` seconds."},
+    metrics_reader: {
+        401: "Not an address `SKIPSTEP_METRICS_ALLOW` lists, and no or a wrong metrics token.",
+        403: "Not an address `SKIPSTEP_METRICS_ALLOW` lists, and no metrics token is configured.",
+    },
 }
 INVALID = {422: "A parameter or body field breaks a rule; `error.fields` names each one and its rule."}
 TOO_LARGE = {413: "The body is over the size limit."}
@@ -185,7 +190,13 @@ def _complete(app: FastAPI, schema: dict[str, Any]) -> None:
             "type": "http",
             "scheme": "bearer",
             "description": "An API key (`skipstep keys create`), as `Authorization: Bearer <key>`.",
-        }
+        },
+        METRICS_BEARER: {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "`SKIPSTEP_METRICS_TOKEN`, as `Authorization: Bearer <token>`; not needed from an "
+            "address `SKIPSTEP_METRICS_ALLOW` lists.",
+        },
     }
     for route in api_routes(app):
         for method in route.methods or ():
@@ -195,6 +206,8 @@ def _complete(app: FastAPI, schema: dict[str, Any]) -> None:
                 operation["summary"] = named[1]
             if needs_key(route):
                 operation["security"] = [{BEARER: []}]
+            elif metrics_reader in _calls(route):
+                operation["security"] = [{METRICS_BEARER: []}, {}]  # {}: an allowed address needs no token
             responses = operation.setdefault("responses", {})
             if route.path_format.startswith(OPENAI_PREFIX):
                 responses.pop("422", None)  # FastAPI's own; OpenAI's clients get a 400 instead

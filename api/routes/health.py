@@ -82,8 +82,6 @@ def readyz(session: SessionDep, settings: SettingsDep, storage: StorageDep) -> A
             "content": {CONTENT_TYPE_LATEST: {"example": METRICS_EXAMPLE}},
             "description": "Prometheus text exposition.",
         },
-        401: {"model": ErrorResponse, "description": "Not an allowed address, and no or a wrong metrics token."},
-        403: {"model": ErrorResponse, "description": "Not an allowed address, and no metrics token is configured."},
         503: {"model": ErrorResponse, "description": "The database is unreachable right now."},
     },
 )
