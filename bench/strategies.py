@@ -1,6 +1,6 @@
 """Every skipstep strategy beside plain diffusers, diffusers' own caches and cache-dit, in one process.
 
-    python bench/strategies.py [--model wan-tiny] [--width 128 --height 128 --num-frames 17 --steps 20]
+    python bench/strategies.py [--model wan-tiny] [--width 128 --height 128 --num-frames 17 --steps 20] [--prompt P]
                                [--repeats 3] [--only LABEL ...] [--compile] [--out FILE.md]
     SKIPSTEP_DEVICE=cuda python bench/strategies.py --gpu [--warmup first] ...
 
@@ -49,16 +49,20 @@ SKIPSTEP = (
     ("magcache", {"threshold": 0.12, "max_skip_steps": 2}),
     ("magcache", {"threshold": 0.24, "max_skip_steps": 6}),
     ("magcache", {"threshold": 0.24, "max_skip_steps": 6, "predictor": "taylorseer"}),
+    ("easycache", {}),
     ("easycache", {"threshold": 0.2}),
     ("easycache", {"threshold": 0.4}),
     ("fbcache", {"threshold": 0.05}),
     ("fbcache", {"threshold": 0.2}),
+    ("dbcache", {}),
     ("dbcache", {"Fn_compute_blocks": 1, "Bn_compute_blocks": 0, "residual_diff_threshold": 0.08}),
     ("dbcache", {"Fn_compute_blocks": 2, "Bn_compute_blocks": 1, "residual_diff_threshold": 0.2}),
     (
         "dbcache",
         {"Fn_compute_blocks": 1, "Bn_compute_blocks": 0, "residual_diff_threshold": 0.08, "predictor": "taylorseer"},
     ),
+    ("taocache", {}),
+    ("taocache", {"early": "magcache"}),
     ("taylorseer", {}),
     ("taylorseer", {"warmup_steps": 3, "interval": 3, "order": 2}),
 )
@@ -283,6 +287,7 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=128)
     parser.add_argument("--num-frames", type=int, default=17)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--prompt", default="a red fox running through snow, cinematic")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", action="append", help="keep rows whose label starts with this (plain always)")
     parser.add_argument("--compile", action="store_true", help="also rows with the blocks compiled (inductor)")
@@ -298,7 +303,7 @@ def main() -> None:
     settings = get_settings()
     model = load_model(args.model, settings)
     request = GenerationRequest(
-        prompt="a red fox running through snow, cinematic",
+        prompt=args.prompt,
         width=args.width,
         height=args.height,
         num_frames=args.num_frames,

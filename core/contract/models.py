@@ -17,6 +17,8 @@ from core.contract.strategies import CacheSpec
 from core.errors import InvalidRequest, ModelLoadError
 
 TINY_SHAPE = Shape(width=128, height=128, num_frames=17, num_inference_steps=20)
+# What wan-tiny-trained was trained at.
+TRAINED_TINY_SHAPE = Shape(width=64, height=64, num_frames=17, num_inference_steps=20)
 # owner/name as the Hugging Face hub spells a repository.
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -34,7 +36,13 @@ class PresetInfo:
 PRESETS: dict[str, PresetInfo] = {
     preset.name: preset
     for preset in (
-        PresetInfo("wan-tiny", WAN, TINY_SHAPE, "small random Wan2.1 pipeline for tests, the demo and CPU benchmarks"),
+        PresetInfo(
+            "wan-tiny-trained",
+            WAN,
+            TRAINED_TINY_SHAPE,
+            "small Wan2.1 pipeline trained here (training/train_wan_tiny.py) on synthetic clips of coloured shapes",
+        ),
+        PresetInfo("wan-tiny", WAN, TINY_SHAPE, "small random Wan2.1 pipeline for tests, shapes and CPU benchmarks"),
         PresetInfo("ltx-tiny", LTX, TINY_SHAPE, "small random LTX-Video pipeline"),
         PresetInfo("hunyuan-tiny", HUNYUAN, TINY_SHAPE, "small random HunyuanVideo pipeline (embedded guidance)"),
         PresetInfo(

@@ -1,12 +1,15 @@
-"""Offline presets: small, randomly initialised video pipelines built from configs.
+"""Offline presets: small video pipelines, randomly initialised from configs or trained here.
 
-A preset is built once, saved with ``save_pretrained`` into the presets folder, and from
+A random preset is built once, saved with ``save_pretrained`` into the presets folder, and from
 then on loaded through the same ``from_pretrained`` code as real weights. Its videos are
-noise; its shapes, timings and cache decisions are real.
+noise; its shapes, timings and cache decisions are real. A trained preset's diffusers directory
+is committed in this package (``trained/``, made by ``python -m training.train_wan_tiny``) and
+copied into the presets folder the same way.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -50,21 +53,21 @@ from core.contract.models import PresetInfo
 PRESET_FORMAT = 1
 MARKER = "skipstep_preset.json"
 
-_WORDS = (
+_WORDS = tuple(
     "a an the of in on at with and to from by over under through into near above below cat dog "
     "fox bird horse fish person woman man child car train boat city street forest river sea "
     "ocean beach mountain snow rain sun sky cloud night day light fire water tree flower field "
     "road house room window red blue green yellow white black golden orange small big tall old "
     "young slow fast running walking flying swimming jumping dancing sitting standing looking "
     "camera shot close wide aerial view cinematic realistic video scene motion neon glowing "
-    "warm cold bright dark"
-).split()
+    "warm cold bright dark".split()
+)
 
 
-def offline_tokenizer() -> T5Tokenizer:
-    """A unigram T5 tokenizer made from an inline vocabulary: no file, no download."""
+def offline_tokenizer(extra_words: tuple[str, ...] = ()) -> T5Tokenizer:
+    """A unigram T5 tokenizer made from an inline vocabulary (and ``extra_words``): no file, no download."""
     specials = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
-    words = [(f"\u2581{word}", -1.0 - i / 100) for i, word in enumerate(_WORDS)]
+    words = [(f"\u2581{word}", -1.0 - i / 100) for i, word in enumerate(_WORDS + extra_words)]
     pieces = [(ch, -10.0) for ch in "abcdefghijklmnopqrstuvwxyz0123456789.,!?'-"]
     pieces += [(f"\u2581{ch}", -9.0) for ch in "abcdefghijklmnopqrstuvwxyz0123456789"]
     return T5Tokenizer(vocab=specials + words + pieces, extra_ids=0)
@@ -84,10 +87,17 @@ def _text_config(tokenizer: T5Tokenizer, d_model: int, d_ff: int, num_heads: int
     }
 
 
-def _build_wan(text_dim: int, transformer: dict[str, object], vae: dict[str, object]) -> DiffusionPipeline:
-    tokenizer = offline_tokenizer()
+def _build_wan(
+    text_dim: int,
+    transformer: dict[str, object],
+    vae: dict[str, object],
+    text_heads: int = 8,
+    flow_shift: float = 5.0,
+    tokenizer: T5Tokenizer | None = None,
+) -> DiffusionPipeline:
+    tokenizer = tokenizer or offline_tokenizer()
     torch.manual_seed(0)
-    text_encoder = UMT5EncoderModel(UMT5Config(**_text_config(tokenizer, text_dim, 2 * text_dim, num_heads=8)))
+    text_encoder = UMT5EncoderModel(UMT5Config(**_text_config(tokenizer, text_dim, 2 * text_dim, text_heads)))
     torch.manual_seed(1)
     transformer_model = WanTransformer3DModel(
         patch_size=(1, 2, 2),
@@ -103,7 +113,7 @@ def _build_wan(text_dim: int, transformer: dict[str, object], vae: dict[str, obj
     torch.manual_seed(2)
     vae_model = AutoencoderKLWan(z_dim=16, **vae)
     scheduler = UniPCMultistepScheduler(
-        prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=5.0
+        prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=flow_shift
     )
     return WanPipeline(
         tokenizer=tokenizer,
@@ -119,6 +129,26 @@ def build_wan_tiny() -> DiffusionPipeline:
         text_dim=256,
         transformer={"num_attention_heads": 8, "attention_head_dim": 64, "ffn_dim": 2048, "num_layers": 8},
         vae={"base_dim": 32, "dim_mult": [1, 2, 2, 4], "num_res_blocks": 1},
+    )
+
+
+# Caption words of the trained preset's synthetic clips (training.clips) that the generic vocabulary lacks.
+_SHAPE_WORDS = tuple(
+    "square circle triangle moving left right up down top bottom center gray striped checkered background".split()
+)
+
+
+def wan_tiny_trained_architecture() -> DiffusionPipeline:
+    """wan-tiny-trained before training: a Wan2.1 pipeline small enough to train on one CPU thread in minutes
+    (64x64 clips: 80 latent tokens), with Wan2.1-1.3B's 480p scheduler (UniPC, flow shift 3). The text
+    encoder stays as initialised; ``training.train_wan_tiny`` trains the VAE and the transformer."""
+    return _build_wan(
+        text_dim=128,
+        text_heads=4,
+        flow_shift=3.0,
+        tokenizer=offline_tokenizer(_SHAPE_WORDS),
+        transformer={"num_attention_heads": 4, "attention_head_dim": 32, "ffn_dim": 512, "num_layers": 6},
+        vae={"base_dim": 8, "dim_mult": [1, 2, 2, 4], "num_res_blocks": 1},
     )
 
 
@@ -255,21 +285,27 @@ BUILDERS: dict[str, Callable[[], DiffusionPipeline]] = {
     "hunyuan-tiny": build_hunyuan_tiny,
     "wan2.1-1.3b-random": build_wan_13b_random,
 }
+# Trained presets: their committed diffusers directories.
+TRAINED: dict[str, Path] = {"wan-tiny-trained": Path(__file__).parent / "trained" / "wan-tiny-trained"}
 # What clients see of each preset (family, default shape) is in the request contract.
-PRESETS: dict[str, PresetInfo] = {name: PRESET_INFO[name] for name in BUILDERS}
+PRESETS: dict[str, PresetInfo] = {name: PRESET_INFO[name] for name in [*BUILDERS, *TRAINED]}
 
 
 def ensure_preset(name: str, presets_dir: Path) -> Path:
     """The preset's diffusers directory, built and saved first if it is not on disk yet."""
     target = presets_dir / name
-    if _is_current(target):
+    stamp = _stamp(name)
+    if _is_current(target, stamp):
         return target
     presets_dir.mkdir(parents=True, exist_ok=True)
     # Build beside the target and rename into place, so a crash never leaves half a model.
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=presets_dir))
     try:
-        BUILDERS[name]().save_pretrained(staging)
-        (staging / MARKER).write_text(json.dumps({"preset": name, "format": PRESET_FORMAT}))
+        if name in TRAINED:
+            shutil.copytree(TRAINED[name], staging, dirs_exist_ok=True)
+        else:
+            BUILDERS[name]().save_pretrained(staging)
+        (staging / MARKER).write_text(json.dumps({"preset": name, "format": stamp}))
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)
@@ -279,8 +315,20 @@ def ensure_preset(name: str, presets_dir: Path) -> Path:
     return target
 
 
-def _is_current(path: Path) -> bool:
+def _stamp(name: str) -> int | str:
+    """What a current copy's marker holds: the builders' format, or a digest of the committed trained files
+    (so that retrained weights replace an older copy)."""
+    if name not in TRAINED:
+        return PRESET_FORMAT
+    digest = hashlib.sha256()
+    for file in sorted(path for path in TRAINED[name].rglob("*") if path.is_file()):
+        digest.update(file.relative_to(TRAINED[name]).as_posix().encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def _is_current(path: Path, stamp: int | str) -> bool:
     try:
-        return json.loads((path / MARKER).read_text()).get("format") == PRESET_FORMAT
+        return json.loads((path / MARKER).read_text()).get("format") == stamp
     except (OSError, ValueError):
         return False

@@ -1,0 +1,1 @@
+"""Training the small models that skipstep ships trained (``python -m training.train_wan_tiny``)."""
