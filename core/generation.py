@@ -121,13 +121,16 @@ def run(
     synchronize()
     encoded = time.perf_counter()
 
+    branches = tuple(family.branches(do_cfg))
+    parallel = model.parallel
     cache.prepare(
         RunPlan(
             num_steps=shape.num_inference_steps,
-            branches=tuple(family.branches(do_cfg)),
+            branches=branches,
             timesteps=family.timesteps(pipe, shape, device),
             transformer=model.transformer,
             family=family,
+            sequence_group=parallel.sequence_group if parallel else None,
         )
     )
     if on_plan is not None:
@@ -144,7 +147,7 @@ def run(
             on_step(Progress(index + 1, shape.num_inference_steps, computed, skipped))
         return {}
 
-    with attached(cache, model.transformer):
+    with attached(cache, model.transformer, parallel.cfg(branches) if parallel else None):
         output = pipe(
             **prompts,
             width=shape.width,

@@ -33,7 +33,9 @@ from core.caching.forecast import TaylorSeries
 from core.caching.profiles import Profile
 from core.contract.schedules import replay
 from core.contract.strategies import STRATEGIES, CacheParams, PredictorParams
+from core.errors import CacheConfigError
 from core.models.families import ModelFamily
+from core.parallel import reduced_relative_change
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,8 @@ class RunPlan:
     timesteps: torch.Tensor
     transformer: torch.nn.Module
     family: ModelFamily
+    # The group the unit's tokens are sharded over (context parallelism, core.parallel); None: all here.
+    sequence_group: Any = None
 
 
 @dataclass
@@ -61,6 +65,8 @@ class BranchState:
     forecast: TaylorSeries | None = None
     timer_token: Any = None
     decisions: list[bool] = field(default_factory=list)
+    # Computed on another rank (CFG-parallel): its decisions are known here, its calls not timed.
+    followed: bool = False
 
 
 class CallTimer:
@@ -148,6 +154,8 @@ class TimestepCache:
     scope: ClassVar[Literal["blocks", "model"]] = "blocks"
     # Whether computed calls keep their residual; a cache that never reuses skips that work.
     reuses: ClassVar[bool] = True
+    # Whether the rule holds when each rank sees a shard of the tokens (context parallelism).
+    sequence_parallel: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -207,6 +215,11 @@ class TimestepCache:
 
     def prepare(self, plan: RunPlan) -> None:
         """Reset for a new run; compute the whole schedule now if the signals allow it."""
+        if plan.sequence_group is not None and not self.sequence_parallel:
+            raise CacheConfigError(
+                f"cache.strategy: {self.name} cannot run under sequence parallelism (ulysses, ring): "
+                "its rule needs every token of a call on one rank"
+            )
         self.plan = plan
         self.states = {}
         self.timer = CallTimer()
@@ -284,6 +297,13 @@ class TimestepCache:
         state.call_input = None
         state.step += 1
 
+    def follow(self, branch: str, computed: bool) -> None:
+        """Record the decision another rank took for a branch this rank does not compute (CFG-parallel)."""
+        state = self.state_for(branch)
+        state.followed = True
+        state.decisions.append(computed)
+        state.step += 1
+
     def calls(self) -> tuple[int, int]:
         """(computed, skipped) calls so far in this run."""
         decisions = [d for state in self.states.values() for d in state.decisions]
@@ -291,7 +311,8 @@ class TimestepCache:
 
     def report(self, denoise_seconds: float) -> CacheReport:
         computed, skipped = self.calls()
-        per_call = self.timer.seconds() / computed if computed else 0.0
+        timed = sum(sum(state.decisions) for state in self.states.values() if not state.followed)
+        per_call = self.timer.seconds() / timed if timed else 0.0
         estimated_full = denoise_seconds + skipped * per_call
         return CacheReport(
             strategy=self.name,
@@ -309,8 +330,11 @@ class TimestepCache:
         )
 
 
-def relative_change(current: torch.Tensor, previous: torch.Tensor) -> float:
-    """``mean|current - previous| / mean|previous|``, as diffusers' FirstBlockCache and cache-dit compare."""
+def relative_change(current: torch.Tensor, previous: torch.Tensor, group: Any = None) -> float:
+    """``mean|current - previous| / mean|previous|``, as diffusers' FirstBlockCache and cache-dit compare; over
+    every rank's shard of the tokens where ``group`` shards them (``RunPlan.sequence_group``)."""
+    if group is not None:
+        return reduced_relative_change(current, previous, group)
     return ((current - previous).abs().mean() / previous.abs().mean()).item()
 
 

@@ -246,6 +246,8 @@ class _SparseMlp(torch.nn.Module):
 
 class Chipmunk(TimestepCache):
     name = "chipmunk"
+    # Its attention layers choose keys from a call's whole sequence.
+    sequence_parallel = False
     params: ChipmunkParams
 
     @property

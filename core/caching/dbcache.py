@@ -82,7 +82,8 @@ class DBCache(TimestepCache):
             return True
         if threshold >= 1:
             return False
-        return relative_change(unit_input - state.call_input, self.fn_residuals[state.name]) >= threshold
+        change = relative_change(unit_input - state.call_input, self.fn_residuals[state.name], self.plan.sequence_group)
+        return change >= threshold
 
     @staticmethod
     def _count_reuse(reuses: _Reuses, step: int) -> None:

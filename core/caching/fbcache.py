@@ -34,7 +34,7 @@ class FBCache(TimestepCache):
         previous = self.first_residuals.get(state.name)
         if previous is None:
             return None
-        return relative_change(unit_input - state.call_input, previous)
+        return relative_change(unit_input - state.call_input, previous, self.plan.sequence_group)
 
     def can_reuse(self, accumulator: None, diff: float) -> bool:
         return diff <= self.params.threshold

@@ -7,6 +7,11 @@ state and the timing live in the slots, never inside a block, so a block compile
 The branch comes from the cache context that diffusers pipelines open around each transformer
 call (``cond``, ``uncond`` or ``cond_uncond``), read by a hook on the transformer itself, which
 also runs the decision when the cached unit is the whole model (EasyCache).
+
+Under context parallelism (core.parallel) diffusers splits the token sequence at the first block's
+input. The slots need the split input too (the unit's input, the input of the blocks before it), so
+for the run the first slot applies diffusers' split hook itself instead of the block. Under
+CFG-parallel the transformer hook hands each call to the run's exchange first.
 """
 
 from __future__ import annotations
@@ -17,10 +22,12 @@ from typing import Any
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks.context_parallel import ContextParallelSplitHook
 from diffusers.hooks.hooks import BaseState, StateManager
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
 from core.caching.base import BranchState, TimestepCache
+from core.parallel import CfgParallel
 
 HOOK_NAME = "skipstep_timestep_cache"
 
@@ -37,12 +44,31 @@ def _hidden_states(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tenso
 class _Runner:
     """One run's cache driven from the transformer call and its block slots."""
 
-    def __init__(self, cache: TimestepCache, num_blocks: int) -> None:
+    def __init__(
+        self,
+        cache: TimestepCache,
+        num_blocks: int,
+        split: ContextParallelSplitHook | None,
+        cfg: CfgParallel | None,
+    ) -> None:
         self.cache = cache
         self.start, self.end = cache.unit_blocks(num_blocks) if cache.scope == "blocks" else (0, 0)
         self.state: BranchState | None = None
+        self.split = split
+        self.cfg = cfg
 
     def model_call(self, branch: str, forward: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any:
+        if self.cfg is None:
+            return self._model_call(branch, forward, args, kwargs)
+        return self.cfg.call(
+            branch,
+            lambda: self._model_call(branch, forward, args, kwargs),
+            _hidden_states(args, kwargs),
+            kwargs.get("return_dict", True),
+            self.cache,
+        )
+
+    def _model_call(self, branch: str, forward: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any:
         self.state = self.cache.state_for(branch)
         if self.cache.scope == "blocks":
             return forward(*args, **kwargs)
@@ -56,6 +82,8 @@ class _Runner:
         return output
 
     def block_call(self, index: int, block: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> Any:
+        if index == 0 and self.split is not None:
+            args, kwargs = self.split.pre_forward(block, *args, **kwargs)
         if not self.start <= index < self.end:
             if index == 0:
                 self.state.call_input = _hidden_states(args, kwargs)
@@ -104,16 +132,28 @@ class _BranchHook(ModelHook):
         return module
 
 
+def _split_hook(block: torch.nn.Module) -> tuple[str, ContextParallelSplitHook] | None:
+    registry = HookRegistry.check_if_exists_or_initialize(block)
+    for name, hook in registry.hooks.items():
+        if isinstance(hook, ContextParallelSplitHook):
+            return name, hook
+    return None
+
+
 @contextmanager
-def attached(cache: TimestepCache, transformer: torch.nn.Module) -> Iterator[None]:
-    """Hook ``cache`` into ``transformer`` for the duration of the block; prepare() it first."""
+def attached(cache: TimestepCache, transformer: torch.nn.Module, cfg: CfgParallel | None = None) -> Iterator[None]:
+    """Hook ``cache`` into ``transformer`` for the duration of the block; prepare() it first. ``cfg``: the run's
+    CFG-parallel exchange, where ranks split the branches."""
     # Each block's place: the model's own block list and the index in it (a family may have several lists).
     places = [(blocks, i) for blocks in cache.plan.family.block_lists(transformer) for i in range(len(blocks))]
     originals = [blocks[i] for blocks, i in places]
-    runner = _Runner(cache, len(places))
+    split = _split_hook(originals[0]) if cache.scope == "blocks" else None
+    runner = _Runner(cache, len(places), split[1] if split else None, cfg)
     hook = _BranchHook(runner)
     registry = HookRegistry.check_if_exists_or_initialize(transformer)
     registry.register_hook(hook, HOOK_NAME)
+    if split is not None:
+        HookRegistry.check_if_exists_or_initialize(originals[0]).remove_hook(split[0], recurse=False)
     if cache.scope == "blocks":
         for index, ((blocks, i), block) in enumerate(zip(places, originals, strict=True)):
             blocks[i] = _Slot(block, index, runner)
@@ -123,6 +163,8 @@ def attached(cache: TimestepCache, transformer: torch.nn.Module) -> Iterator[Non
     finally:
         for (blocks, i), block in zip(places, originals, strict=True):
             blocks[i] = block
+        if split is not None:
+            HookRegistry.check_if_exists_or_initialize(originals[0]).register_hook(split[1], split[0])
         registry.remove_hook(HOOK_NAME, recurse=False)
         # diffusers' hook and its function reference point at each other: garbage that only the cycle collector
         # frees, whenever it runs. Cut here, so the run's cached tensors go when the caller drops the cache.

@@ -21,6 +21,7 @@ from core.models.families import ModelFamily, family_of
 from core.models.fp8 import PrecisionChoice, apply_precision
 from core.models.presets import PRESETS, ensure_preset
 from core.models.prompts import PromptCache
+from core.parallel import Parallelism
 from core.settings import Settings, model_name
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -38,6 +39,8 @@ class LoadedModel:
     prompts: PromptCache
     # Set once the blocks are compiled (core.models.compile).
     compiled: bool = False
+    # How this process shares each transformer call with the other ranks of a multi-device worker.
+    parallel: Parallelism | None = None
 
     @property
     def device(self) -> torch.device:
