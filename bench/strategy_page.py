@@ -60,7 +60,8 @@ and the full table.
 
 ## Random weights
 
-Tables marked *random weights* come from presets whose weights are random (`{random}`). Their
+Tables marked *random weights* come from presets whose weights are random or not trained enough yet to
+decode what a caption says (`{random}`). Their
 timings, call counts and schedules are real and carry over to trained models of the same shape;
 their PSNR and SSIM say little (the frames are noise), and adaptive strategies behave differently
 on trained weights.
@@ -113,16 +114,16 @@ def tables(path: Path) -> list[Table]:
     return found
 
 
-def random_weights(model: str) -> bool:
+def untrained(model: str) -> bool:
     preset = PRESETS.get(model)
-    return preset is not None and preset.random_weights
+    return preset is not None and preset.untrained
 
 
 def render(table: Table) -> str:
     kept = [i for i, name in enumerate(table.header) if KEPT_COLUMNS.match(name)]
     source = table.source.relative_to(ROOT).as_posix()
     lines = [f"### {table.heading}", ""]
-    caveat = " — *random weights* (see [Random weights](#random-weights))" if random_weights(table.model) else ""
+    caveat = " — *random weights* (see [Random weights](#random-weights))" if untrained(table.model) else ""
     lines.append(f"From [`{source}`](../{source}){caveat}.")
     lines.append("")
     lines.append("| " + " | ".join(table.header[i] for i in kept) + " |")
@@ -133,7 +134,7 @@ def render(table: Table) -> str:
 
 
 def page() -> str:
-    random = ", ".join(f"`{name}`" for name, preset in PRESETS.items() if preset.random_weights)
+    random = ", ".join(f"`{name}`" for name, preset in PRESETS.items() if preset.untrained)
     sections = [GUIDE.replace("{random}", random)]
     for path in sorted(RESULTS.glob("*.md")):
         sections.extend(render(table) for table in tables(path))

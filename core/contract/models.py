@@ -29,8 +29,9 @@ class PresetInfo:
     family: FamilyRules
     default_shape: Shape
     description: str
-    # Random weights: timings and schedules are real, fidelity figures say little.
-    random_weights: bool = True
+    # Random weights, or (wan-tiny-trained, bench/results/wan-tiny-trained.md) not trained enough yet to decode what
+    # a caption says: timings and schedules are real, fidelity figures say little.
+    untrained: bool = True
 
 
 PRESETS: dict[str, PresetInfo] = {
