@@ -39,6 +39,10 @@ def no_csp_violations(request: pytest.FixtureRequest) -> Iterator[None]:
     assert refused == []
 
 
+# wait_for_function predicates here are functions: a bare expression is eval'd in the page at each poll, which
+# the dashboard's Content-Security-Policy (no 'unsafe-eval') refuses.
+
+
 def log_in(page: Page, service: Service, key: str) -> None:
     page.goto(f"{service.url}/admin?refresh=1")
     assert "/admin/login" in page.url
@@ -151,7 +155,7 @@ def test_dashboard_live_filters_and_job_page(page: Page, service: Service) -> No
     # Filtering by strategy goes into the URL and leaves only that strategy's jobs.
     magcache_id = ids[1]
     page.select_option("select[name=strategy]", "magcache")
-    page.wait_for_function("location.search.includes('strategy=magcache')")
+    page.wait_for_function("() => location.search.includes('strategy=magcache')")
     only_magcache = """id => {
         const rows = [...document.querySelectorAll('tr[data-job-id]')];
         return rows.some(row => row.dataset.jobId === id)
@@ -175,7 +179,7 @@ def test_dashboard_live_filters_and_job_page(page: Page, service: Service) -> No
     marks = "".join("C" if "computed" in (cond.nth(i).get_attribute("class") or "") else "." for i in range(steps))
     assert marks == job["metrics"]["branches"]["cond"]["schedule"]
     assert page.locator("svg rect.step").count() == steps
-    page.wait_for_function("document.getElementById('video').readyState > 0")
+    page.wait_for_function("() => document.getElementById('video').readyState > 0")
     src = page.eval_on_selector("#video", "video => video.currentSrc")
     video = page.request.get(src)
     assert video.status == 200 and video.headers["content-type"] == "video/mp4"
@@ -244,11 +248,11 @@ def test_search_sort_and_paging_are_kept_in_the_url(page: Page, service: Service
     wait_until(lambda: dashboard_rows(page) == matching[:50], 30, 0.1, "the search results")
 
     page.click("table.jobs a.sort:has-text('Speedup')")
-    page.wait_for_function("new URLSearchParams(location.search).get('sort') === 'speedup'")
+    page.wait_for_function("() => new URLSearchParams(location.search).get('sort') === 'speedup'")
     wait_until(lambda: dashboard_rows(page) == by_speedup[:50], 30, 0.1, "the rows sorted by speedup")
 
     page.click("a[rel=next]")
-    page.wait_for_function("new URLSearchParams(location.search).has('after')")
+    page.wait_for_function("() => new URLSearchParams(location.search).has('after')")
     wait_until(lambda: dashboard_rows(page) == by_speedup[50:], 30, 0.1, "the second page")
     query = page.evaluate("location.search")
     assert f"q={word}" in query and "sort=speedup" in query
@@ -283,7 +287,7 @@ def test_workers_and_queue_panels(page: Page, service: Service) -> None:
     with service.client("admin") as admin:
         assert admin.post(f"/jobs/{waiting_id}/cancel").status_code == 202
     # The live refresh (every second) empties the panel without a reload.
-    page.wait_for_function("document.querySelector('[data-queue-depth]').textContent.trim() === '0 jobs'")
+    page.wait_for_function("() => document.querySelector('[data-queue-depth]').textContent.trim() === '0 jobs'")
 
 
 def add_jobs(session: Session, owner_id: uuid.UUID, count: int, word: str = "fox", **fields: Any) -> list[Job]:
