@@ -1,4 +1,4 @@
-"""The job lifecycle over HTTP: submit, read, list, cancel, fetch the video."""
+"""The job lifecycle over HTTP: submit, read, list, cancel, fetch the video, delete it."""
 
 from __future__ import annotations
 
@@ -145,11 +145,30 @@ def cancel(job_id: uuid.UUID, key: KeyDep, session: SessionDep, settings: Settin
     return _view(session, canceled, settings)
 
 
+@router.delete(
+    "/{job_id}",
+    response_model=JobView,
+    responses=NOT_FOUND
+    | {202: {"model": JobView, "description": "It still runs: canceled, its objects deleted once it stops."}},
+)
+def delete(
+    job_id: uuid.UUID, key: KeyDep, session: SessionDep, settings: SettingsDep, storage: StorageDep, response: Response
+) -> Any:
+    """Delete the job's video (and inputs) from storage now; a queued or running job is canceled first, and its
+    objects are deleted once it has stopped. The job stays, `expired`."""
+    _found(session, job_id, key)
+    if not service.delete(session, job_id, settings, storage, BROKER):
+        response.status_code = status.HTTP_202_ACCEPTED
+    session.expire_all()
+    return _view(session, _found(session, job_id, key), settings)
+
+
 @router.get(
     "/{job_id}/video",
     response_class=Response,
     responses={
         404: {"model": ErrorResponse, "description": "No such job for this API key, or it has no video (yet)."},
+        410: {"model": ErrorResponse, "description": "The video expired or was deleted."},
         200: {"content": {"video/mp4": {}}, "description": "The MP4 (local storage)."},
         307: {"description": "Redirect to a time-limited URL of the MP4 (S3 storage)."},
     },

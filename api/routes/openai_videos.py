@@ -11,7 +11,8 @@ What maps onto what:
   ``fps``, ``compare``, ``webhook_url``, ``webhook_events``. ``input_reference`` is refused (text-to-video only).
 - Statuses: queued -> ``queued``, running -> ``in_progress``, succeeded -> ``completed``, failed and canceled ->
   ``failed`` (error code ``canceled`` for the latter); ``progress`` is the percent of denoising steps done.
-- ``DELETE`` cancels a queued or running job (``deleted: true``); a finished job is kept (``deleted: false``).
+- ``DELETE`` deletes the video from storage (a queued or running job is canceled first, and its objects deleted
+  once it stops); the job stays, and its content answers 410. ``expires_at`` is when the video is deleted.
 - Errors have OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``, naming OpenAI's field
   (``size`` for width and height, ``seconds`` for frames).
 """
@@ -106,7 +107,12 @@ class Video(BaseModel):
     completed_at: int | None = Field(
         description="Unix seconds when it completed; null unless `completed`.", examples=[1748779278]
     )
-    expires_at: int | None = Field(default=None, description="Always null: videos do not expire.", examples=[None])
+    expires_at: int | None = Field(
+        default=None,
+        description="Unix seconds when the video is (or was) deleted from storage; null while it runs, or if kept "
+        "for ever.",
+        examples=[1749384000],
+    )
     model: str = Field(description="The skipstep model that runs it.", examples=[examples.MODEL])
     progress: int = Field(description="Percent of the denoising steps done; 100 once completed.", examples=[100])
     prompt: str = Field(description="The prompt.", examples=[examples.PROMPT])
@@ -138,7 +144,8 @@ class VideoDeleted(BaseModel):
         default="video.deleted", description="Always `video.deleted`.", examples=["video.deleted"]
     )
     deleted: bool = Field(
-        description="true: its job was queued or running and is canceled; false: it had finished and is kept.",
+        description="true: the video is deleted (a queued or running job is canceled first, and its video deleted "
+        "once it stops).",
         examples=[True],
     )
 
@@ -152,6 +159,7 @@ def video(view: JobView) -> Video:
         id=str(view.id),
         created_at=int(view.created_at.timestamp()),
         completed_at=int(view.finished_at.timestamp()) if view.finished_at and done else None,
+        expires_at=int(view.expires_at.timestamp()) if view.expires_at else None,
         model=view.model,
         progress=100 if done else int(view.progress.percent) if view.progress else 0,
         prompt=view.input.prompt,
@@ -324,17 +332,21 @@ def retrieve(video_id: uuid.UUID, key: KeyDep, session: SessionDep, settings: Se
 
 
 @router.delete("/{video_id}", response_model=VideoDeleted, responses=NO_VIDEO)
-def delete(video_id: uuid.UUID, key: KeyDep, session: SessionDep, settings: SettingsDep) -> Any:
-    """Cancels a queued or running job; a finished job is kept and answers `deleted: false`."""
+def delete(video_id: uuid.UUID, key: KeyDep, session: SessionDep, settings: SettingsDep, storage: StorageDep) -> Any:
+    """Deletes the video from storage; a queued or running job is canceled first, its video deleted once it stops."""
     job = _found(session, video_id, key)
-    canceled = None if job.status.finished else service.cancel(session, job.id, settings, BROKER)
-    return VideoDeleted(id=str(job.id), deleted=canceled is not None)
+    service.delete(session, job.id, settings, storage, BROKER)
+    return VideoDeleted(id=str(job.id), deleted=True)
 
 
 @router.get(
     "/{video_id}/content",
     response_class=Response,
-    responses={200: {"content": {"video/mp4": {}}}, 307: {"description": "Redirect to the MP4 (S3 storage)."}}
+    responses={
+        200: {"content": {"video/mp4": {}}},
+        307: {"description": "Redirect to the MP4 (S3 storage)."},
+        410: {"model": OpenAIErrorResponse, "description": "The video expired or was deleted."},
+    }
     | NO_VIDEO,
 )
 def content(

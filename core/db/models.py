@@ -62,6 +62,7 @@ class ApiKey(Base):
     rate_per_second: Mapped[float | None] = mapped_column(Float)
     rate_burst: Mapped[int | None]
     max_active_jobs: Mapped[int | None]
+    retention_hours: Mapped[float | None] = mapped_column(Float)
 
 
 class AdminSession(Base):
@@ -90,6 +91,8 @@ class Job(Base):
         Index("ix_jobs_created", "created_at", "id"),
         Index("ix_jobs_finished", "finished_at"),
         Index("ix_jobs_owner_idempotency", "owner_id", "idempotency_key", unique=True),
+        # What the retention sweep reads: jobs whose objects are due for deletion and not yet deleted.
+        Index("ix_jobs_expiry", "expired_at", "expires_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
@@ -156,6 +159,12 @@ class Job(Base):
 
     error_code: Mapped[str | None] = mapped_column(String(50))
     error_message: Mapped[str | None] = mapped_column(Text)
+
+    # When the job's video and input objects are (or were) deleted from storage: set when the job finishes (its
+    # key's retention), or to the time of a delete request. Null: kept for ever, or not finished yet.
+    expires_at: Mapped[datetime | None]
+    # When they were deleted; until then a job past expires_at is expired for clients and due for the sweep.
+    expired_at: Mapped[datetime | None]
 
     # Bumped by every change a client can see (status, progress): the id of the job's server-sent events.
     version: Mapped[int] = mapped_column(default=0, server_default="0")

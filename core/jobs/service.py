@@ -17,12 +17,13 @@ from core.caching.profiles import ProfileStore
 from core.contract.request import JobRequest
 from core.db import ApiKey, Job
 from core.errors import Conflict, InvalidRequest
-from core.jobs import catalogue, repository, targets, transitions
+from core.jobs import catalogue, repository, retention, targets, transitions
 from core.jobs.expected import expected
 from core.jobs.mapping import new_job
 from core.limits.active import hold_room
 from core.limits.policy import SizeLimits
 from core.settings import Settings
+from core.storage import Storage, StorageError
 from core.webhooks.addresses import UnresolvableHost, UnsafeWebhookURL, resolve_target
 
 log = logging.getLogger("skipstep.jobs")
@@ -120,3 +121,20 @@ def cancel(session: Session, job_id: uuid.UUID, settings: Settings, broker: Brok
         broker.deliver(outcome.delivery)
         return outcome.job
     return outcome
+
+
+def delete(session: Session, job_id: uuid.UUID, settings: Settings, storage: Storage, broker: Broker) -> bool:
+    """Delete a job's video and inputs from storage: a queued or running job is canceled first, and its objects
+    are made due now and deleted at once if it has finished (in the order ``core.jobs.retention`` describes).
+    Whether they are gone now; False: the job still runs (the sweep deletes them once it has stopped), or the store
+    refused (the sweep tries again)."""
+    canceled = transitions.cancel(session, job_id, settings.public_url)
+    retention.request_delete(session, job_id)
+    session.commit()
+    if isinstance(canceled, transitions.Ended):
+        broker.deliver(canceled.delivery)
+    try:
+        return retention.expire(settings.database, storage, job_id)
+    except StorageError as exc:
+        log.warning("job %s: its objects could not be deleted now (%s); the sweep tries again", job_id, exc)
+        return False

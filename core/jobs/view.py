@@ -13,6 +13,7 @@ from core.contract.request import JobInput
 from core.db import Job, JobStatus
 from core.jobs.expected import Expected
 from core.jobs.mapping import request_of
+from core.jobs.retention import is_expired
 
 
 class ProgressView(BaseModel):
@@ -31,8 +32,14 @@ class ProgressView(BaseModel):
 
 class ResultView(BaseModel):
     video_url: str = Field(
-        description="GET it (with the API key) for the MP4: the file, or a 307 to the store.",
+        description="GET it (with the API key) for the MP4: the file, or a 307 to the store; 410 once expired.",
         examples=[f"{examples.JOB_URL}/video"],
+    )
+    expired: bool = Field(
+        default=False,
+        description="The video was deleted from storage (its retention ran out, or it was deleted): its URL "
+        "answers 410; the figures stay.",
+        examples=[False],
     )
     bytes: int = Field(description="Size of the MP4.", examples=[2315514])
     duration_seconds: float = Field(description="Frames over fps.", examples=[5.0625])
@@ -54,7 +61,8 @@ class Links(BaseModel):
     self: str = Field(description="This job.", examples=[examples.JOB_URL])
     cancel: str = Field(description="POST to cancel it.", examples=[f"{examples.JOB_URL}/cancel"])
     video: str | None = Field(
-        description="The MP4, once the job has succeeded; null before.", examples=[f"{examples.JOB_URL}/video"]
+        description="The MP4, once the job has succeeded; null before, and once expired.",
+        examples=[f"{examples.JOB_URL}/video"],
     )
     deliveries: str = Field(
         description="Its webhook deliveries and their attempts.", examples=[f"{examples.JOB_URL}/deliveries"]
@@ -235,6 +243,12 @@ class JobView(BaseModel):
         "Empty otherwise.",
         examples=[["width", "height", "num_frames"]],
     )
+    expires_at: datetime | None = Field(
+        default=None,
+        description="When the job's video and inputs are (or were) deleted from storage: its API key's retention "
+        "after it finished, or when it was deleted (`DELETE /jobs/{id}`); null while it runs or if kept for ever.",
+        examples=["2025-06-08T12:01:40Z"],
+    )
     progress: ProgressView | None = Field(description="Once running; null before.")
     result: ResultView | None = Field(description="On success; null otherwise.")
     metrics: JobMetrics | None = Field(
@@ -267,7 +281,10 @@ def job_view(
     result = None
     if job.status == JobStatus.succeeded and job.video_key is not None:
         result = ResultView(
-            video_url=f"{base}/video", bytes=job.video_bytes or 0, duration_seconds=job.video_seconds or 0.0
+            video_url=f"{base}/video",
+            expired=is_expired(job),
+            bytes=job.video_bytes or 0,
+            duration_seconds=job.video_seconds or 0.0,
         )
     error = None
     if job.error_code is not None:
@@ -286,6 +303,7 @@ def job_view(
         input=JobInput.model_construct(**dict(request_of(job))),
         expected=Expected.model_validate(job.expected) if job.expected else None,
         pending_checks=list(job.pending_checks or ()) if job.status == JobStatus.queued else [],
+        expires_at=job.expires_at if job.status.finished else None,
         progress=progress,
         result=result,
         metrics=JobMetrics.model_validate(job.metrics) if job.metrics else None,
@@ -294,7 +312,7 @@ def job_view(
         links=Links(
             self=base,
             cancel=f"{base}/cancel",
-            video=f"{base}/video" if result is not None else None,
+            video=f"{base}/video" if result is not None and not result.expired else None,
             deliveries=f"{base}/deliveries",
         ),
     )
