@@ -16,6 +16,7 @@ from core.contract.request import JobRequest
 from core.db import ApiKey, Job, JobStatus
 from core.jobs import polling, repository, service
 from core.jobs.expected import standing
+from core.jobs.remix import RemixRequest
 from core.jobs.view import JobView, job_view
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -62,6 +63,38 @@ def submit(
     """Queue a generation job. Sizes are checked by the rules of the job's model family; the row is
     committed before the job is queued, so nothing is lost."""
     submitted = service.submit(session, key, body, settings, BROKER, idempotency_key)
+    if submitted.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = f"/jobs/{submitted.job.id}"
+    return _view(session, submitted.job, settings)
+
+
+@router.post(
+    "/{job_id}/remix",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobView,
+    responses=NOT_FOUND
+    | {
+        409: {"model": ErrorResponse, "description": "The job has not succeeded, or Idempotency-Key reused."},
+        422: {"model": ErrorResponse, "description": "A field breaks a rule; each is named."},
+        429: {"model": ErrorResponse, "description": "Too many requests, or too many jobs in flight for the key."},
+    },
+)
+def remix(
+    job_id: uuid.UUID,
+    body: RemixRequest,
+    key: KeyDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
+) -> Any:
+    """Queue a new job made from a succeeded one: the fields given replace the source's, every other one (seed
+    and shape included) is kept; the new job's `remix_of` is the source. With `compare: true` its fidelity is
+    measured against the source's frames."""
+    source = _found(session, job_id, key)
+    changes = body.model_dump(exclude_unset=True)
+    submitted = service.remix(session, key, source, changes, settings, BROKER, idempotency_key)
     if submitted.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/jobs/{submitted.job.id}"

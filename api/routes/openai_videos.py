@@ -9,6 +9,7 @@ What maps onto what:
 - skipstep's own fields ride in the same body (the ``openai`` client's ``extra_body``): ``cache``
   ({strategy, params, profile}), ``num_inference_steps``, ``seed``, ``negative_prompt``, ``guidance_scale``,
   ``fps``, ``compare``, ``webhook_url``, ``webhook_events``. ``input_reference`` is refused (text-to-video only).
+- ``POST /v1/videos/{id}/remix`` is skipstep's remix (``POST /jobs/{id}/remix``): ``remixed_from_video_id`` links it.
 - Statuses: queued -> ``queued``, running -> ``in_progress``, succeeded -> ``completed``, failed and canceled ->
   ``failed`` (error code ``canceled`` for the latter); ``progress`` is the percent of denoising steps done.
 - ``DELETE`` deletes the video from storage (a queued or running job is canceled first, and its objects deleted
@@ -22,7 +23,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
@@ -36,8 +37,10 @@ from core.contract.request import JobRequest
 from core.db import ApiKey, Job, JobStatus
 from core.errors import InvalidRequest
 from core.jobs import repository, service
+from core.jobs.remix import RemixRequest
 from core.jobs.view import JobView, job_view
 
+Body = TypeVar("Body", bound=BaseModel)
 router = APIRouter(prefix="/v1/videos", tags=["openai"])
 NO_VIDEO: dict[int | str, dict[str, Any]] = {
     404: {"model": OpenAIErrorResponse, "description": "No such video for this API key (`after`: no such id)."}
@@ -123,7 +126,7 @@ class Video(BaseModel):
     )
     error: VideoError | None = Field(description="Why it failed; null unless `failed`.")
     remixed_from_video_id: str | None = Field(
-        default=None, description="Always null: remixes are not supported.", examples=[None]
+        default=None, description="The video this one was remixed from; null otherwise.", examples=[None]
     )
 
 
@@ -167,6 +170,7 @@ def video(view: JobView) -> Video:
         size=f"{view.input.width}x{view.input.height}",
         status=STATUS[view.status],
         error=error,
+        remixed_from_video_id=str(view.remix_of) if view.remix_of else None,
     )
 
 
@@ -217,6 +221,19 @@ def _json_value(text: str) -> Any:
 
 
 def _job_body(fields: dict[str, Any]) -> JobRequest:
+    return _validated(JobRequest, _job_fields(fields, JobRequest.model_fields["fps"].default))
+
+
+def _validated(model: type[Body], fields: dict[str, Any]) -> Body:
+    try:
+        return model.model_validate(fields)
+    except ValidationError as exc:
+        problems = [(".".join(str(part) for part in error["loc"]) or "body", _rule(error)) for error in exc.errors()]
+        raise InvalidRequest(*problems[0], *problems[1:]) from None
+
+
+def _job_fields(fields: dict[str, Any], fps: int) -> dict[str, Any]:
+    """skipstep's fields for OpenAI's: ``size``, and ``seconds`` at the body's fps (else ``fps``)."""
     body = dict(fields)
     if body.pop("input_reference", None) is not None:
         raise ApiError.invalid("input_reference", "is not supported: this service generates from text only")
@@ -229,14 +246,10 @@ def _job_body(fields: dict[str, Any]) -> JobRequest:
     seconds = body.pop("seconds", None)
     if seconds is not None:
         length = _seconds(seconds)
-        fps = _fps(body.get("fps", JobRequest.model_fields["fps"].default))
-        if fps is not None:
-            body["num_frames"] = TEMPORAL_MULTIPLE * round(length * fps / TEMPORAL_MULTIPLE) + 1
-    try:
-        return JobRequest.model_validate(body)
-    except ValidationError as exc:
-        problems = [(".".join(str(part) for part in error["loc"]) or "body", _rule(error)) for error in exc.errors()]
-        raise InvalidRequest(*problems[0], *problems[1:]) from None
+        rate = _fps(body.get("fps", fps))
+        if rate is not None:
+            body["num_frames"] = TEMPORAL_MULTIPLE * round(length * rate / TEMPORAL_MULTIPLE) + 1
+    return body
 
 
 def _seconds(value: Any) -> float:
@@ -299,6 +312,32 @@ def create(
 ) -> Any:
     """Queue a video (a skipstep job): JSON or multipart form, as the `openai` client sends it."""
     submitted = service.submit(session, key, _job_body(fields), settings, BROKER, idempotency_key)
+    return video(job_view(submitted.job, settings.public_url))
+
+
+@router.post(
+    "/{video_id}/remix",
+    response_model=Video,
+    responses={
+        400: {"model": OpenAIErrorResponse, "description": "A field breaks a rule; `param` names it."},
+        409: {"model": OpenAIErrorResponse, "description": "The video has not completed, or Idempotency-Key reused."},
+        429: {"model": OpenAIErrorResponse, "description": "Too many requests, or too many videos in flight."},
+    }
+    | NO_VIDEO,
+)
+def remix(
+    video_id: uuid.UUID,
+    fields: Annotated[dict[str, Any], Depends(video_fields)],
+    key: KeyDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
+) -> Any:
+    """A new video from a completed one with the fields given replaced (`prompt`, and skipstep's `cache`,
+    `compare`, ... in the same body); the seed, size and length are the source's unless given."""
+    source = _found(session, video_id, key)
+    changes = _validated(RemixRequest, _job_fields(fields, source.fps)).model_dump(exclude_unset=True)
+    submitted = service.remix(session, key, source, changes, settings, BROKER, idempotency_key)
     return video(job_view(submitted.job, settings.public_url))
 
 

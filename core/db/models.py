@@ -119,6 +119,8 @@ class Job(Base):
     cache_params: Mapped[dict[str, Any]] = mapped_column(default=dict)
     cache_profile: Mapped[str | None] = mapped_column(String(100))
     compare: Mapped[bool] = mapped_column(default=False)
+    # The job this one was remixed from (POST /jobs/{id}/remix); with ``compare`` its fidelity is against that one.
+    remix_of: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", name="fk_jobs_remix_of"))
     webhook_url: Mapped[str | None] = mapped_column(Text)
     webhook_events: Mapped[list[str]] = mapped_column(default=list)
 

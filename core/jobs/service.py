@@ -9,6 +9,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -20,6 +21,7 @@ from core.errors import Conflict, InvalidRequest
 from core.jobs import catalogue, repository, retention, targets, transitions
 from core.jobs.expected import expected
 from core.jobs.mapping import new_job
+from core.jobs.remix import remix_request
 from core.limits.active import hold_room
 from core.limits.policy import SizeLimits
 from core.settings import Settings
@@ -51,6 +53,7 @@ def submit(
     settings: Settings,
     broker: Broker,
     idempotency_key: str | None = None,
+    remix_of: uuid.UUID | None = None,
 ) -> Submitted:
     """Check a valid request against what depends on its model and the key (InvalidRequest naming every field),
     queue it and dispatch it.
@@ -87,6 +90,7 @@ def submit(
         request_hash=fingerprint,
         expected=figures.model_dump(mode="json") if figures is not None else None,
         pending_checks=info.pending_checks(request.cache),
+        remix_of=remix_of,
     )
     hold_room(session, key, settings)
     session.add(job)
@@ -104,6 +108,20 @@ def submit(
     except Exception:
         log.warning("job %s is saved but could not be dispatched now; a worker's sweep will send it", job.id)
     return Submitted(job, replayed=False)
+
+
+def remix(
+    session: Session,
+    key: ApiKey,
+    source: Job,
+    changes: dict[str, Any],
+    settings: Settings,
+    broker: Broker,
+    idempotency_key: str | None = None,
+) -> Submitted:
+    """Submit a new job made from a succeeded one (``core.jobs.remix``), linked to it; Conflict if the source
+    has no video."""
+    return submit(session, key, remix_request(source, changes), settings, broker, idempotency_key, source.id)
 
 
 def _replay(job: Job, fingerprint: str) -> Submitted:

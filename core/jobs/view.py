@@ -86,7 +86,8 @@ class BranchMetrics(BaseModel):
 
 
 class FidelityMetrics(BaseModel):
-    """Against an uncached run of the same request and seed: ``compare: true``, or a sampled job's receipt."""
+    """Against an uncached run of the same request and seed: ``compare: true``, or a sampled job's receipt; or,
+    for a remix with ``compare: true``, against its source."""
 
     psnr: float | None = Field(
         description="dB over the decoded frames; null when identical (infinite).", examples=[33.8]
@@ -94,8 +95,8 @@ class FidelityMetrics(BaseModel):
     ssim: float | None = Field(
         description="Mean structural similarity of the decoded frames, 1 when identical.", examples=[0.957]
     )
-    baseline_denoise_seconds: float = Field(description="Denoising time of the uncached run.", examples=[101.8])
-    measured_speedup: float = Field(description="Uncached denoising time over this job's.", examples=[1.5674])
+    baseline_denoise_seconds: float = Field(description="Denoising time of the baseline run.", examples=[101.8])
+    measured_speedup: float = Field(description="The baseline's denoising time over this job's.", examples=[1.5674])
     basis: Literal["compare", "receipt"] = Field(
         default="compare",
         description="compare: the job asked (`compare: true`; float frames); receipt: the job was sampled for an "
@@ -114,6 +115,12 @@ class FidelityMetrics(BaseModel):
         default=None,
         description="Receipts: the measured PSNR fell below the prediction by more than SKIPSTEP_RECEIPT_MARGIN_DB.",
         examples=[False],
+    )
+    baseline: Literal["uncached", "source"] = Field(
+        default="uncached",
+        description="What the frames were compared with: `uncached`, the same request without a cache; `source`, "
+        "a remix's source job (its request run again: the same seed gives the same frames).",
+        examples=["uncached"],
     )
 
 
@@ -243,6 +250,11 @@ class JobView(BaseModel):
         "Empty otherwise.",
         examples=[["width", "height", "num_frames"]],
     )
+    remix_of: uuid.UUID | None = Field(
+        default=None,
+        description="The job this one was remixed from (`POST /jobs/{id}/remix`); null otherwise.",
+        examples=[None],
+    )
     expires_at: datetime | None = Field(
         default=None,
         description="When the job's video and inputs are (or were) deleted from storage: its API key's retention "
@@ -303,6 +315,7 @@ def job_view(
         input=JobInput.model_construct(**dict(request_of(job))),
         expected=Expected.model_validate(job.expected) if job.expected else None,
         pending_checks=list(job.pending_checks or ()) if job.status == JobStatus.queued else [],
+        remix_of=job.remix_of,
         expires_at=job.expires_at if job.status.finished else None,
         progress=progress,
         result=result,
