@@ -9,12 +9,15 @@ from fastapi.responses import FileResponse, RedirectResponse
 
 from api.errors import ApiError
 from core.db import Job, JobStatus
+from core.jobs.retention import is_expired
 from core.storage import Storage
 
 
 def mp4_response(job: Job, storage: Storage) -> Any:
     if job.status != JobStatus.succeeded or job.video_key is None:
         raise ApiError(status.HTTP_404_NOT_FOUND, f"job {job.id} has no video (status {job.status.value})")
+    if is_expired(job):
+        raise ApiError(status.HTTP_410_GONE, f"the video of job {job.id} was deleted (expired at {job.expires_at})")
     url = storage.presigned_url(job.video_key)
     if url is not None:
         return RedirectResponse(url, status_code=status.HTTP_307_TEMPORARY_REDIRECT)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import numpy as np
 import torch
@@ -49,6 +50,8 @@ class Fidelity(BaseModel):
     ssim: float
     baseline_denoise_seconds: float
     measured_speedup: float
+    # What the frames were compared with: the uncached run of the same request, or a remix's source.
+    baseline: Literal["uncached", "source"] = "uncached"
 
 
 @dataclass
@@ -73,12 +76,16 @@ def generate(
     profiles: ProfileStore,
     on_plan: PlanCallback | None = None,
     on_step: ProgressCallback | None = None,
+    source: GenerationRequest | None = None,
 ) -> GenerationResult:
     """Generate; ``on_step`` sees every step, the baseline's of a ``compare`` run too, so whoever supervises the
-    job (cancel, time limits, stall signs) supervises the baseline as well."""
+    job (cancel, time limits, stall signs) supervises the baseline as well. The baseline is the uncached run of the
+    same request, or, given a remix's ``source`` request, the source's frames (made again: the same request and
+    seed give the same frames)."""
     shape = request.shape(model.family.rules, model.default_shape)
     steps = shape.num_inference_steps
-    total = steps * 2 if request.compare else steps
+    source_shape = source.shape(model.family.rules, model.default_shape) if source is not None else shape
+    total = steps + source_shape.num_inference_steps if request.compare else steps
     cache = build_cache(request.cache, model.transformer, shape, profiles)
 
     def cached_step(progress: Progress) -> None:
@@ -93,12 +100,17 @@ def generate(
             if on_step is not None:
                 on_step(Progress(steps + progress.step, total, computed, skipped, baseline=True))
 
-        baseline = run(model, request, shape, NoCache(), None, baseline_step)
+        if source is None:
+            baseline = run(model, request, shape, NoCache(), None, baseline_step)
+        else:
+            source_cache = build_cache(source.cache, model.transformer, source_shape, profiles)
+            baseline = run(model, source, source_shape, source_cache, None, baseline_step)
         result.fidelity = Fidelity(
             psnr=psnr(result.frames, baseline.frames),
             ssim=ssim(result.frames, baseline.frames),
             baseline_denoise_seconds=baseline.timings.denoising,
             measured_speedup=baseline.timings.denoising / result.timings.denoising,
+            baseline="uncached" if source is None else "source",
         )
     return result
 

@@ -129,6 +129,15 @@ class Settings(BaseSettings):
         default=20, gt=0, description="A queued job sent to its queue this long ago and never claimed is sent again."
     )
     storage_attempts: int = Field(default=4, ge=1, description="Tries to store a video before the job fails.")
+    retention_hours: float = Field(
+        default=7 * 24,
+        ge=0,
+        description="A finished job's video and input objects are deleted from storage this long after it "
+        "finished (its row stays, `expired`); an API key's row may override it (0: kept for ever).",
+    )
+    retention_sweep_seconds: float = Field(
+        default=60, gt=0, description="How often the webhooks worker deletes the objects of expired jobs."
+    )
     storage_retry_seconds: float = Field(
         default=1.0, ge=0, description="Wait before the second try to store a video; doubled for each further one."
     )

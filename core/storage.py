@@ -26,6 +26,12 @@ class Storage(Protocol):
     def delete(self, key: str) -> None:
         """Remove the object if it exists."""
 
+    def delete_prefix(self, prefix: str) -> None:
+        """Remove every object whose key starts with ``prefix`` (none: nothing to do)."""
+
+    def keys(self, prefix: str) -> list[str]:
+        """The keys of the objects under ``prefix``."""
+
     def presigned_url(self, key: str) -> str | None:
         """A time-limited URL a client can fetch directly, or None if videos are served by the API."""
 
@@ -59,6 +65,18 @@ class LocalStorage:
 
     def delete(self, key: str) -> None:
         self.local_path(key).unlink(missing_ok=True)
+
+    def delete_prefix(self, prefix: str) -> None:
+        for key in self.keys(prefix):
+            self.delete(key)
+
+    def keys(self, prefix: str) -> list[str]:
+        root = self.root.resolve()
+        folder = self.local_path(prefix.rpartition("/")[0] or ".")
+        if not folder.is_dir():
+            return []
+        found = (path.relative_to(root).as_posix() for path in folder.rglob("*") if path.is_file())
+        return sorted(key for key in found if key.startswith(prefix))
 
     def presigned_url(self, key: str) -> str | None:
         return None
@@ -106,6 +124,22 @@ class S3Storage:
         except (BotoCoreError, ClientError) as exc:
             raise StorageError(f"deleting {key} from bucket {self.bucket}: {_reason(exc)}") from exc
 
+    def delete_prefix(self, prefix: str) -> None:
+        keys = self.keys(prefix)
+        try:
+            for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
+                batch = [{"Key": key} for key in keys[start : start + 1000]]
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageError(f"deleting {prefix}* from bucket {self.bucket}: {_reason(exc)}") from exc
+
+    def keys(self, prefix: str) -> list[str]:
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+            return [item["Key"] for page in pages for item in page.get("Contents", [])]
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageError(f"listing {prefix}* in bucket {self.bucket}: {_reason(exc)}") from exc
+
     def presigned_url(self, key: str) -> str | None:
         return self.client.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=self.expires
@@ -146,6 +180,11 @@ def storage_from(settings: Settings) -> Storage:
     if settings.storage_backend == "s3":
         return S3Storage(settings)
     return LocalStorage(settings.videos_dir)
+
+
+def job_prefixes(job_id: object) -> list[str]:
+    """Where a job's objects are stored (every attempt's video): what expiry deletes."""
+    return [f"videos/{job_id}/"]
 
 
 def video_key(job_id: object, attempt: int) -> str:

@@ -65,6 +65,10 @@ def _create_request(prompt: str, idempotency_key: str | None, fields: dict[str, 
     return {"json": {"prompt": prompt, **fields}, "headers": {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}}
 
 
+def _remix_request(idempotency_key: str | None, changes: dict[str, Any]) -> dict[str, Any]:
+    return {"json": changes, "headers": {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}}
+
+
 class _Follower:
     """The job as its events tell it: the last full view, updated by progress events."""
 
@@ -136,6 +140,12 @@ class Jobs:
         """Queue a job (fields as ``POST /jobs`` takes them: width, height, num_frames, cache, seed, ...)."""
         request = _create_request(prompt, idempotency_key, fields)
         return JobView.model_validate(self._client.request("POST", "/jobs", **request).json())
+
+    def remix(self, job_id: uuid.UUID | str, *, idempotency_key: str | None = None, **changes: Any) -> JobView:
+        """Queue a new job from a succeeded one, ``changes`` replacing its fields (prompt, cache, compare, ...);
+        the seed and shape are the source's unless changed."""
+        request = _remix_request(idempotency_key, changes)
+        return JobView.model_validate(self._client.request("POST", f"/jobs/{job_id}/remix", **request).json())
 
     def get(self, job_id: uuid.UUID | str) -> JobView:
         return JobView.model_validate(self._client.request("GET", f"/jobs/{job_id}").json())
@@ -209,7 +219,7 @@ class Jobs:
 
 
 class Client:
-    """``Client("http://127.0.0.1:8000", api_key="...")``: ``client.jobs.create/get/list/cancel/wait/download``."""
+    """``Client("http://127.0.0.1:8000", api_key="...")``: ``client.jobs.create/remix/get/list/cancel/wait``..."""
 
     def __init__(
         self, url: str, api_key: str, *, timeout: float = 30.0, max_retries: int = 3, backoff: float = 0.5
@@ -251,6 +261,11 @@ class AsyncJobs:
     async def create(self, prompt: str, *, idempotency_key: str | None = None, **fields: Any) -> JobView:
         request = _create_request(prompt, idempotency_key, fields)
         return JobView.model_validate((await self._client.request("POST", "/jobs", **request)).json())
+
+    async def remix(self, job_id: uuid.UUID | str, *, idempotency_key: str | None = None, **changes: Any) -> JobView:
+        request = _remix_request(idempotency_key, changes)
+        response = await self._client.request("POST", f"/jobs/{job_id}/remix", **request)
+        return JobView.model_validate(response.json())
 
     async def get(self, job_id: uuid.UUID | str) -> JobView:
         return JobView.model_validate((await self._client.request("GET", f"/jobs/{job_id}")).json())

@@ -299,6 +299,7 @@ def service_env(settings: Settings, **values: str) -> dict[str, str]:
             "SKIPSTEP_WEBHOOK_RETRY_SCALE": "0.0002",
             # Receipts add events and idle-time work at random: off unless a test asks for them.
             "SKIPSTEP_RECEIPT_SAMPLE_RATE": "0",
+            "SKIPSTEP_RETENTION_SWEEP_SECONDS": "0.3",
             "OMP_NUM_THREADS": "2",
         }
         | values

@@ -80,7 +80,7 @@ def test_admin_key_required(page: Page, service: Service) -> None:
         "canceled",
         "finished_last_hour",
     }
-    assert set(overview.json()["html"]) == {"counters", "jobs", "workers", "queue", "models"}
+    assert set(overview.json()["html"]) == {"counters", "jobs", "workers", "queue", "models", "storage"}
 
 
 def test_pages_and_answers_carry_security_headers(service: Service) -> None:

@@ -21,7 +21,7 @@ def create_celery(settings: Settings) -> Celery:
     app = Celery(
         "skipstep",
         broker=settings.broker,
-        include=["worker.tasks", "worker.webhooks"],
+        include=["worker.tasks", "worker.webhooks", "worker.retention"],
     )
     # A message not acknowledged within the visibility timeout is delivered again; with acks_late that
     # is the whole job, so the timeout must outlast the longest job (celery issues 5935, 5306, 7651).

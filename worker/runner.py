@@ -22,6 +22,7 @@ import torch
 from core.caching.base import ScheduleFigures
 from core.caching.profiles import ProfileStore
 from core.contract.jobs import EventType
+from core.contract.request import JobRequest
 from core.db import Job, JobStatus, session_scope, utcnow
 from core.db.session import UNREACHABLE, retrying
 from core.errors import CacheConfigError, InvalidRequest
@@ -155,7 +156,8 @@ class JobRunner:
             # model (its pending_checks) is checked here, before any work.
             request.shape(self.info.family, self.info.default_shape)
             self.info.check_cache(request.cache)
-            result = generate(self.model, request, self.profiles, steps.planned, steps.stepped)
+            source = self._source(job) if job.compare else None
+            result = generate(self.model, request, self.profiles, steps.planned, steps.stepped, source)
         except StopJob as stop:
             self._stopped(active, stop)
             return
@@ -211,6 +213,13 @@ class JobRunner:
             self._discard(key)
             if ended is None:
                 retrying(lambda: self._end_run(job, RunOutcome.SUPERSEDED), self._deadline(), "recording the run's end")
+
+    def _source(self, job: Job) -> JobRequest | None:
+        """A remix's source request, its fidelity's baseline."""
+        if job.remix_of is None:
+            return None
+        with session_scope(self.settings.database) as session:
+            return request_of(session.get_one(Job, job.remix_of))
 
     def _store(self, active: ActiveJob, key: str, path: Path) -> int:
         """Upload with retries and backoff; the server's error is logged, never shown to the client."""
@@ -347,7 +356,8 @@ def total_steps(job: Job) -> int:
 
 def _metrics(job: Job, result: GenerationResult, steps: Steps, encode: float, upload: float) -> dict[str, Any]:
     report = result.cache
-    fidelity = result.fidelity
+    # Speedup is against the uncached run; a remix compared with its source measures only fidelity.
+    fidelity = result.fidelity if result.fidelity and result.fidelity.baseline == "uncached" else None
     to_denoising = (steps.denoising_at - job.created_at).total_seconds() if steps.denoising_at else None
     return {
         "strategy": report.strategy,
@@ -364,7 +374,7 @@ def _metrics(job: Job, result: GenerationResult, steps: Steps, encode: float, up
         "speedup_basis": "measured" if fidelity else "estimated",
         "estimated_speedup": report.speedup,
         "ideal_speedup": report.ideal_speedup,
-        "fidelity": _json_safe(fidelity.model_dump()) if fidelity else None,
+        "fidelity": _json_safe(result.fidelity.model_dump()) if result.fidelity else None,
         "step_seconds": [round(seconds, 4) for seconds in steps.step_seconds],
         "timings": {
             "queued": (job.started_at - job.created_at).total_seconds() if job.started_at else None,
@@ -390,9 +400,11 @@ def engine_metrics(model: LoadedModel, result: GenerationResult) -> dict[str, An
     }
 
 
-def _json_safe(values: dict[str, float]) -> dict[str, float | None]:
+def _json_safe(values: dict[str, Any]) -> dict[str, Any]:
     """Identical frames have an infinite PSNR, which JSON (and PostgreSQL's json type) cannot hold: null."""
-    return {name: value if math.isfinite(value) else None for name, value in values.items()}
+    return {
+        name: None if isinstance(value, float) and not math.isfinite(value) else value for name, value in values.items()
+    }
 
 
 def _describe(exc: BaseException) -> str:

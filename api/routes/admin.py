@@ -27,7 +27,7 @@ from core import admin_sessions
 from core.contract.models import model_key
 from core.contract.strategies import STRATEGIES
 from core.db import ApiKey, Job, JobStatus, utcnow
-from core.jobs import dashboard, fleet, frontier, receipts, repository, workers
+from core.jobs import dashboard, fleet, frontier, receipts, repository, retention, workers
 from core.jobs.expected import standing
 from core.keys import authenticate
 from core.settings import Settings
@@ -41,7 +41,7 @@ REFRESH_CHOICES = (0.0, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 PAGE_SIZE = 50
 # Receipts the dashboard counts beside each model's frontiers.
 RECEIPT_WINDOW = timedelta(hours=24)
-FRAGMENTS = ("counters", "jobs", "workers", "queue", "models")
+FRAGMENTS = ("counters", "jobs", "workers", "queue", "models", "storage")
 PALETTE = ("#2563eb", "#ea580c", "#16a34a", "#9333ea", "#db2777", "#0891b2", "#ca8a04")
 KNOWN_COLORS = {"none": "#64748b", "teacache": PALETTE[0], "magcache": PALETTE[1], "easycache": PALETTE[2]}
 
@@ -87,6 +87,16 @@ def duration(span: timedelta) -> str:
     return f"{seconds:g} s"
 
 
+def size(value: int) -> str:
+    """Bytes for people: 1.5 MB."""
+    amount = float(value)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if amount < 1000 or unit == "TB":
+            return f"{amount:.0f} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
+        amount /= 1000
+    raise AssertionError("unreachable")
+
+
 def params_text(params: dict[str, Any]) -> str:
     def show(value: Any) -> str:
         return f"{value:g}" if isinstance(value, float) else str(value)
@@ -95,7 +105,7 @@ def params_text(params: dict[str, Any]) -> str:
 
 
 templates.env.globals |= {"strategy_color": strategy_color, "ago": ago, "number": number}
-templates.env.filters |= {"utc": utc, "short_utc": short_utc, "params": params_text, "duration": duration}
+templates.env.filters |= {"utc": utc, "short_utc": short_utc, "params": params_text, "duration": duration, "size": size}
 
 
 # Query string
@@ -291,6 +301,8 @@ def _overview(session: Session, settings: Settings, query: DashboardQuery) -> di
         "heartbeat_seconds": settings.heartbeat_seconds,
         "scan_limit": dashboard.SCAN_LIMIT,
         "counter_hours": dashboard.COUNTER_WINDOW.total_seconds() / 3600,
+        "storage": retention.storage_by_key(session),
+        "retention_hours": settings.retention_hours,
     }
 
 
@@ -344,6 +356,7 @@ def overview_json(
         "queue": asdict(context["queue"]),
         "models": {model: asdict(numbers) for model, numbers in context["models"].items()},
         "workers": [asdict(worker) for worker in context["workers"]],
+        "storage": [asdict(usage) for usage in context["storage"]],
         "jobs": [asdict(row) for row in page.rows],
         "next_cursor": page.next_cursor,
         "prev_cursor": page.prev_cursor,

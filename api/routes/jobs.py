@@ -1,4 +1,4 @@
-"""The job lifecycle over HTTP: submit, read, list, cancel, fetch the video."""
+"""The job lifecycle over HTTP: submit, read, list, cancel, fetch the video, delete it."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from core.contract.request import JobRequest
 from core.db import ApiKey, Job, JobStatus
 from core.jobs import polling, repository, service
 from core.jobs.expected import standing
+from core.jobs.remix import RemixRequest
 from core.jobs.view import JobView, job_view
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -62,6 +63,38 @@ def submit(
     """Queue a generation job. Sizes are checked by the rules of the job's model family; the row is
     committed before the job is queued, so nothing is lost."""
     submitted = service.submit(session, key, body, settings, BROKER, idempotency_key)
+    if submitted.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = f"/jobs/{submitted.job.id}"
+    return _view(session, submitted.job, settings)
+
+
+@router.post(
+    "/{job_id}/remix",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobView,
+    responses=NOT_FOUND
+    | {
+        409: {"model": ErrorResponse, "description": "The job has not succeeded, or Idempotency-Key reused."},
+        422: {"model": ErrorResponse, "description": "A field breaks a rule; each is named."},
+        429: {"model": ErrorResponse, "description": "Too many requests, or too many jobs in flight for the key."},
+    },
+)
+def remix(
+    job_id: uuid.UUID,
+    body: RemixRequest,
+    key: KeyDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
+) -> Any:
+    """Queue a new job made from a succeeded one: the fields given replace the source's, every other one (seed
+    and shape included) is kept; the new job's `remix_of` is the source. With `compare: true` its fidelity is
+    measured against the source's frames."""
+    source = _found(session, job_id, key)
+    changes = body.model_dump(exclude_unset=True)
+    submitted = service.remix(session, key, source, changes, settings, BROKER, idempotency_key)
     if submitted.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/jobs/{submitted.job.id}"
@@ -145,11 +178,30 @@ def cancel(job_id: uuid.UUID, key: KeyDep, session: SessionDep, settings: Settin
     return _view(session, canceled, settings)
 
 
+@router.delete(
+    "/{job_id}",
+    response_model=JobView,
+    responses=NOT_FOUND
+    | {202: {"model": JobView, "description": "It still runs: canceled, its objects deleted once it stops."}},
+)
+def delete(
+    job_id: uuid.UUID, key: KeyDep, session: SessionDep, settings: SettingsDep, storage: StorageDep, response: Response
+) -> Any:
+    """Delete the job's video (and inputs) from storage now; a queued or running job is canceled first, and its
+    objects are deleted once it has stopped. The job stays, `expired`."""
+    _found(session, job_id, key)
+    if not service.delete(session, job_id, settings, storage, BROKER):
+        response.status_code = status.HTTP_202_ACCEPTED
+    session.expire_all()
+    return _view(session, _found(session, job_id, key), settings)
+
+
 @router.get(
     "/{job_id}/video",
     response_class=Response,
     responses={
         404: {"model": ErrorResponse, "description": "No such job for this API key, or it has no video (yet)."},
+        410: {"model": ErrorResponse, "description": "The video expired or was deleted."},
         200: {"content": {"video/mp4": {}}, "description": "The MP4 (local storage)."},
         307: {"description": "Redirect to a time-limited URL of the MP4 (S3 storage)."},
     },

@@ -9,9 +9,11 @@ What maps onto what:
 - skipstep's own fields ride in the same body (the ``openai`` client's ``extra_body``): ``cache``
   ({strategy, params, profile}), ``num_inference_steps``, ``seed``, ``negative_prompt``, ``guidance_scale``,
   ``fps``, ``compare``, ``webhook_url``, ``webhook_events``. ``input_reference`` is refused (text-to-video only).
+- ``POST /v1/videos/{id}/remix`` is skipstep's remix (``POST /jobs/{id}/remix``): ``remixed_from_video_id`` links it.
 - Statuses: queued -> ``queued``, running -> ``in_progress``, succeeded -> ``completed``, failed and canceled ->
   ``failed`` (error code ``canceled`` for the latter); ``progress`` is the percent of denoising steps done.
-- ``DELETE`` cancels a queued or running job (``deleted: true``); a finished job is kept (``deleted: false``).
+- ``DELETE`` deletes the video from storage (a queued or running job is canceled first, and its objects deleted
+  once it stops); the job stays, and its content answers 410. ``expires_at`` is when the video is deleted.
 - Errors have OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``, naming OpenAI's field
   (``size`` for width and height, ``seconds`` for frames).
 """
@@ -21,7 +23,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
@@ -35,8 +37,10 @@ from core.contract.request import JobRequest
 from core.db import ApiKey, Job, JobStatus
 from core.errors import InvalidRequest
 from core.jobs import repository, service
+from core.jobs.remix import RemixRequest
 from core.jobs.view import JobView, job_view
 
+Body = TypeVar("Body", bound=BaseModel)
 router = APIRouter(prefix="/v1/videos", tags=["openai"])
 NO_VIDEO: dict[int | str, dict[str, Any]] = {
     404: {"model": OpenAIErrorResponse, "description": "No such video for this API key (`after`: no such id)."}
@@ -106,7 +110,12 @@ class Video(BaseModel):
     completed_at: int | None = Field(
         description="Unix seconds when it completed; null unless `completed`.", examples=[1748779278]
     )
-    expires_at: int | None = Field(default=None, description="Always null: videos do not expire.", examples=[None])
+    expires_at: int | None = Field(
+        default=None,
+        description="Unix seconds when the video is (or was) deleted from storage; null while it runs, or if kept "
+        "for ever.",
+        examples=[1749384000],
+    )
     model: str = Field(description="The skipstep model that runs it.", examples=[examples.MODEL])
     progress: int = Field(description="Percent of the denoising steps done; 100 once completed.", examples=[100])
     prompt: str = Field(description="The prompt.", examples=[examples.PROMPT])
@@ -117,7 +126,7 @@ class Video(BaseModel):
     )
     error: VideoError | None = Field(description="Why it failed; null unless `failed`.")
     remixed_from_video_id: str | None = Field(
-        default=None, description="Always null: remixes are not supported.", examples=[None]
+        default=None, description="The video this one was remixed from; null otherwise.", examples=[None]
     )
 
 
@@ -138,7 +147,8 @@ class VideoDeleted(BaseModel):
         default="video.deleted", description="Always `video.deleted`.", examples=["video.deleted"]
     )
     deleted: bool = Field(
-        description="true: its job was queued or running and is canceled; false: it had finished and is kept.",
+        description="true: the video is deleted (a queued or running job is canceled first, and its video deleted "
+        "once it stops).",
         examples=[True],
     )
 
@@ -152,6 +162,7 @@ def video(view: JobView) -> Video:
         id=str(view.id),
         created_at=int(view.created_at.timestamp()),
         completed_at=int(view.finished_at.timestamp()) if view.finished_at and done else None,
+        expires_at=int(view.expires_at.timestamp()) if view.expires_at else None,
         model=view.model,
         progress=100 if done else int(view.progress.percent) if view.progress else 0,
         prompt=view.input.prompt,
@@ -159,6 +170,7 @@ def video(view: JobView) -> Video:
         size=f"{view.input.width}x{view.input.height}",
         status=STATUS[view.status],
         error=error,
+        remixed_from_video_id=str(view.remix_of) if view.remix_of else None,
     )
 
 
@@ -209,6 +221,19 @@ def _json_value(text: str) -> Any:
 
 
 def _job_body(fields: dict[str, Any]) -> JobRequest:
+    return _validated(JobRequest, _job_fields(fields, JobRequest.model_fields["fps"].default))
+
+
+def _validated(model: type[Body], fields: dict[str, Any]) -> Body:
+    try:
+        return model.model_validate(fields)
+    except ValidationError as exc:
+        problems = [(".".join(str(part) for part in error["loc"]) or "body", _rule(error)) for error in exc.errors()]
+        raise InvalidRequest(*problems[0], *problems[1:]) from None
+
+
+def _job_fields(fields: dict[str, Any], fps: int) -> dict[str, Any]:
+    """skipstep's fields for OpenAI's: ``size``, and ``seconds`` at the body's fps (else ``fps``)."""
     body = dict(fields)
     if body.pop("input_reference", None) is not None:
         raise ApiError.invalid("input_reference", "is not supported: this service generates from text only")
@@ -221,14 +246,10 @@ def _job_body(fields: dict[str, Any]) -> JobRequest:
     seconds = body.pop("seconds", None)
     if seconds is not None:
         length = _seconds(seconds)
-        fps = _fps(body.get("fps", JobRequest.model_fields["fps"].default))
-        if fps is not None:
-            body["num_frames"] = TEMPORAL_MULTIPLE * round(length * fps / TEMPORAL_MULTIPLE) + 1
-    try:
-        return JobRequest.model_validate(body)
-    except ValidationError as exc:
-        problems = [(".".join(str(part) for part in error["loc"]) or "body", _rule(error)) for error in exc.errors()]
-        raise InvalidRequest(*problems[0], *problems[1:]) from None
+        rate = _fps(body.get("fps", fps))
+        if rate is not None:
+            body["num_frames"] = TEMPORAL_MULTIPLE * round(length * rate / TEMPORAL_MULTIPLE) + 1
+    return body
 
 
 def _seconds(value: Any) -> float:
@@ -294,6 +315,32 @@ def create(
     return video(job_view(submitted.job, settings.public_url))
 
 
+@router.post(
+    "/{video_id}/remix",
+    response_model=Video,
+    responses={
+        400: {"model": OpenAIErrorResponse, "description": "A field breaks a rule; `param` names it."},
+        409: {"model": OpenAIErrorResponse, "description": "The video has not completed, or Idempotency-Key reused."},
+        429: {"model": OpenAIErrorResponse, "description": "Too many requests, or too many videos in flight."},
+    }
+    | NO_VIDEO,
+)
+def remix(
+    video_id: uuid.UUID,
+    fields: Annotated[dict[str, Any], Depends(video_fields)],
+    key: KeyDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
+) -> Any:
+    """A new video from a completed one with the fields given replaced (`prompt`, and skipstep's `cache`,
+    `compare`, ... in the same body); the seed, size and length are the source's unless given."""
+    source = _found(session, video_id, key)
+    changes = _validated(RemixRequest, _job_fields(fields, source.fps)).model_dump(exclude_unset=True)
+    submitted = service.remix(session, key, source, changes, settings, BROKER, idempotency_key)
+    return video(job_view(submitted.job, settings.public_url))
+
+
 @router.get("", response_model=VideoList, responses=NO_VIDEO)
 def list_videos(
     key: KeyDep,
@@ -324,17 +371,21 @@ def retrieve(video_id: uuid.UUID, key: KeyDep, session: SessionDep, settings: Se
 
 
 @router.delete("/{video_id}", response_model=VideoDeleted, responses=NO_VIDEO)
-def delete(video_id: uuid.UUID, key: KeyDep, session: SessionDep, settings: SettingsDep) -> Any:
-    """Cancels a queued or running job; a finished job is kept and answers `deleted: false`."""
+def delete(video_id: uuid.UUID, key: KeyDep, session: SessionDep, settings: SettingsDep, storage: StorageDep) -> Any:
+    """Deletes the video from storage; a queued or running job is canceled first, its video deleted once it stops."""
     job = _found(session, video_id, key)
-    canceled = None if job.status.finished else service.cancel(session, job.id, settings, BROKER)
-    return VideoDeleted(id=str(job.id), deleted=canceled is not None)
+    service.delete(session, job.id, settings, storage, BROKER)
+    return VideoDeleted(id=str(job.id), deleted=True)
 
 
 @router.get(
     "/{video_id}/content",
     response_class=Response,
-    responses={200: {"content": {"video/mp4": {}}}, 307: {"description": "Redirect to the MP4 (S3 storage)."}}
+    responses={
+        200: {"content": {"video/mp4": {}}},
+        307: {"description": "Redirect to the MP4 (S3 storage)."},
+        410: {"model": OpenAIErrorResponse, "description": "The video expired or was deleted."},
+    }
     | NO_VIDEO,
 )
 def content(

@@ -62,6 +62,7 @@ class ApiKey(Base):
     rate_per_second: Mapped[float | None] = mapped_column(Float)
     rate_burst: Mapped[int | None]
     max_active_jobs: Mapped[int | None]
+    retention_hours: Mapped[float | None] = mapped_column(Float)
 
 
 class AdminSession(Base):
@@ -90,6 +91,8 @@ class Job(Base):
         Index("ix_jobs_created", "created_at", "id"),
         Index("ix_jobs_finished", "finished_at"),
         Index("ix_jobs_owner_idempotency", "owner_id", "idempotency_key", unique=True),
+        # What the retention sweep reads: jobs whose objects are due for deletion and not yet deleted.
+        Index("ix_jobs_expiry", "expired_at", "expires_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
@@ -116,6 +119,8 @@ class Job(Base):
     cache_params: Mapped[dict[str, Any]] = mapped_column(default=dict)
     cache_profile: Mapped[str | None] = mapped_column(String(100))
     compare: Mapped[bool] = mapped_column(default=False)
+    # The job this one was remixed from (POST /jobs/{id}/remix); with ``compare`` its fidelity is against that one.
+    remix_of: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", name="fk_jobs_remix_of"))
     webhook_url: Mapped[str | None] = mapped_column(Text)
     webhook_events: Mapped[list[str]] = mapped_column(default=list)
 
@@ -156,6 +161,12 @@ class Job(Base):
 
     error_code: Mapped[str | None] = mapped_column(String(50))
     error_message: Mapped[str | None] = mapped_column(Text)
+
+    # When the job's video and input objects are (or were) deleted from storage: set when the job finishes (its
+    # key's retention), or to the time of a delete request. Null: kept for ever, or not finished yet.
+    expires_at: Mapped[datetime | None]
+    # When they were deleted; until then a job past expires_at is expired for clients and due for the sweep.
+    expired_at: Mapped[datetime | None]
 
     # Bumped by every change a client can see (status, progress): the id of the job's server-sent events.
     version: Mapped[int] = mapped_column(default=0, server_default="0")

@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import BigInteger, ColumnElement, String, case, cast, extract, func, or_, select
+from sqlalchemy import BigInteger, ColumnElement, String, and_, case, cast, extract, func, or_, select
 from sqlalchemy.orm import Session
 
 from core.db import Job, JobStatus, utcnow
@@ -366,8 +366,10 @@ def summary(session: Session, now: datetime | None = None) -> Summary:
         )
 
     def measured(name: str) -> Any:
-        # Only jobs run with compare=true measure fidelity; the test spares parsing every other job's JSON.
-        return case((Job.compare, Job.metrics["fidelity"][name].as_float()), else_=None).label(name)
+        # Only jobs run with compare=true measure fidelity against the uncached run (a remix's is against its
+        # source); the test spares parsing every other job's JSON.
+        uncached = and_(Job.compare, Job.remix_of.is_(None))
+        return case((uncached, Job.metrics["fidelity"][name].as_float()), else_=None).label(name)
 
     jobs = recent(*SHAPE, Job.denoise_seconds, measured("psnr"), measured("ssim"), Job.finished_at)
     shape = [jobs.c[column.key] for column in SHAPE]

@@ -9,6 +9,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -17,12 +18,14 @@ from core.caching.profiles import ProfileStore
 from core.contract.request import JobRequest
 from core.db import ApiKey, Job
 from core.errors import Conflict, InvalidRequest
-from core.jobs import catalogue, repository, targets, transitions
+from core.jobs import catalogue, repository, retention, targets, transitions
 from core.jobs.expected import expected
 from core.jobs.mapping import new_job
+from core.jobs.remix import remix_request
 from core.limits.active import hold_room
 from core.limits.policy import SizeLimits
 from core.settings import Settings
+from core.storage import Storage, StorageError
 from core.webhooks.addresses import UnresolvableHost, UnsafeWebhookURL, resolve_target
 
 log = logging.getLogger("skipstep.jobs")
@@ -50,6 +53,7 @@ def submit(
     settings: Settings,
     broker: Broker,
     idempotency_key: str | None = None,
+    remix_of: uuid.UUID | None = None,
 ) -> Submitted:
     """Check a valid request against what depends on its model and the key (InvalidRequest naming every field),
     queue it and dispatch it.
@@ -86,6 +90,7 @@ def submit(
         request_hash=fingerprint,
         expected=figures.model_dump(mode="json") if figures is not None else None,
         pending_checks=info.pending_checks(request.cache),
+        remix_of=remix_of,
     )
     hold_room(session, key, settings)
     session.add(job)
@@ -105,6 +110,20 @@ def submit(
     return Submitted(job, replayed=False)
 
 
+def remix(
+    session: Session,
+    key: ApiKey,
+    source: Job,
+    changes: dict[str, Any],
+    settings: Settings,
+    broker: Broker,
+    idempotency_key: str | None = None,
+) -> Submitted:
+    """Submit a new job made from a succeeded one (``core.jobs.remix``), linked to it; Conflict if the source
+    has no video."""
+    return submit(session, key, remix_request(source, changes), settings, broker, idempotency_key, source.id)
+
+
 def _replay(job: Job, fingerprint: str) -> Submitted:
     if job.request_hash != fingerprint:
         raise Conflict(f"Idempotency-Key was already used for job {job.id} with a different request body")
@@ -120,3 +139,20 @@ def cancel(session: Session, job_id: uuid.UUID, settings: Settings, broker: Brok
         broker.deliver(outcome.delivery)
         return outcome.job
     return outcome
+
+
+def delete(session: Session, job_id: uuid.UUID, settings: Settings, storage: Storage, broker: Broker) -> bool:
+    """Delete a job's video and inputs from storage: a queued or running job is canceled first, and its objects
+    are made due now and deleted at once if it has finished (in the order ``core.jobs.retention`` describes).
+    Whether they are gone now; False: the job still runs (the sweep deletes them once it has stopped), or the store
+    refused (the sweep tries again)."""
+    canceled = transitions.cancel(session, job_id, settings.public_url)
+    retention.request_delete(session, job_id)
+    session.commit()
+    if isinstance(canceled, transitions.Ended):
+        broker.deliver(canceled.delivery)
+    try:
+        return retention.expire(settings.database, storage, job_id)
+    except StorageError as exc:
+        log.warning("job %s: its objects could not be deleted now (%s); the sweep tries again", job_id, exc)
+        return False

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from core.contract.jobs import EventType
 from core.db import Job, JobRun, JobStatus, KeyTurn, utcnow
-from core.jobs import notify
+from core.jobs import notify, retention
 from core.webhooks.events import record_event
 
 WORKER_LOST = "worker_lost"
@@ -109,6 +109,7 @@ def cancel(session: Session, job_id: uuid.UUID, public_url: str) -> Ended | Job 
             cancel_requested_at=func.coalesce(Job.cancel_requested_at, now),
             status=case((queued, JobStatus.canceled), else_=Job.status),
             finished_at=case((queued, now), else_=Job.finished_at),
+            expires_at=case((queued, retention.expiry(session, job_id, now)), else_=Job.expires_at),
             **_seen(session, job_id),
         )
         .returning(Job.status)
@@ -217,10 +218,18 @@ def finish(
 
 
 def _set_final(session: Session, job_id: uuid.UUID, where: Any, status: JobStatus, values: dict[str, Any]) -> bool:
+    now = utcnow()
     result = session.execute(
         update(Job)
         .where(where)
-        .values(status=status, finished_at=utcnow(), lease_expires_at=None, **values, **_seen(session, job_id))
+        .values(
+            status=status,
+            finished_at=now,
+            lease_expires_at=None,
+            expires_at=retention.expiry(session, job_id, now),
+            **values,
+            **_seen(session, job_id),
+        )
         .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1

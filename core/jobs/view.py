@@ -13,6 +13,7 @@ from core.contract.request import JobInput
 from core.db import Job, JobStatus
 from core.jobs.expected import Expected
 from core.jobs.mapping import request_of
+from core.jobs.retention import is_expired
 
 
 class ProgressView(BaseModel):
@@ -31,8 +32,14 @@ class ProgressView(BaseModel):
 
 class ResultView(BaseModel):
     video_url: str = Field(
-        description="GET it (with the API key) for the MP4: the file, or a 307 to the store.",
+        description="GET it (with the API key) for the MP4: the file, or a 307 to the store; 410 once expired.",
         examples=[f"{examples.JOB_URL}/video"],
+    )
+    expired: bool = Field(
+        default=False,
+        description="The video was deleted from storage (its retention ran out, or it was deleted): its URL "
+        "answers 410; the figures stay.",
+        examples=[False],
     )
     bytes: int = Field(description="Size of the MP4.", examples=[2315514])
     duration_seconds: float = Field(description="Frames over fps.", examples=[5.0625])
@@ -54,7 +61,8 @@ class Links(BaseModel):
     self: str = Field(description="This job.", examples=[examples.JOB_URL])
     cancel: str = Field(description="POST to cancel it.", examples=[f"{examples.JOB_URL}/cancel"])
     video: str | None = Field(
-        description="The MP4, once the job has succeeded; null before.", examples=[f"{examples.JOB_URL}/video"]
+        description="The MP4, once the job has succeeded; null before, and once expired.",
+        examples=[f"{examples.JOB_URL}/video"],
     )
     deliveries: str = Field(
         description="Its webhook deliveries and their attempts.", examples=[f"{examples.JOB_URL}/deliveries"]
@@ -78,7 +86,8 @@ class BranchMetrics(BaseModel):
 
 
 class FidelityMetrics(BaseModel):
-    """Against an uncached run of the same request and seed: ``compare: true``, or a sampled job's receipt."""
+    """Against an uncached run of the same request and seed: ``compare: true``, or a sampled job's receipt; or,
+    for a remix with ``compare: true``, against its source."""
 
     psnr: float | None = Field(
         description="dB over the decoded frames; null when identical (infinite).", examples=[33.8]
@@ -86,8 +95,8 @@ class FidelityMetrics(BaseModel):
     ssim: float | None = Field(
         description="Mean structural similarity of the decoded frames, 1 when identical.", examples=[0.957]
     )
-    baseline_denoise_seconds: float = Field(description="Denoising time of the uncached run.", examples=[101.8])
-    measured_speedup: float = Field(description="Uncached denoising time over this job's.", examples=[1.5674])
+    baseline_denoise_seconds: float = Field(description="Denoising time of the baseline run.", examples=[101.8])
+    measured_speedup: float = Field(description="The baseline's denoising time over this job's.", examples=[1.5674])
     basis: Literal["compare", "receipt"] = Field(
         default="compare",
         description="compare: the job asked (`compare: true`; float frames); receipt: the job was sampled for an "
@@ -106,6 +115,12 @@ class FidelityMetrics(BaseModel):
         default=None,
         description="Receipts: the measured PSNR fell below the prediction by more than SKIPSTEP_RECEIPT_MARGIN_DB.",
         examples=[False],
+    )
+    baseline: Literal["uncached", "source"] = Field(
+        default="uncached",
+        description="What the frames were compared with: `uncached`, the same request without a cache; `source`, "
+        "a remix's source job (its request run again: the same seed gives the same frames).",
+        examples=["uncached"],
     )
 
 
@@ -235,6 +250,17 @@ class JobView(BaseModel):
         "Empty otherwise.",
         examples=[["width", "height", "num_frames"]],
     )
+    remix_of: uuid.UUID | None = Field(
+        default=None,
+        description="The job this one was remixed from (`POST /jobs/{id}/remix`); null otherwise.",
+        examples=[None],
+    )
+    expires_at: datetime | None = Field(
+        default=None,
+        description="When the job's video and inputs are (or were) deleted from storage: its API key's retention "
+        "after it finished, or when it was deleted (`DELETE /jobs/{id}`); null while it runs or if kept for ever.",
+        examples=["2025-06-08T12:01:40Z"],
+    )
     progress: ProgressView | None = Field(description="Once running; null before.")
     result: ResultView | None = Field(description="On success; null otherwise.")
     metrics: JobMetrics | None = Field(
@@ -267,7 +293,10 @@ def job_view(
     result = None
     if job.status == JobStatus.succeeded and job.video_key is not None:
         result = ResultView(
-            video_url=f"{base}/video", bytes=job.video_bytes or 0, duration_seconds=job.video_seconds or 0.0
+            video_url=f"{base}/video",
+            expired=is_expired(job),
+            bytes=job.video_bytes or 0,
+            duration_seconds=job.video_seconds or 0.0,
         )
     error = None
     if job.error_code is not None:
@@ -286,6 +315,8 @@ def job_view(
         input=JobInput.model_construct(**dict(request_of(job))),
         expected=Expected.model_validate(job.expected) if job.expected else None,
         pending_checks=list(job.pending_checks or ()) if job.status == JobStatus.queued else [],
+        remix_of=job.remix_of,
+        expires_at=job.expires_at if job.status.finished else None,
         progress=progress,
         result=result,
         metrics=JobMetrics.model_validate(job.metrics) if job.metrics else None,
@@ -294,7 +325,7 @@ def job_view(
         links=Links(
             self=base,
             cancel=f"{base}/cancel",
-            video=f"{base}/video" if result is not None else None,
+            video=f"{base}/video" if result is not None and not result.expired else None,
             deliveries=f"{base}/deliveries",
         ),
     )
