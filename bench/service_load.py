@@ -146,6 +146,15 @@ async def polls(
     return results, time.perf_counter() - started
 
 
+async def cancel_all(url: str, jobs: dict[str, list[str]]) -> None:
+    async def cancel(key: str, job_ids: list[str]) -> None:
+        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as client:
+            for job_id in job_ids:
+                await client.post(f"/jobs/{job_id}/cancel")
+
+    await asyncio.gather(*(cancel(key, job_ids) for key, job_ids in jobs.items()))
+
+
 def cpu_seconds(pid: int) -> float:
     """CPU time (user + system) of a process and its children (uvicorn's worker processes)."""
     ticks = 0
@@ -169,6 +178,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=100, help="submits made and not counted, first")
     parser.add_argument("--busy-worker", action="store_true", help="run a wan-tiny worker taking the jobs")
     parser.add_argument("--polls", type=int, default=0, help="GET /jobs/{id} polls per mode after the submits")
+    parser.add_argument(
+        "--cancel-before-polls", action="store_true", help="cancel the jobs first: poll finished jobs, not queued ones"
+    )
     args = parser.parse_args()
 
     upgrade(args.database_url)
@@ -203,6 +215,8 @@ def main() -> None:
         polled = []
         if args.polls:
             jobs = owned_jobs(args.database_url, keys, run)
+            if args.cancel_before_polls:
+                asyncio.run(cancel_all(url, jobs))
             for conditional in (False, True):
                 before = cpu_seconds(processes[0].pid)
                 figures, took = asyncio.run(polls(url, keys, jobs, args.polls, conditional))
@@ -222,6 +236,7 @@ def main() -> None:
     print(
         f"{args.submits} submits, {args.concurrency} clients, {args.api_workers} API processes, "
         f"{'busy' if args.busy_worker else 'no'} worker"
+        + (f", polls of {'canceled' if args.cancel_before_polls else 'queued'} jobs" if args.polls else "")
     )
     print(f"throughput      {len(results['submit']) / seconds:7.1f} submits/s ({seconds:.1f} s)")
     print(
