@@ -202,6 +202,9 @@ class CatalogueEntry(Base):
     strategies: Mapped[list[str]]
     # The calibration profiles the worker holds for this transformer (JSON documents).
     profiles: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    # The pipeline's class and what a submit reads of its config (core.contract.models.pipeline_config); null in
+    # rows published before workers described it.
+    pipeline: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     described_by: Mapped[str] = mapped_column(String(200))
     described_at: Mapped[datetime] = mapped_column(default=utcnow)
 
