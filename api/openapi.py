@@ -44,6 +44,7 @@ OPERATIONS: dict[str, tuple[str, str]] = {
     "api.routes.jobs.get_job": ("jobs-get", "Get a job"),
     "api.routes.jobs.cancel": ("jobs-cancel", "Cancel a job"),
     "api.routes.jobs.video": ("jobs-video", "Download a job's MP4"),
+    "api.routes.jobs.image": ("jobs-image", "Download a job's input image (first frame)"),
     "api.routes.deliveries.list_deliveries": ("deliveries-list", "List a job's webhook deliveries"),
     "api.routes.deliveries.resend_delivery": ("deliveries-resend", "Resend a webhook delivery (admin)"),
     "api.routes.deliveries.rotate_secret": ("keys-rotate-webhook-secret", "Rotate the webhook signing secret"),
@@ -110,6 +111,7 @@ RESPONSE_HEADERS: dict[tuple[str, str], dict[str, Any]] = {
         },
     },
     ("jobs-video", "307"): {"Location": VIDEO_LOCATION},
+    ("jobs-image", "307"): {"Location": VIDEO_LOCATION},
     ("openai-videos-content", "307"): {"Location": VIDEO_LOCATION},
 }
 WEBHOOK_EVENTS = {

@@ -13,14 +13,17 @@ from __future__ import annotations
 import io
 import warnings
 
+import httpx
 from PIL import Image, UnidentifiedImageError
 
 from core.contract.shapes import Shape
 from core.errors import InvalidRequest
+from core.webhooks.addresses import UnresolvableHost, UnsafeWebhookURL, resolve_target
 
 FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 # How far the image's aspect ratio may be from the job's before cropping would lose too much of it.
 MAX_ASPECT_CHANGE = 2.0
+FETCH_TIMEOUT_SECONDS = 20.0
 
 
 def check_image(data: bytes, shape: Shape, max_bytes: int, max_pixels: int) -> bytes:
@@ -67,3 +70,34 @@ def fit(image: Image.Image, width: int, height: int) -> Image.Image:
 def open_checked(data: bytes) -> Image.Image:
     """A stored first frame (written by check_image) as the pipeline takes it."""
     return Image.open(io.BytesIO(data), formats=["PNG"]).convert("RGB")
+
+
+def fetch(url: str, max_bytes: int, allow_private: bool) -> bytes:
+    """An image URL's bytes, fetched on the address its host was checked to resolve to (no second lookup that a
+    rebinding DNS could answer otherwise), no redirects followed, at most ``max_bytes`` read; InvalidRequest
+    naming ``image`` for an address, an answer or a size that breaks a rule."""
+    try:
+        target = resolve_target(url, allow_private)
+    except (UnsafeWebhookURL, UnresolvableHost) as exc:
+        raise InvalidRequest("image", str(exc).replace("webhook URL", "image URL")) from None
+    address = f"[{target.connect_address}]" if ":" in target.connect_address else target.connect_address
+    pinned = f"{target.scheme}://{address}:{target.port}{target.path}"
+    data = bytearray()
+    try:
+        with httpx.Client(timeout=FETCH_TIMEOUT_SECONDS, follow_redirects=False) as client:
+            request = client.build_request(
+                "GET", pinned, headers={"Host": target.host_header}, extensions={"sni_hostname": target.host}
+            )
+            response = client.send(request, stream=True)
+            try:
+                if response.status_code != 200:
+                    raise InvalidRequest("image", f"image URL answered HTTP {response.status_code}, not 200")
+                for chunk in response.iter_bytes():
+                    data += chunk
+                    if len(data) > max_bytes:
+                        raise InvalidRequest("image", f"must be at most {max_bytes} bytes")
+            finally:
+                response.close()
+    except httpx.HTTPError as exc:
+        raise InvalidRequest("image", f"image URL could not be fetched: {type(exc).__name__}: {exc}") from None
+    return bytes(data)

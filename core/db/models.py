@@ -142,6 +142,10 @@ class Job(Base):
     skipped_calls: Mapped[int] = mapped_column(default=0)
 
     video_key: Mapped[str | None] = mapped_column(String(300))
+    # The first frame of an image-to-video job: its storage key beside the video (PNG, checked and sized to the
+    # job), and the URL it was given by (fetched by the worker, then stored).
+    input_image_key: Mapped[str | None] = mapped_column(String(300))
+    input_image_url: Mapped[str | None] = mapped_column(Text)
     video_bytes: Mapped[int | None] = mapped_column(BigInteger)
     video_seconds: Mapped[float | None] = mapped_column(Float)
     # Kept as columns (not only inside ``metrics``) so that lists and summaries can sort and aggregate on them.
