@@ -119,7 +119,9 @@ def expert_caches(
     ranges = expert_ranges(
         model.experts, timesteps, model.pipeline.config.get("boundary_ratio"), scheduler.num_train_timesteps
     )
-    return ExpertCaches([ExpertCache(name, transformer, steps, make(transformer, name)) for name, transformer, steps in ranges])
+    return ExpertCaches(
+        [ExpertCache(name, transformer, steps, make(transformer, name)) for name, transformer, steps in ranges]
+    )
 
 
 def run(

@@ -62,7 +62,9 @@ def check_image(data: bytes, shape: Shape, max_bytes: int, max_pixels: int) -> b
 def fit(image: Image.Image, width: int, height: int) -> Image.Image:
     """Scaled to cover ``width`` x ``height`` and centre-cropped to it."""
     scale = max(width / image.width, height / image.height)
-    scaled = image.resize((max(width, round(image.width * scale)), max(height, round(image.height * scale))), Image.LANCZOS)
+    scaled = image.resize(
+        (max(width, round(image.width * scale)), max(height, round(image.height * scale))), Image.LANCZOS
+    )
     left, top = (scaled.width - width) // 2, (scaled.height - height) // 2
     return scaled.crop((left, top, left + width, top + height))
 

@@ -133,7 +133,9 @@ def _no_profiles(settings: Settings):
         ("wan-i2v-tiny", {"width": 72}, "width", "multiple of 16"),
     ],
 )
-def test_size_rules_of_the_new_families(image_models, profiles, small_request, first_frame, name, overrides, field, rule):
+def test_size_rules_of_the_new_families(
+    image_models, profiles, small_request, first_frame, name, overrides, field, rule
+):
     with pytest.raises(InvalidRequest) as error:
         generate(image_models[name], small_request(**overrides), profiles, image=first_frame)
     [(named, broken)] = error.value.problems
@@ -145,5 +147,7 @@ def test_image_required_or_refused_by_the_model(image_models, profiles, small_re
         generate(image_models["wan-i2v-tiny"], small_request(num_inference_steps=2), profiles)
     assert error.value.problems[0][0] == "image"
     with pytest.raises(InvalidRequest) as error:
-        generate(image_models["wan2.2-t2v-a14b-tiny"], small_request(num_inference_steps=2), profiles, image=first_frame)
+        generate(
+            image_models["wan2.2-t2v-a14b-tiny"], small_request(num_inference_steps=2), profiles, image=first_frame
+        )
     assert error.value.problems[0][0] == "image"

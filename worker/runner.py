@@ -29,13 +29,13 @@ from core.db import Job, JobStatus, session_scope, utcnow
 from core.db.session import UNREACHABLE, retrying
 from core.errors import CacheConfigError, InvalidRequest
 from core.generation import GenerationResult, Progress, generate
+from core.images import check_image, fetch, open_checked
 from core.jobs import catalogue, dispatch, transitions, workers
 from core.jobs.mapping import request_of
 from core.jobs.transitions import RunOutcome
 from core.models import LoadedModel, load_model
 from core.models.compile import compile_and_warm_up
 from core.settings import Settings
-from core.images import check_image, fetch, open_checked
 from core.storage import Storage, StorageError, input_image_key, storage_from, store_bytes, video_key
 from core.video import encode_mp4, to_uint8
 from core.webhooks.events import record_event

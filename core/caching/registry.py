@@ -67,5 +67,7 @@ def build_cache(
     if profile is not None:
         profile = profile.for_expert(expert)
         if needs is not None and getattr(profile, needs) is None:
-            raise CacheConfigError(f"cache.profile: profile {profile.name!r} has no {needs} data for the {expert} expert")
+            raise CacheConfigError(
+                f"cache.profile: profile {profile.name!r} has no {needs} data for the {expert} expert"
+            )
     return strategy(params, profile)

@@ -20,8 +20,8 @@ from sqlalchemy.orm import Session
 
 from core.caching.profiles import Profile, ProfileStore, closest, config_signature
 from core.contract import examples
-from core.contract.frontier import Choice
 from core.contract.experts import expert_steps, qualified
+from core.contract.frontier import Choice
 from core.contract.models import ModelInfo
 from core.contract.request import JobRequest
 from core.contract.schedules import magcache_schedule, taocache_branch, taocache_signals, teacache_schedule

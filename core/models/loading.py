@@ -14,7 +14,15 @@ from transformers.utils import logging as transformers_logging
 
 from core.caching.profiles import ProfileStore, applicable_strategies, config_signature
 from core.contract.experts import HIGH_NOISE, LOW_NOISE
-from core.contract.models import PIPELINE_KEYS, SCHEDULER_KEYS, ModelInfo, fetch_hint, hub_snapshot, image_input, is_hub_id
+from core.contract.models import (
+    PIPELINE_KEYS,
+    SCHEDULER_KEYS,
+    ModelInfo,
+    fetch_hint,
+    hub_snapshot,
+    image_input,
+    is_hub_id,
+)
 from core.contract.shapes import Shape
 from core.errors import ModelLoadError
 from core.models.attention import AttentionChoice, apply_attention_backend

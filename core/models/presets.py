@@ -178,7 +178,7 @@ def _tiny_image_encoder() -> tuple[CLIPVisionModel, CLIPImageProcessorPil]:
 
 
 def build_wan_i2v_tiny() -> DiffusionPipeline:
-    """Wan2.1 I2V, small: the first frame's latents in the transformer input and its CLIP embedding in cross-attention."""
+    """Wan2.1 I2V, small: the first frame's latents in the transformer input, its CLIP embedding in cross-attention."""
     image_encoder, image_processor = _tiny_image_encoder()
     # The image tokens (CLIP's hidden states) are projected to the transformer width and attended with added K/V.
     inner = _SMALL_TRANSFORMER["num_attention_heads"] * _SMALL_TRANSFORMER["attention_head_dim"]
