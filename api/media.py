@@ -22,3 +22,12 @@ def mp4_response(job: Job, storage: Storage) -> Any:
     if url is not None:
         return RedirectResponse(url, status_code=status.HTTP_307_TEMPORARY_REDIRECT)
     return FileResponse(storage.local_path(job.video_key), media_type="video/mp4", filename=f"{job.id}.mp4")
+
+
+def image_response(job: Job, storage: Storage) -> Any:
+    if job.input_image_key is None:
+        raise ApiError(status.HTTP_404_NOT_FOUND, f"job {job.id} has no stored input image")
+    url = storage.presigned_url(job.input_image_key)
+    if url is not None:
+        return RedirectResponse(url, status_code=status.HTTP_307_TEMPORARY_REDIRECT)
+    return FileResponse(storage.local_path(job.input_image_key), media_type="image/png")

@@ -72,7 +72,11 @@ class InputGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = get_settings().max_body_bytes
+        settings = get_settings()
+        limit = settings.max_body_bytes
+        if (_header(scope, "content-type") or "").startswith("multipart/form-data"):
+            # A form may carry an input image (a job's first frame), whose own limit is checked at submit.
+            limit += settings.image_max_bytes
         fields = _text_fields(scope)
         if fields:
             await _refuse_text(fields, scope, receive, send)

@@ -46,6 +46,7 @@ OPERATIONS: dict[str, tuple[str, str]] = {
     "api.routes.jobs.video": ("jobs-video", "Download a job's MP4"),
     "api.routes.jobs.remix": ("jobs-remix", "Remix a job: a new job with some fields replaced"),
     "api.routes.jobs.delete": ("jobs-delete", "Delete a job's video (canceling it first if it runs)"),
+    "api.routes.jobs.image": ("jobs-image", "Download a job's input image (first frame)"),
     "api.routes.deliveries.list_deliveries": ("deliveries-list", "List a job's webhook deliveries"),
     "api.routes.deliveries.resend_delivery": ("deliveries-resend", "Resend a webhook delivery (admin)"),
     "api.routes.deliveries.rotate_secret": ("keys-rotate-webhook-secret", "Rotate the webhook signing secret"),
@@ -113,6 +114,7 @@ RESPONSE_HEADERS: dict[tuple[str, str], dict[str, Any]] = {
         },
     },
     ("jobs-video", "307"): {"Location": VIDEO_LOCATION},
+    ("jobs-image", "307"): {"Location": VIDEO_LOCATION},
     ("openai-videos-content", "307"): {"Location": VIDEO_LOCATION},
 }
 WEBHOOK_EVENTS = {

@@ -37,7 +37,7 @@ from core.caching.profiles import ProfileStore, transformer_signature
 from core.caching.registry import build_cache
 from core.contract.request import GenerationRequest
 from core.fidelity import psnr, ssim
-from core.generation import run
+from core.generation import expert_caches, run
 from core.models import LoadedModel, load_model
 from core.models.compile import compile_blocks
 from core.settings import Settings, get_settings
@@ -94,15 +94,18 @@ class Row:
 
 
 class BlockCounter:
-    """Counts, per transformer call, which blocks' attention actually ran (hooks on their q projections)."""
+    """Counts, per transformer call, which blocks' attention actually ran (hooks on their q projections); with two
+    experts (Wan2.2 A14B), the calls of both."""
 
     def __init__(self, model: LoadedModel) -> None:
-        blocks = model.family.blocks(model.transformer)
-        self.layers = len(blocks)
         self.calls: list[set[int]] = []
-        self.handles = [model.transformer.register_forward_pre_hook(lambda *_: self.calls.append(set()))]
-        for index, block in enumerate(blocks):
-            self.handles.append(block.attn1.to_q.register_forward_hook(self._ran(index)))
+        self.handles = []
+        for _, transformer in model.experts:
+            blocks = model.family.blocks(transformer)
+            self.layers = len(blocks)
+            self.handles.append(transformer.register_forward_pre_hook(lambda *_: self.calls.append(set())))
+            for index, block in enumerate(blocks):
+                self.handles.append(block.attn1.to_q.register_forward_hook(self._ran(index)))
 
     def _ran(self, index: int) -> Callable[..., None]:
         return lambda *_: self.calls[-1].add(index)
@@ -162,9 +165,13 @@ class Bench:
         request = GenerationRequest.model_validate(
             self.request.model_dump() | {"cache": {"strategy": strategy, "params": params}}
         )
-        cache = build_cache(request.cache, self.model.transformer, self.shape, self.profiles)
+        caches = expert_caches(
+            self.model,
+            self.shape,
+            lambda transformer, expert: build_cache(request.cache, transformer, self.shape, self.profiles, expert),
+        )
         self.counter.reset()
-        result = run(self.model, request, self.shape, cache)
+        result = run(self.model, request, self.shape, caches)
         return Outcome(result.frames, result.timings.denoising, *self.counter.figures())
 
     def diffusers(self, config: object) -> Outcome:
@@ -199,13 +206,14 @@ def rows(bench: Bench, compiled: bool) -> list[Row]:
 
     steps = bench.shape.num_inference_steps
     suffix = " (compiled)" if compiled else ""
-    found = [Row("WanPipeline" + suffix, "plain", bench.pipeline)]
+    found = [Row(type(bench.model.pipeline).__name__ + suffix, "plain", bench.pipeline)]
     for strategy, params in SKIPSTEP:
         if compiled and strategy not in ("none", "fbcache", "magcache"):
             continue
         label = strategy + "".join(f" {k}={v}" for k, v in params.items()) + suffix
         found.append(Row(label, strategy, lambda s=strategy, p=params: bench.skipstep(s, p)))
-    if compiled:
+    if compiled or len(bench.model.experts) > 1:
+        # diffusers' and cache-dit's caches hook one transformer: they have no rows for two experts.
         return found
     peers = [
         (

@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 
 import numpy as np
 import torch
 
 from core.caching.base import BranchState, RunPlan, TimestepCache
+from core.caching.none import NoCache
 from core.caching.profiles import Profile, TaoCacheTable, transformer_signature
 from core.caching.teacache import relative_l1
+from core.contract.experts import qualified
 from core.contract.request import GenerationRequest
 from core.contract.shapes import Shape
 from core.errors import InvalidRequest
-from core.generation import run
+from core.generation import expert_caches, run
 from core.models import LoadedModel
 
 COMPARED = ("temb", "timestep_proj")
@@ -95,14 +98,19 @@ def calibrate(
         raise InvalidRequest("num_inference_steps", f"calibration needs at least {MIN_STEPS} steps")
     if not prompts:
         raise InvalidRequest("prompts", "calibration needs at least one prompt")
-    # The compared embeddings depend on the timesteps alone: the same for every prompt.
+    # The compared embeddings depend on the timesteps alone: the same for every prompt. With two experts, each
+    # expert's tables (keyed <expert>/<branch>, <expert>/<tensor>) cover the steps it runs, from its own weights.
     timesteps = model.family.timesteps(model.pipeline, shape, model.device)
-    embeddings = model.family.timestep_embeddings(model.transformer, timesteps)
-    input_changes = {compared: relative_l1(embeddings[compared])[1:] for compared in COMPARED}
+    spans = expert_caches(model, shape, lambda *_: NoCache()).experts
+    input_changes = {}
+    for span in spans:
+        embeddings = model.family.timestep_embeddings(span.transformer, timesteps[span.steps.start : span.steps.stop])
+        for compared in COMPARED:
+            input_changes[qualified(span.name, compared)] = relative_l1(embeddings[compared])[1:]
     ratios: dict[str, list[list[float]]] = {}
     cosines: dict[str, list[list[float]]] = {}
     delta_ratios: dict[str, list[list[float]]] = {}
-    samples: dict[str, list[tuple[float, float]]] = {compared: [] for compared in COMPARED}
+    samples: dict[str, list[tuple[float, float]]] = {key: [] for key in input_changes}
     for index, prompt in enumerate(prompts):
         if on_prompt is not None:
             on_prompt(index, prompt)
@@ -115,19 +123,23 @@ def calibrate(
             guidance_scale=guidance_scale,
             seed=seed + index,
         )
-        recorder = CalibrationRecorder()
-        handle = model.transformer.register_forward_hook(recorder.record_output)
-        try:
-            run(model, request, shape, recorder)
-        finally:
-            handle.remove()
-        for branch in recorder.plan.branches:
-            ratios.setdefault(branch, []).append(recorder.mag_ratios[branch])
-            cosines.setdefault(branch, []).append(recorder.delta_cosines[branch])
-            delta_ratios.setdefault(branch, []).append(recorder.delta_ratios[branch])
-            output_changes = recorder.output_changes(branch)
-            for compared in COMPARED:
-                samples[compared].extend(zip(input_changes[compared], output_changes, strict=True))
+        caches = expert_caches(model, shape, lambda *_: CalibrationRecorder())
+        with ExitStack() as hooks:
+            for expert in caches.experts:
+                handle = expert.transformer.register_forward_hook(expert.cache.record_output)
+                hooks.callback(handle.remove)
+            run(model, request, shape, caches)
+        for expert in caches.experts:
+            recorder = expert.cache
+            for branch in recorder.plan.branches:
+                key = qualified(expert.name, branch)
+                ratios.setdefault(key, []).append(recorder.mag_ratios[branch])
+                cosines.setdefault(key, []).append(recorder.delta_cosines[branch])
+                delta_ratios.setdefault(key, []).append(recorder.delta_ratios[branch])
+                output_changes = recorder.output_changes(branch)
+                for compared in COMPARED:
+                    pairs = zip(input_changes[qualified(expert.name, compared)], output_changes, strict=True)
+                    samples[qualified(expert.name, compared)].extend(pairs)
 
     return Profile(
         name=name or default_profile_name(model.name, shape),
@@ -141,7 +153,8 @@ def calibrate(
         source=f"skipstep calibrate: {len(prompts)} prompt(s), seeds from {seed}",
         prompts=list(prompts),
         magcache={branch: np.mean(runs, axis=0).tolist() for branch, runs in ratios.items()},
-        teacache={compared: fit_polynomial(pairs) for compared, pairs in samples.items()},
+        # An expert that runs few steps gives too few distinct input changes for a polynomial: no TeaCache for it.
+        teacache={key: fit_polynomial(pairs) for key, pairs in samples.items() if _fittable(pairs)} or None,
         teacache_samples=samples,
         taocache={
             branch: TaoCacheTable(
@@ -151,6 +164,10 @@ def calibrate(
             for branch in cosines
         },
     )
+
+
+def _fittable(pairs: Sequence[tuple[float, float]]) -> bool:
+    return len({change for change, _ in pairs}) > POLY_DEGREE
 
 
 def fit_polynomial(pairs: Sequence[tuple[float, float]]) -> list[float]:

@@ -13,15 +13,17 @@ from typing import Literal
 
 import numpy as np
 import torch
+from PIL import Image
 from pydantic import BaseModel
 
-from core.caching.base import CacheReport, RunPlan, ScheduleFigures, TimestepCache
-from core.caching.hooks import attached
+from core.caching.base import CacheReport, ScheduleFigures, TimestepCache
+from core.caching.experts import ExpertCache, ExpertCaches, expert_ranges
 from core.caching.none import NoCache
 from core.caching.profiles import ProfileStore
 from core.caching.registry import build_cache
 from core.contract.request import GenerationRequest
 from core.contract.shapes import Shape
+from core.errors import InvalidRequest
 from core.fidelity import psnr, ssim
 from core.models import LoadedModel
 
@@ -77,34 +79,43 @@ def generate(
     on_plan: PlanCallback | None = None,
     on_step: ProgressCallback | None = None,
     source: GenerationRequest | None = None,
+    image: Image.Image | None = None,
 ) -> GenerationResult:
-    """Generate; ``on_step`` sees every step, the baseline's of a ``compare`` run too, so whoever supervises the
-    job (cancel, time limits, stall signs) supervises the baseline as well. The baseline is the uncached run of the
-    same request, or, given a remix's ``source`` request, the source's frames (made again: the same request and
-    seed give the same frames)."""
+    """Generate; ``image`` is the first frame, already checked and sized to the job's shape (core.images).
+    ``on_step`` sees every step, the baseline's of a ``compare`` run too, so whoever supervises the job (cancel,
+    time limits, stall signs) supervises the baseline as well. The baseline is the uncached run of the same
+    request, or, given a remix's ``source`` request, the source's frames (made again: the same request and seed
+    give the same frames)."""
     shape = request.shape(model.family.rules, model.default_shape)
     steps = shape.num_inference_steps
     source_shape = source.shape(model.family.rules, model.default_shape) if source is not None else shape
     total = steps + source_shape.num_inference_steps if request.compare else steps
-    cache = build_cache(request.cache, model.transformer, shape, profiles)
+    caches = expert_caches(
+        model, shape, lambda transformer, expert: build_cache(request.cache, transformer, shape, profiles, expert)
+    )
 
     def cached_step(progress: Progress) -> None:
         if on_step is not None:
             on_step(replace(progress, total=total))
 
-    result = run(model, request, shape, cache, on_plan, cached_step)
+    result = run(model, request, shape, caches, on_plan, cached_step, image)
     if request.compare:
-        computed, skipped = cache.calls()
+        computed, skipped = caches.calls()
 
         def baseline_step(progress: Progress) -> None:
             if on_step is not None:
                 on_step(Progress(steps + progress.step, total, computed, skipped, baseline=True))
 
         if source is None:
-            baseline = run(model, request, shape, NoCache(), None, baseline_step)
+            uncached = expert_caches(model, shape, lambda *_: NoCache())
+            baseline = run(model, request, shape, uncached, None, baseline_step, image)
         else:
-            source_cache = build_cache(source.cache, model.transformer, source_shape, profiles)
-            baseline = run(model, source, source_shape, source_cache, None, baseline_step)
+            source_caches = expert_caches(
+                model,
+                source_shape,
+                lambda transformer, expert: build_cache(source.cache, transformer, source_shape, profiles, expert),
+            )
+            baseline = run(model, source, source_shape, source_caches, None, baseline_step, image)
         result.fidelity = Fidelity(
             psnr=psnr(result.frames, baseline.frames),
             ssim=ssim(result.frames, baseline.frames),
@@ -115,16 +126,41 @@ def generate(
     return result
 
 
+def expert_caches(
+    model: LoadedModel, shape: Shape, make: Callable[[torch.nn.Module, str], TimestepCache]
+) -> ExpertCaches:
+    """One cache per transformer of the model, made by ``make(transformer, expert)``, over the steps it runs."""
+    timesteps = model.family.timesteps(model.pipeline, shape, model.device)
+    scheduler = model.pipeline.scheduler.config
+    ranges = expert_ranges(
+        model.experts, timesteps, model.pipeline.config.get("boundary_ratio"), scheduler.num_train_timesteps
+    )
+    return ExpertCaches(
+        [ExpertCache(name, transformer, steps, make(transformer, name)) for name, transformer, steps in ranges]
+    )
+
+
 def run(
     model: LoadedModel,
     request: GenerationRequest,
     shape: Shape,
-    cache: TimestepCache,
+    cache: TimestepCache | ExpertCaches,
     on_plan: PlanCallback | None = None,
     on_step: ProgressCallback | None = None,
+    image: Image.Image | None = None,
 ) -> GenerationResult:
-    """One pipeline run with a ready cache; ``request.cache`` and ``request.compare`` are not read."""
-    pipe, family, device = model.pipeline, model.family, model.device
+    """One pipeline run with a ready cache (one TimestepCache where the model has one transformer, else one per
+    expert); ``request.cache`` and ``request.compare`` are not read."""
+    if isinstance(cache, TimestepCache):
+        if len(model.experts) > 1:
+            raise ValueError(f"model {model.name} has {len(model.experts)} transformers: give one cache per expert")
+        single = cache
+        cache = expert_caches(model, shape, lambda *_: single)
+    if image is None and model.image_input == "required":
+        raise InvalidRequest("image", f"model {model.name} generates from an image: give the first frame")
+    if image is not None and model.image_input is None:
+        raise InvalidRequest("image", f"model {model.name} generates from text alone: it takes no image")
+    pipe, family, device = model.pipeline_for(image is not None), model.family, model.device
     do_cfg = request.guidance_scale > 1.0
     synchronize = torch.cuda.synchronize if device.type == "cuda" else lambda: None
 
@@ -136,14 +172,7 @@ def run(
     branches = tuple(family.branches(do_cfg))
     parallel = model.parallel
     cache.prepare(
-        RunPlan(
-            num_steps=shape.num_inference_steps,
-            branches=branches,
-            timesteps=family.timesteps(pipe, shape, device),
-            transformer=model.transformer,
-            family=family,
-            sequence_group=parallel.sequence_group if parallel else None,
-        )
+        branches, family.timesteps(pipe, shape, device), family, parallel.sequence_group if parallel else None
     )
     if on_plan is not None:
         on_plan(cache.planned())
@@ -159,7 +188,7 @@ def run(
             on_step(Progress(index + 1, shape.num_inference_steps, computed, skipped))
         return {}
 
-    with attached(cache, model.transformer, parallel.cfg(branches) if parallel else None):
+    with cache.attached(parallel.cfg(branches) if parallel else None):
         output = pipe(
             **prompts,
             width=shape.width,
@@ -171,6 +200,7 @@ def run(
             output_type="np",
             callback_on_step_end=step_end,
             **family.call_kwargs(request.fps),
+            **({"image": image} if image is not None else {}),
         )
     synchronize()
     finished = time.perf_counter()

@@ -213,6 +213,16 @@ class Settings(BaseSettings):
         "empty: none.",
     )
 
+    # Input images (image-to-video)
+    image_max_bytes: int = Field(
+        default=10 * 1024 * 1024, ge=1024, description="Largest input image (first frame), in bytes as sent."
+    )
+    image_max_pixels: int = Field(
+        default=4096 * 4096,
+        ge=64 * 64,
+        description="Most pixels of an input image; more is refused, before decoding, as a decompression bomb.",
+    )
+
     # Dashboard
     dashboard_refresh_seconds: float = Field(
         default=5, ge=0, le=3600, description="Live refresh interval of /admin (0: off); ?refresh= overrides it."

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Protocol
 
@@ -20,8 +21,11 @@ class StorageError(SkipstepError):
 
 
 class Storage(Protocol):
-    def put(self, key: str, path: Path) -> int:
+    def put(self, key: str, path: Path, content_type: str = "video/mp4") -> int:
         """Store the file under ``key``; returns its size in bytes."""
+
+    def get(self, key: str) -> bytes:
+        """The stored object's bytes (input images: small)."""
 
     def delete(self, key: str) -> None:
         """Remove the object if it exists."""
@@ -55,13 +59,19 @@ class LocalStorage:
             raise StorageError("the storage key leaves the storage directory")
         return path
 
-    def put(self, key: str, path: Path) -> int:
+    def put(self, key: str, path: Path, content_type: str = "video/mp4") -> int:
         target = self.local_path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_suffix(target.suffix + ".partial")
         shutil.copyfile(path, partial)
         partial.replace(target)
         return target.stat().st_size
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self.local_path(key).read_bytes()
+        except OSError as exc:
+            raise StorageError(f"reading {key}: {exc}") from exc
 
     def delete(self, key: str) -> None:
         self.local_path(key).unlink(missing_ok=True)
@@ -105,9 +115,9 @@ class S3Storage:
             config=Config(signature_version="s3v4", connect_timeout=5, read_timeout=60, retries={"max_attempts": 3}),
         )
 
-    def put(self, key: str, path: Path) -> int:
+    def put(self, key: str, path: Path, content_type: str = "video/mp4") -> int:
         try:
-            self.client.upload_file(str(path), self.bucket, key, ExtraArgs={"ContentType": "video/mp4"})
+            self.client.upload_file(str(path), self.bucket, key, ExtraArgs={"ContentType": content_type})
         except (BotoCoreError, ClientError) as exc:
             raise StorageError(f"upload of {key} to bucket {self.bucket}: {_reason(exc)}") from exc
         except S3UploadFailedError as exc:
@@ -117,6 +127,12 @@ class S3Storage:
             reason = _reason(answer) if isinstance(answer, ClientError) else "the server refused the upload"
             raise StorageError(f"upload of {key} to bucket {self.bucket}: {reason}") from exc
         return path.stat().st_size
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageError(f"reading {key} from bucket {self.bucket}: {_reason(exc)}") from exc
 
     def delete(self, key: str) -> None:
         try:
@@ -183,8 +199,20 @@ def storage_from(settings: Settings) -> Storage:
 
 
 def job_prefixes(job_id: object) -> list[str]:
-    """Where a job's objects are stored (every attempt's video): what expiry deletes."""
+    """Where a job's objects are stored (every attempt's video, the input image): what expiry deletes."""
     return [f"videos/{job_id}/"]
+
+
+def input_image_key(job_id: object) -> str:
+    """A job's first frame, beside its videos."""
+    return f"videos/{job_id}/input.png"
+
+
+def store_bytes(storage: Storage, key: str, data: bytes, content_type: str) -> int:
+    with tempfile.TemporaryDirectory(prefix="skipstep-") as scratch:
+        path = Path(scratch) / "object"
+        path.write_bytes(data)
+        return storage.put(key, path, content_type)
 
 
 def video_key(job_id: object, attempt: int) -> str:

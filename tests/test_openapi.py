@@ -151,7 +151,7 @@ def test_the_webhook_requests_are_described() -> None:
 
 
 # Media types whose content is a file, with no example to show.
-BINARY = {"video/mp4"}
+BINARY = {"video/mp4", "image/png"}
 
 
 def misfit(example: Any, schema: dict[str, Any]) -> str | None:

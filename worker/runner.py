@@ -18,22 +18,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
+from sqlalchemy import update
 
 from core.caching.base import ScheduleFigures
 from core.caching.profiles import ProfileStore
 from core.contract.jobs import EventType
 from core.contract.request import JobRequest
+from core.contract.shapes import Shape
 from core.db import Job, JobStatus, session_scope, utcnow
 from core.db.session import UNREACHABLE, retrying
 from core.errors import CacheConfigError, InvalidRequest
 from core.generation import GenerationResult, Progress, generate
+from core.images import check_image, fetch, open_checked
 from core.jobs import catalogue, dispatch, transitions, workers
 from core.jobs.mapping import request_of
 from core.jobs.transitions import RunOutcome
 from core.models import LoadedModel, load_model
 from core.models.compile import compile_and_warm_up
 from core.settings import Settings
-from core.storage import Storage, StorageError, storage_from, video_key
+from core.storage import Storage, StorageError, input_image_key, storage_from, store_bytes, video_key
 from core.video import encode_mp4, to_uint8
 from core.webhooks.events import record_event
 from worker import dispatcher
@@ -131,6 +135,23 @@ class JobRunner:
                 dispatcher.dispatch(self.settings, [self.model_name])
         self.receipts.run_while_idle(lambda: self.shutdown_requested_at is not None)
 
+    def _first_frame(self, job: Job, shape: Shape) -> Image.Image | None:
+        """The job's input image: stored at submit, or fetched now from its URL, checked and stored beside the
+        video (InvalidRequest naming ``image`` for one that breaks a rule)."""
+        if job.input_image_key is not None:
+            return open_checked(self.storage.get(job.input_image_key))
+        if job.input_image_url is None:
+            return None
+        settings = self.settings
+        data = fetch(job.input_image_url, settings.image_max_bytes, settings.webhook_allow_private)
+        checked = check_image(data, shape, settings.image_max_bytes, settings.image_max_pixels)
+        key = input_image_key(job.id)
+        store_bytes(self.storage, key, checked, "image/png")
+        with session_scope(settings.database) as session:
+            session.execute(update(Job).where(Job.id == job.id).values(input_image_key=key))
+        job.input_image_key = key
+        return open_checked(checked)
+
     def _claim(self, job_id: uuid.UUID) -> Job | None:
         with session_scope(self.settings.database) as session:
             job = transitions.claim(
@@ -157,7 +178,9 @@ class JobRunner:
             request.shape(self.info.family, self.info.default_shape)
             self.info.check_cache(request.cache)
             source = self._source(job) if job.compare else None
-            result = generate(self.model, request, self.profiles, steps.planned, steps.stepped, source)
+            shape = request.shape(self.model.family.rules, self.model.default_shape)
+            image = self._first_frame(job, shape)
+            result = generate(self.model, request, self.profiles, steps.planned, steps.stepped, source, image)
         except StopJob as stop:
             self._stopped(active, stop)
             return

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
 from api.deps import BROKER, KeyDep, SessionDep, SettingsDep, StorageDep
 from api.errors import ApiError, ErrorResponse
-from api.media import mp4_response
+from api.media import image_response, mp4_response
 from api.schemas import JobPage
 from core.contract.request import JobRequest
 from core.db import ApiKey, Job, JobStatus
 from core.jobs import polling, repository, service
 from core.jobs.expected import standing
 from core.jobs.remix import RemixRequest
+from core.jobs.service import FirstFrame
 from core.jobs.view import JobView, job_view
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -42,10 +46,68 @@ def _view(session: SessionDep, job: Job, settings: SettingsDep) -> JobView:
     )
 
 
+Submission = tuple[JobRequest, FirstFrame | None]
+_JOB_SCHEMA = {"$ref": "#/components/schemas/JobRequest"}
+
+
+async def job_submission(request: Request) -> Submission:
+    """The job, validated as FastAPI validates a JSON body (its errors in the same form), and its first frame:
+    ``image_url`` in the JSON, or an ``image`` file part beside a ``request`` part holding the JSON."""
+    image = None
+    text: str | bytes
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        form = await request.form()
+        text, upload = form.get("request"), form.get("image")
+        if not isinstance(text, str):
+            raise ApiError.invalid("request", "a multipart submit holds the job as JSON in a `request` part")
+        if upload is not None:
+            if isinstance(upload, str):
+                raise ApiError.invalid("image", "must be a file part (PNG, JPEG or WebP)")
+            image = FirstFrame(data=await upload.read())
+    else:
+        text = await request.body()
+    try:
+        fields = json.loads(text)
+    except ValueError as exc:
+        error = {"type": "json_invalid", "loc": ("body", getattr(exc, "pos", 0)), "msg": "JSON decode error"}
+        raise RequestValidationError([error | {"input": {}, "ctx": {"error": str(exc)}}]) from None
+    if isinstance(fields, dict) and fields.get("image_url") is not None:
+        if image is not None:
+            raise ApiError.invalid("image", "give an image file or image_url, not both")
+        url = fields.pop("image_url")
+        if not isinstance(url, str):
+            raise ApiError.invalid("image_url", "must be a URL")
+        image = FirstFrame(url=url)
+    elif isinstance(fields, dict):
+        fields.pop("image_url", None)
+    try:
+        return JobRequest.model_validate(fields), image
+    except ValidationError as exc:
+        raise RequestValidationError([error | {"loc": ("body", *error["loc"])} for error in exc.errors()]) from None
+
+
 @router.post(
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobView,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": _JOB_SCHEMA},
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["request"],
+                        "properties": {
+                            "request": {"type": "string", "description": "The job (JobRequest) as JSON."},
+                            "image": {"type": "string", "format": "binary", "description": "The first frame."},
+                        },
+                    }
+                },
+            },
+        }
+    },
     responses={
         409: {"model": ErrorResponse, "description": "Idempotency-Key reused with a different body."},
         422: {"model": ErrorResponse, "description": "A field breaks a rule; each is named."},
@@ -53,16 +115,20 @@ def _view(session: SessionDep, job: Job, settings: SettingsDep) -> JobView:
     },
 )
 def submit(
-    body: JobRequest,
+    submission: Annotated[Submission, Depends(job_submission)],
     key: KeyDep,
     session: SessionDep,
     settings: SettingsDep,
+    storage: StorageDep,
     response: Response,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
 ) -> Any:
     """Queue a generation job. Sizes are checked by the rules of the job's model family; the row is
-    committed before the job is queued, so nothing is lost."""
-    submitted = service.submit(session, key, body, settings, BROKER, idempotency_key)
+    committed before the job is queued, so nothing is lost. An image-to-video model's first frame is an
+    `image_url` in the JSON body, or an `image` file beside the job (JSON, in a `request` part) as
+    multipart/form-data."""
+    body, image = submission
+    submitted = service.submit(session, key, body, settings, BROKER, idempotency_key, image=image, storage=storage)
     if submitted.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/jobs/{submitted.job.id}"
@@ -208,3 +274,17 @@ def delete(
 )
 def video(job_id: uuid.UUID, key: KeyDep, session: SessionDep, storage: StorageDep) -> Any:
     return mp4_response(_found(session, job_id, key), storage)
+
+
+@router.get(
+    "/{job_id}/image",
+    response_class=Response,
+    responses={
+        404: {"model": ErrorResponse, "description": "No such job for this API key, or it has no stored image."},
+        200: {"content": {"image/png": {}}, "description": "The PNG (local storage)."},
+        307: {"description": "Redirect to a time-limited URL of the PNG (S3 storage)."},
+    },
+)
+def image(job_id: uuid.UUID, key: KeyDep, session: SessionDep, storage: StorageDep) -> Any:
+    """The job's first frame as it was stored (PNG at the job's size): the file, or a redirect (S3)."""
+    return image_response(_found(session, job_id, key), storage)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from annotated_types import Ge
 from fastapi import APIRouter
@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from api.deps import KeyDep, SessionDep, SettingsDep
 from core.caching.profiles import Profile, ProfileStore, applicable_strategies
 from core.contract import examples
+from core.contract.experts import HIGH_NOISE, LOW_NOISE
 from core.contract.frontier import Frontier
 from core.contract.models import ModelInfo, model_key
 from core.contract.request import JobRequest
@@ -131,12 +132,23 @@ class ModelView(BaseModel):
     name: str = Field(description="What a job's `model` names it by.", examples=[examples.MODEL])
     default: bool = Field(description="Jobs that name no model run on this one.", examples=[True])
     family: str | None = Field(
-        description="wan, ltx, hunyuan; null while nothing describes the model: no worker of it has started yet "
+        description="wan, wan2.2 (Wan2.2's 16x VAE), ltx, hunyuan; null while nothing describes the model: no "
+        "worker of it has started yet "
         "and its files are not readable by the API (its jobs must then give every size, and their size rules are "
         "checked by the worker: `pending_checks`).",
         examples=["wan"],
     )
     default_shape: ShapeView | None = Field(description="Null while nothing describes the model (see `family`).")
+    image_input: Literal["required", "optional"] | None = Field(
+        description="Whether the model takes a first-frame image: `required` (image-to-video), `optional` (text, "
+        "or text and image, to video: Wan2.2 TI2V), null (text alone, or not known while nothing describes it).",
+        examples=["required"],
+    )
+    experts: list[str] = Field(
+        description="The transformers a job's steps are split between (Wan2.2 A14B: `high_noise`, `low_noise`); "
+        "empty for one. Cache figures of such a model are per expert and branch (`high_noise/cond`, ...).",
+        examples=[["high_noise", "low_noise"]],
+    )
     described_by: str | None = Field(
         description="The worker (host:pid) whose description of the model the API uses (the latest to start); null "
         "when it is read from configuration (a preset, or the model's files on the API host).",
@@ -210,6 +222,8 @@ def list_models(key: KeyDep, session: SessionDep, settings: SettingsDep) -> Any:
                 default=name == settings.default_model,
                 family=family.name if family else None,
                 default_shape=ShapeView(**vars(info.default_shape)) if info.default_shape else None,
+                image_input=info.image_input,
+                experts=[HIGH_NOISE, LOW_NOISE] if info.boundary_ratio is not None else [],
                 described_by=info.described_by,
                 described_at=info.described_at,
                 limits=_limits(family, settings),

@@ -8,7 +8,8 @@ What maps onto what:
   (16 unless the body gives ``fps``); the video reports ``(num_frames - 1) / fps`` seconds.
 - skipstep's own fields ride in the same body (the ``openai`` client's ``extra_body``): ``cache``
   ({strategy, params, profile}), ``num_inference_steps``, ``seed``, ``negative_prompt``, ``guidance_scale``,
-  ``fps``, ``compare``, ``webhook_url``, ``webhook_events``. ``input_reference`` is refused (text-to-video only).
+  ``fps``, ``compare``, ``webhook_url``, ``webhook_events``. ``input_reference`` is the first frame of an image-to-video
+  model (an uploaded PNG, JPEG or WebP; in JSON, an image URL).
 - ``POST /v1/videos/{id}/remix`` is skipstep's remix (``POST /jobs/{id}/remix``): ``remixed_from_video_id`` links it.
 - Statuses: queued -> ``queued``, running -> ``in_progress``, succeeded -> ``completed``, failed and canceled ->
   ``failed`` (error code ``canceled`` for the latter); ``progress`` is the percent of denoising steps done.
@@ -38,6 +39,7 @@ from core.db import ApiKey, Job, JobStatus
 from core.errors import InvalidRequest
 from core.jobs import repository, service
 from core.jobs.remix import RemixRequest
+from core.jobs.service import FirstFrame
 from core.jobs.view import JobView, job_view
 
 Body = TypeVar("Body", bound=BaseModel)
@@ -191,8 +193,12 @@ async def video_fields(request: Request) -> dict[str, Any]:
         given = form.getlist(name)
         values = [value for value in given if isinstance(value, str)]
         root = name.split("[")[0]
+        if name == "input_reference" and len(given) == 1 and not values:
+            # The first frame, as the openai client uploads it: its bytes, checked at submit.
+            fields[name] = FirstFrame(data=await given[0].read())
+            continue
         if len(values) != len(given):
-            raise ApiError.invalid(root, "file uploads are not supported")
+            raise ApiError.invalid(root, "file uploads are not supported but for input_reference")
         path = name.removesuffix("[]").replace("]", "").split("[")
         if len(path) > MAX_FORM_DEPTH:
             raise ApiError.invalid(root, f"must be nested at most {MAX_FORM_DEPTH} levels deep")
@@ -220,6 +226,16 @@ def _json_value(text: str) -> Any:
         return text
 
 
+def _first_frame(fields: dict[str, Any]) -> FirstFrame | None:
+    """``input_reference``: an uploaded image, or (JSON) an image URL the worker fetches."""
+    given = fields.get("input_reference")
+    if given is None or isinstance(given, FirstFrame):
+        return given
+    if not isinstance(given, str):
+        raise ApiError.invalid("input_reference", "must be an image file, or an image URL")
+    return FirstFrame(url=given)
+
+
 def _job_body(fields: dict[str, Any]) -> JobRequest:
     return _validated(JobRequest, _job_fields(fields, JobRequest.model_fields["fps"].default))
 
@@ -235,8 +251,7 @@ def _validated(model: type[Body], fields: dict[str, Any]) -> Body:
 def _job_fields(fields: dict[str, Any], fps: int) -> dict[str, Any]:
     """skipstep's fields for OpenAI's: ``size``, and ``seconds`` at the body's fps (else ``fps``)."""
     body = dict(fields)
-    if body.pop("input_reference", None) is not None:
-        raise ApiError.invalid("input_reference", "is not supported: this service generates from text only")
+    body.pop("input_reference", None)
     size = body.pop("size", None)
     if size is not None:
         match = SIZE.fullmatch(size) if isinstance(size, str) else None
@@ -308,10 +323,14 @@ def create(
     key: KeyDep,
     session: SessionDep,
     settings: SettingsDep,
+    storage: StorageDep,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
 ) -> Any:
-    """Queue a video (a skipstep job): JSON or multipart form, as the `openai` client sends it."""
-    submitted = service.submit(session, key, _job_body(fields), settings, BROKER, idempotency_key)
+    """Queue a video (a skipstep job): JSON or multipart form, as the `openai` client sends it; `input_reference`
+    is the first frame (an image file, or in JSON an image URL) for models that take one."""
+    image = _first_frame(fields)
+    body = _job_body(fields)
+    submitted = service.submit(session, key, body, settings, BROKER, idempotency_key, image=image, storage=storage)
     return video(job_view(submitted.job, settings.public_url))
 
 

@@ -84,6 +84,22 @@ class Profile(BaseModel):
     # (this step's output minus the previous step's) to the previous delta; 1.0 where undefined.
     taocache: dict[str, TaoCacheTable] | None = None
 
+    def for_expert(self, expert: str) -> Profile:
+        """The profile as one expert's cache reads it: tables keyed ``<expert>/<key>`` under their plain key (a
+        key with no expert serves every expert); itself for a model with one transformer (expert "")."""
+        if not expert:
+            return self
+        prefix = f"{expert}/"
+
+        def view(tables: dict[str, Any] | None) -> dict[str, Any] | None:
+            if tables is None:
+                return None
+            shared = {key: value for key, value in tables.items() if "/" not in key}
+            own = {key.removeprefix(prefix): value for key, value in tables.items() if key.startswith(prefix)}
+            return (shared | own) or None
+
+        return self.model_copy(update={field: view(getattr(self, field)) for field in _TABLE_FIELDS})
+
     def matches(self, signature: dict[str, Any]) -> bool:
         return all(signature.get(key) == value for key, value in self.transformer.items())
 
@@ -94,6 +110,10 @@ class Profile(BaseModel):
             math.log((shape.width * shape.height * shape.num_frames) / (self.width * self.height * self.num_frames))
         )
         return steps, volume
+
+
+# The profile fields that hold per-branch or per-tensor tables, which an expert's cache reads its own of.
+_TABLE_FIELDS = ("magcache", "teacache", "teacache_samples", "taocache")
 
 
 class ProfileStore:

@@ -38,8 +38,11 @@ CACHES: dict[str, type[TimestepCache]] = {
 }
 
 
-def build_cache(spec: CacheSpec, transformer: Any, shape: Shape, profiles: ProfileStore) -> TimestepCache:
-    """The spec's strategy with its parameters and calibration profile (named, or the nearest that fits)."""
+def build_cache(
+    spec: CacheSpec, transformer: Any, shape: Shape, profiles: ProfileStore, expert: str = ""
+) -> TimestepCache:
+    """The spec's strategy with its parameters and calibration profile (named, or the nearest that fits); for
+    one of two experts, with that expert's tables of the profile."""
     params = spec.parsed_params()
     strategy = CACHES[spec.strategy]
     needs = spec.needs
@@ -61,4 +64,10 @@ def build_cache(spec: CacheSpec, transformer: Any, shape: Shape, profiles: Profi
             )
     if profile is not None and needs is not None and getattr(profile, needs) is None:
         raise CacheConfigError(f"cache.profile: profile {profile.name!r} has no {needs} data")
+    if profile is not None:
+        profile = profile.for_expert(expert)
+        if needs is not None and getattr(profile, needs) is None:
+            raise CacheConfigError(
+                f"cache.profile: profile {profile.name!r} has no {needs} data for the {expert} expert"
+            )
     return strategy(params, profile)

@@ -149,7 +149,7 @@ def _calibrate(args: argparse.Namespace, settings: Settings) -> int:
     path = store.save(profile)
     for branch, ratios in profile.magcache.items():
         print(f"magcache ratios ({branch}): " + " ".join(f"{r:.4f}" for r in ratios))
-    for compared, coefficients in profile.teacache.items():
+    for compared, coefficients in (profile.teacache or {}).items():
         print(f"teacache polynomial ({compared}): " + ", ".join(f"{c:.6g}" for c in coefficients))
     print(f"wrote profile {profile.name} to {path}")
     return 0

@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from core.contract.shapes import HUNYUAN, LTX, SIZE_FIELDS, WAN, FamilyRules, Shape, family_for_transformer
+from core.contract.shapes import HUNYUAN, LTX, SIZE_FIELDS, WAN, WAN22, FamilyRules, Shape, family_for_transformer
 from core.contract.strategies import CacheSpec
 from core.errors import InvalidRequest, ModelLoadError
 
@@ -23,12 +23,34 @@ TRAINED_TINY_SHAPE = Shape(width=64, height=64, num_frames=17, num_inference_ste
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
+# The diffusers pipeline classes that take a first frame and need one.
+IMAGE_PIPELINES = ("WanImageToVideoPipeline",)
+# What of a pipeline's model_index.json and scheduler config a submit reads (the experts' boundary, the
+# scheduler's shift, whether the timesteps are per token).
+PIPELINE_KEYS = ("boundary_ratio", "expand_timesteps")
+SCHEDULER_KEYS = ("flow_shift", "num_train_timesteps", "use_flow_sigmas")
+
+
+def image_input(pipeline: dict[str, Any]) -> str | None:
+    """Whether a model takes a first-frame image: ``required`` (an image-to-video pipeline), ``optional`` (Wan2.2
+    TI2V: text, or text and image, to video) or None (text only); from its pipeline description."""
+    if pipeline.get("class") in IMAGE_PIPELINES:
+        return "required"
+    if pipeline.get("expand_timesteps"):
+        return "optional"
+    return None
+
+
 @dataclass(frozen=True)
 class PresetInfo:
     name: str
     family: FamilyRules
     default_shape: Shape
     description: str
+    # The pipeline's class and the model_index/scheduler values a submit reads (PIPELINE_KEYS, SCHEDULER_KEYS).
+    pipeline: dict[str, Any] = field(
+        default_factory=lambda: {"class": "WanPipeline", "flow_shift": 5.0, "num_train_timesteps": 1000}
+    )
     # Random weights, or (wan-tiny-trained, bench/results/wan-tiny-trained.md) not trained enough yet to decode what
     # a caption says: timings and schedules are real, fidelity figures say little.
     untrained: bool = True
@@ -51,6 +73,39 @@ PRESETS: dict[str, PresetInfo] = {
             WAN,
             WAN.default_shape,
             "Wan2.1-T2V-1.3B's transformer and VAE shapes with random weights, for GPU benchmarks",
+        ),
+        PresetInfo(
+            "wan-i2v-tiny",
+            WAN,
+            TINY_SHAPE,
+            "small random Wan2.1 image-to-video pipeline (CLIP image encoder)",
+            {"class": "WanImageToVideoPipeline", "flow_shift": 5.0, "num_train_timesteps": 1000},
+        ),
+        PresetInfo(
+            "wan2.2-ti2v-tiny",
+            WAN22,
+            TINY_SHAPE,
+            "small random Wan2.2 TI2V-5B-shaped pipeline (Wan2.2's 16x VAE; text, or text and image, to video)",
+            {"class": "WanPipeline", "expand_timesteps": True, "flow_shift": 5.0, "num_train_timesteps": 1000},
+        ),
+        PresetInfo(
+            "wan2.2-t2v-a14b-tiny",
+            WAN,
+            TINY_SHAPE,
+            "small random Wan2.2 T2V-A14B-shaped pipeline (high- and low-noise experts)",
+            {"class": "WanPipeline", "boundary_ratio": 0.875, "flow_shift": 12.0, "num_train_timesteps": 1000},
+        ),
+        PresetInfo(
+            "wan2.2-i2v-a14b-tiny",
+            WAN,
+            TINY_SHAPE,
+            "small random Wan2.2 I2V-A14B-shaped pipeline (high- and low-noise experts, image to video)",
+            {
+                "class": "WanImageToVideoPipeline",
+                "boundary_ratio": 0.9,
+                "flow_shift": 5.0,
+                "num_train_timesteps": 1000,
+            },
         ),
     )
 }
@@ -75,6 +130,18 @@ class ModelInfo:
     # The worker (host:pid) that described it and when; None when read from configuration.
     described_by: str | None = None
     described_at: datetime | None = None
+    # The pipeline's class and what a submit reads of its config (PIPELINE_KEYS, SCHEDULER_KEYS); empty when not
+    # known here.
+    pipeline: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def image_input(self) -> str | None:
+        return image_input(self.pipeline)
+
+    @property
+    def boundary_ratio(self) -> float | None:
+        """Two experts (Wan2.2 A14B): the share of the training timesteps from which the high-noise one runs."""
+        return self.pipeline.get("boundary_ratio")
 
     @property
     def block_count(self) -> int | None:
@@ -159,16 +226,31 @@ def describe(source: str, presets_dir: Path) -> ModelInfo:
     transformer = _transformer_config(folder) if folder is not None else {}
     if source in PRESETS:
         preset = PRESETS[source]
-        return ModelInfo(source, preset.family, preset.default_shape, transformer)
+        pipeline = pipeline_config(folder) if folder is not None else preset.pipeline
+        return ModelInfo(source, preset.family, preset.default_shape, transformer, pipeline=pipeline)
     if folder is None:
         if is_hub_id(source):
             raise ModelLoadError(fetch_hint(source))
         raise ModelLoadError(f"model directory {source} does not exist or has no model_index.json")
     try:
-        family = family_for_transformer(transformer.get("class", ""))
+        family = family_for_transformer(transformer.get("class", ""), transformer)
     except ValueError as exc:
         raise ModelLoadError(f"model {source}: {exc}") from None
-    return ModelInfo(source, family, family.default_shape, transformer)
+    return ModelInfo(source, family, family.default_shape, transformer, pipeline=pipeline_config(folder))
+
+
+def pipeline_config(folder: Path) -> dict[str, Any]:
+    """The pipeline's class and the values of its model_index.json and scheduler config that a submit reads."""
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+        scheduler_file = folder / "scheduler" / "scheduler_config.json"
+        scheduler = json.loads(scheduler_file.read_text()) if scheduler_file.is_file() else {}
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"model {folder}: unreadable config: {exc}") from None
+    described = {"class": index.get("_class_name", "")}
+    described |= {key: index[key] for key in PIPELINE_KEYS if index.get(key) is not None}
+    described |= {key: scheduler[key] for key in SCHEDULER_KEYS if key in scheduler}
+    return described
 
 
 def _transformer_config(folder: Path) -> dict[str, Any]:

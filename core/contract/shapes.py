@@ -32,6 +32,9 @@ class FamilyRules:
     cfg_branches: tuple[str, ...] = ("cond", "uncond")
     # The transformer config's block counts, summed: every block the cached unit can span.
     block_count_keys: tuple[str, ...] = ("num_layers",)
+    # Where one transformer class serves VAEs of different compression: the latent channels (the transformer's
+    # ``out_channels``, the VAE's ``z_dim``) that tell this family's VAE; None: any.
+    latent_channels: int | None = None
 
     def block_count(self, transformer_config: dict) -> int | None:
         """How many blocks the transformer has, from its config; None if the config does not say."""
@@ -64,6 +67,15 @@ WAN = FamilyRules(
     temporal_multiple=4,
     default_shape=Shape(width=832, height=480, num_frames=81, num_inference_steps=50),
 )
+# Wan2.2 TI2V-5B: Wan2.2's VAE compresses 16x spatially (48 latent channels), with 2x2 patches: multiples of 32.
+WAN22 = FamilyRules(
+    name="wan2.2",
+    transformer_class="WanTransformer3DModel",
+    spatial_multiple=32,
+    temporal_multiple=4,
+    default_shape=Shape(width=1280, height=704, num_frames=121, num_inference_steps=50),
+    latent_channels=48,
+)
 LTX = FamilyRules(
     name="ltx",
     transformer_class="LTXVideoTransformer3DModel",
@@ -87,12 +99,15 @@ HUNYUAN = FamilyRules(
     block_count_keys=("num_layers", "num_single_layers"),
 )
 
-FAMILIES: dict[str, FamilyRules] = {rules.name: rules for rules in (WAN, LTX, HUNYUAN)}
+FAMILIES: dict[str, FamilyRules] = {rules.name: rules for rules in (WAN, WAN22, LTX, HUNYUAN)}
 
 
-def family_for_transformer(class_name: str) -> FamilyRules:
-    for rules in FAMILIES.values():
-        if rules.transformer_class == class_name:
+def family_for_transformer(class_name: str, config: dict | None = None) -> FamilyRules:
+    """The family of a transformer class and its config (the latent channels tell Wan2.2's VAE from Wan2.1's)."""
+    candidates = [rules for rules in FAMILIES.values() if rules.transformer_class == class_name]
+    out_channels = (config or {}).get("out_channels")
+    for rules in sorted(candidates, key=lambda rules: rules.latent_channels is None):
+        if rules.latent_channels is None or rules.latent_channels == out_channels:
             return rules
     known = ", ".join(sorted(rules.transformer_class for rules in FAMILIES.values()))
     raise ValueError(f"unsupported transformer {class_name}; supported: {known}")

@@ -147,6 +147,10 @@ class Job(Base):
     skipped_calls: Mapped[int] = mapped_column(default=0)
 
     video_key: Mapped[str | None] = mapped_column(String(300))
+    # The first frame of an image-to-video job: its storage key beside the video (PNG, checked and sized to the
+    # job), and the URL it was given by (fetched by the worker, then stored).
+    input_image_key: Mapped[str | None] = mapped_column(String(300))
+    input_image_url: Mapped[str | None] = mapped_column(Text)
     video_bytes: Mapped[int | None] = mapped_column(BigInteger)
     video_seconds: Mapped[float | None] = mapped_column(Float)
     # Kept as columns (not only inside ``metrics``) so that lists and summaries can sort and aggregate on them.
@@ -213,6 +217,9 @@ class CatalogueEntry(Base):
     strategies: Mapped[list[str]]
     # The calibration profiles the worker holds for this transformer (JSON documents).
     profiles: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    # The pipeline's class and what a submit reads of its config (core.contract.models.pipeline_config); null in
+    # rows published before workers described it.
+    pipeline: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     described_by: Mapped[str] = mapped_column(String(200))
     described_at: Mapped[datetime] = mapped_column(default=utcnow)
 

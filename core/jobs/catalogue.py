@@ -31,6 +31,7 @@ def publish(session: Session, name: str, info: ModelInfo, worker_id: str) -> Non
         "transformer": info.transformer,
         "strategies": list(info.strategies or ()),
         "profiles": list(info.profiles or ()),
+        "pipeline": info.pipeline,
         "described_by": worker_id,
         "described_at": utcnow(),
     }
@@ -60,6 +61,7 @@ def describe(session: Session, name: str, settings: Settings) -> ModelInfo:
             strategies=tuple(entry.strategies),
             described_by=entry.described_by,
             described_at=entry.described_at,
+            pipeline=entry.pipeline or {},
         )
     try:
         return models.describe(source, settings.presets_dir)

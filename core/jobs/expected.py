@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from core.caching.profiles import Profile, ProfileStore, closest, config_signature
 from core.contract import examples
+from core.contract.experts import expert_steps, qualified
 from core.contract.frontier import Choice
 from core.contract.models import ModelInfo
 from core.contract.request import JobRequest
@@ -51,7 +52,9 @@ class Expected(BaseModel):
     )
     steps_total: int = Field(description="Denoising steps of the job.", examples=[50])
     branches: dict[str, ExpectedBranch] | None = Field(
-        description="Per CFG branch (`cond`, `uncond`; `cond` alone without guidance); null with `profile`.",
+        description="Per CFG branch (`cond`, `uncond`; `cond` alone without guidance); for a model with two "
+        "experts (Wan2.2 A14B), per expert and branch (`high_noise/cond`, ..., `low_noise/uncond`); null with "
+        "`profile`.",
         examples=[{"cond": examples.BRANCH, "uncond": examples.BRANCH}],
     )
     ideal_speedup: float | None = Field(
@@ -87,7 +90,7 @@ def expected(
         branches = info.family.branches(request.guidance_scale > 1.0)
         profile = _profile(request, shape, info, profiles)
         if profile is not None:
-            schedule = _schedule(strategy, request.cache.parsed_params(), profile, branches, shape, info)
+            schedule = _expert_schedules(strategy, request.cache.parsed_params(), profile, branches, shape, info)
     if schedule is None or profile is None:
         if choice is None:
             return None
@@ -121,6 +124,31 @@ def expected(
         estimated_denoise_seconds=round(statistics.median(per_call) * computed, 3) if per_call else None,
         estimate_jobs=len(per_call),
     )
+
+
+def _expert_schedules(
+    strategy: str, params: Any, profile: Profile, branches: Sequence[str], shape: Shape, info: ModelInfo
+) -> dict[str, list[bool]] | None:
+    """The schedule of every cache branch: each expert's (two for Wan2.2 A14B, named ``<expert>/<branch>``)
+    planned over the steps it runs from its own tables of the profile, as the worker plans it
+    (core.caching.experts)."""
+    experts = expert_steps(info.pipeline, shape.num_inference_steps)
+    if experts is None:
+        return None
+    schedules: dict[str, list[bool]] = {}
+    for expert, steps in experts:
+        part = _schedule(
+            strategy,
+            params,
+            profile.for_expert(expert),
+            branches,
+            replace(shape, num_inference_steps=len(steps)),
+            info,
+        )
+        if part is None:
+            return None
+        schedules |= {qualified(expert, branch): decisions for branch, decisions in part.items()}
+    return schedules
 
 
 def _schedule(
@@ -183,6 +211,8 @@ def _teacache_changes(profile: Profile, use_ret_steps: bool, shape: Shape, info:
     """The compared embedding's per-step changes, where the profile recorded them at the job's timesteps:
     the same step count (and, for families whose timesteps shift with the video size, the same size)."""
     compared = "timestep_proj" if use_ret_steps else "temb"
+    if info.boundary_ratio is not None:
+        return None  # each expert's share of the steps: the worker computes its embedding changes
     samples = (profile.teacache_samples or {}).get(compared)
     if (
         not samples

@@ -5,6 +5,7 @@ imports no worker code)."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from collections.abc import Callable
@@ -15,9 +16,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from core.caching.profiles import ProfileStore
+from core.contract.models import ModelInfo
 from core.contract.request import JobRequest
+from core.contract.shapes import Shape
 from core.db import ApiKey, Job
 from core.errors import Conflict, InvalidRequest
+from core.images import check_image
 from core.jobs import catalogue, repository, retention, targets, transitions
 from core.jobs.expected import expected
 from core.jobs.mapping import new_job
@@ -25,7 +29,7 @@ from core.jobs.remix import remix_request
 from core.limits.active import hold_room
 from core.limits.policy import SizeLimits
 from core.settings import Settings
-from core.storage import Storage, StorageError
+from core.storage import Storage, StorageError, input_image_key, store_bytes
 from core.webhooks.addresses import UnresolvableHost, UnsafeWebhookURL, resolve_target
 
 log = logging.getLogger("skipstep.jobs")
@@ -38,6 +42,17 @@ class Broker:
 
     dispatch: Callable[[Settings, list[str]], object]
     deliver: Callable[[uuid.UUID | None], None]
+
+
+@dataclass(frozen=True)
+class FirstFrame:
+    """A job's input image: the bytes of an upload, or a URL the worker fetches (under the webhooks' SSRF rules)."""
+
+    data: bytes | None = None
+    url: str | None = None
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.data if self.data is not None else (self.url or "").encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -54,12 +69,15 @@ def submit(
     broker: Broker,
     idempotency_key: str | None = None,
     remix_of: uuid.UUID | None = None,
+    image: FirstFrame | None = None,
+    storage: Storage | None = None,
 ) -> Submitted:
     """Check a valid request against what depends on its model and the key (InvalidRequest naming every field),
     queue it and dispatch it.
     The row is committed before the broker hears of it, and the key's cap on jobs in flight holds under
     concurrent submits (``core.limits.active``). The same Idempotency-Key and body give the same job; another body,
-    Conflict."""
+    Conflict. An uploaded first frame (``image``) is checked (core.images) and stored in ``storage`` beside the
+    job's video before the row is committed; nothing is stored for one that breaks a rule."""
     if request.webhook_url is not None:
         try:
             resolve_target(request.webhook_url, settings.webhook_allow_private)
@@ -67,6 +85,8 @@ def submit(
             raise InvalidRequest("webhook_url", str(exc)) from None
 
     fingerprint = request.fingerprint()
+    if image is not None:
+        fingerprint = hashlib.sha256(f"{fingerprint}:{image.digest()}".encode()).hexdigest()
     if idempotency_key is not None:
         existing = repository.by_idempotency_key(session, key, idempotency_key)
         if existing is not None:
@@ -80,23 +100,35 @@ def submit(
     too_big = SizeLimits.for_key(key, settings).violations(shape, request.compare)
     if too_big:
         raise InvalidRequest(*too_big[0], *too_big[1:])
+    first_frame = _first_frame(image, model, info, shape, settings)
     figures = expected(session, request, shape, model, info, ProfileStore(settings.profiles_dir), choice)
     job = new_job(
         request,
         shape,
         model,
         key.id,
+        id=uuid.uuid4(),
         idempotency_key=idempotency_key,
         request_hash=fingerprint,
         expected=figures.model_dump(mode="json") if figures is not None else None,
         pending_checks=info.pending_checks(request.cache),
         remix_of=remix_of,
+        input_image_url=image.url if image is not None else None,
     )
     hold_room(session, key, settings)
+    if first_frame is not None:
+        if storage is None:
+            raise ValueError("an uploaded image needs the storage to keep it")
+        job.input_image_key = input_image_key(job.id)
+        store_bytes(storage, job.input_image_key, first_frame, "image/png")
     session.add(job)
     try:
         session.commit()
-    except IntegrityError:
+    except BaseException as exc:
+        if job.input_image_key is not None:
+            storage.delete(job.input_image_key)
+        if not isinstance(exc, IntegrityError):
+            raise
         # A concurrent request with the same Idempotency-Key won the insert.
         session.rollback()
         existing = repository.by_idempotency_key(session, key, idempotency_key or "")
@@ -121,7 +153,36 @@ def remix(
 ) -> Submitted:
     """Submit a new job made from a succeeded one (``core.jobs.remix``), linked to it; Conflict if the source
     has no video."""
-    return submit(session, key, remix_request(source, changes), settings, broker, idempotency_key, source.id)
+    return submit(session, key, remix_request(source, changes), settings, broker, idempotency_key, remix_of=source.id)
+
+
+def _first_frame(
+    image: FirstFrame | None, model: str, info: ModelInfo, shape: Shape, settings: Settings
+) -> bytes | None:
+    """The uploaded first frame as it will be stored (PNG at the job's size), after the model's and the image's
+    rules; None for none or a URL (its address checked here, its image by the worker that fetches it)."""
+    if image is None:
+        if info.image_input == "required":
+            raise InvalidRequest("image", f"model {model} generates from an image: upload one or give image_url")
+        return None
+    if info.family is not None and info.image_input is None:
+        raise InvalidRequest("image", f"model {model} generates from text alone: it takes no image")
+    if image.url is not None:
+        check_image_url(image.url, settings)
+        return None
+    return check_image(image.data or b"", shape, settings.image_max_bytes, settings.image_max_pixels)
+
+
+def check_image_url(url: str, settings: Settings) -> None:
+    """An image URL must be https (http too where private addresses are allowed: development, tests) and resolve
+    to public addresses unless SKIPSTEP_WEBHOOK_ALLOW_PRIVATE allows private ones, as webhook URLs."""
+    allowed = ("https", "http") if settings.webhook_allow_private else ("https",)
+    if not url.lower().startswith(tuple(f"{scheme}://" for scheme in allowed)):
+        raise InvalidRequest("image", "image URL must be https")
+    try:
+        resolve_target(url, settings.webhook_allow_private)
+    except (UnsafeWebhookURL, UnresolvableHost) as exc:
+        raise InvalidRequest("image", str(exc).replace("webhook URL", "image URL")) from None
 
 
 def _replay(job: Job, fingerprint: str) -> Submitted:

@@ -57,6 +57,17 @@ class ErrorView(BaseModel):
     )
 
 
+class InputImageView(BaseModel):
+    url: str | None = Field(
+        description="The stored first frame (PNG at the job's size): `GET /jobs/{id}/image`; null while an image "
+        "given by URL waits for its worker to fetch and check it.",
+        examples=["https://skipstep.example/jobs/0b7e.../image"],
+    )
+    source_url: str | None = Field(
+        description="The URL the image was given by; null for an upload.", examples=["https://example.com/cat.png"]
+    )
+
+
 class Links(BaseModel):
     self: str = Field(description="This job.", examples=[examples.JOB_URL])
     cancel: str = Field(description="POST to cancel it.", examples=[f"{examples.JOB_URL}/cancel"])
@@ -237,6 +248,9 @@ class JobView(BaseModel):
         description="A cancel was asked for; a running job stops at its next step.", examples=[False]
     )
     input: JobInput = Field(description="The request as the job runs it: the model's defaults and the seed filled in.")
+    input_image: InputImageView | None = Field(
+        default=None, description="An image-to-video job's first frame; null for a text-to-video job."
+    )
     expected: Expected | None = Field(
         description="For strategies whose schedule is known ahead (MagCache; TeaCache where the calibration "
         "profile has the job's steps): the planned computed and skipped calls per branch, the ideal speedup and "
@@ -313,6 +327,11 @@ def job_view(
         estimated_start_at=estimated_start_at if job.status == JobStatus.queued else None,
         cancel_requested=job.cancel_requested_at is not None,
         input=JobInput.model_construct(**dict(request_of(job))),
+        input_image=InputImageView(
+            url=f"{base}/image" if job.input_image_key is not None else None, source_url=job.input_image_url
+        )
+        if job.input_image_key is not None or job.input_image_url is not None
+        else None,
         expected=Expected.model_validate(job.expected) if job.expected else None,
         pending_checks=list(job.pending_checks or ()) if job.status == JobStatus.queued else [],
         remix_of=job.remix_of,

@@ -14,7 +14,7 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift, retrieve_timesteps
 
-from core.contract.shapes import HUNYUAN, LTX, WAN, FamilyRules, Shape, family_for_transformer
+from core.contract.shapes import HUNYUAN, LTX, WAN, WAN22, FamilyRules, Shape, family_for_transformer
 
 
 def in_fp32(module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
@@ -117,6 +117,12 @@ class WanFamily(ModelFamily):
         frames, height, width = latents.shape[2:]
         patch_t, patch_h, patch_w = transformer.config.patch_size
         return frames // patch_t, height // patch_h, width // patch_w
+
+
+class Wan22Family(WanFamily):
+    """Wan2.2 TI2V-5B: the Wan transformer on the latents of Wan2.2's more compressed VAE."""
+
+    rules = WAN22
 
 
 class LTXFamily(ModelFamily):
@@ -235,8 +241,10 @@ class HunyuanFamily(ModelFamily):
         return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled, "prompt_attention_mask": mask}
 
 
-ENGINES: dict[str, ModelFamily] = {family.name: family for family in (WanFamily(), LTXFamily(), HunyuanFamily())}
+ENGINES: dict[str, ModelFamily] = {
+    family.name: family for family in (WanFamily(), Wan22Family(), LTXFamily(), HunyuanFamily())
+}
 
 
 def family_of(transformer: torch.nn.Module) -> ModelFamily:
-    return ENGINES[family_for_transformer(type(transformer).__name__).name]
+    return ENGINES[family_for_transformer(type(transformer).__name__, dict(transformer.config)).name]

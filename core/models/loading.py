@@ -8,12 +8,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import DiffusionPipeline
+from diffusers import DiffusionPipeline, WanImageToVideoPipeline
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
 from core.caching.profiles import ProfileStore, applicable_strategies, config_signature
-from core.contract.models import ModelInfo, fetch_hint, hub_snapshot, is_hub_id
+from core.contract.experts import HIGH_NOISE, LOW_NOISE
+from core.contract.models import (
+    PIPELINE_KEYS,
+    SCHEDULER_KEYS,
+    ModelInfo,
+    fetch_hint,
+    hub_snapshot,
+    image_input,
+    is_hub_id,
+)
 from core.contract.shapes import Shape
 from core.errors import ModelLoadError
 from core.models.attention import AttentionChoice, apply_attention_backend
@@ -41,6 +50,7 @@ class LoadedModel:
     compiled: bool = False
     # How this process shares each transformer call with the other ranks of a multi-device worker.
     parallel: Parallelism | None = None
+    _image_pipeline: DiffusionPipeline | None = None
 
     @property
     def device(self) -> torch.device:
@@ -54,6 +64,39 @@ class LoadedModel:
     @property
     def transformer(self) -> torch.nn.Module:
         return self.pipeline.transformer
+
+    @property
+    def experts(self) -> list[tuple[str, torch.nn.Module]]:
+        """Each transformer with its expert name: ``[("", transformer)]``, or Wan2.2 A14B's high-noise
+        ``transformer`` and low-noise ``transformer_2``."""
+        second = getattr(self.pipeline, "transformer_2", None)
+        if second is None:
+            return [("", self.transformer)]
+        return [(HIGH_NOISE, self.transformer), (LOW_NOISE, second)]
+
+    @property
+    def description(self) -> dict[str, Any]:
+        """The pipeline's class and what a submit reads of its config (core.contract.models.pipeline_config)."""
+        config, scheduler = self.pipeline.config, self.pipeline.scheduler.config
+        described: dict[str, Any] = {"class": type(self.pipeline).__name__}
+        described |= {key: config[key] for key in PIPELINE_KEYS if config.get(key) is not None}
+        described |= {key: scheduler[key] for key in SCHEDULER_KEYS if key in scheduler}
+        return described
+
+    @property
+    def image_input(self) -> str | None:
+        """``required``, ``optional`` or None: whether jobs give this model a first frame."""
+        return image_input(self.description)
+
+    def pipeline_for(self, with_image: bool) -> DiffusionPipeline:
+        """The pipeline that runs a job: the model's own, or (Wan2.2 TI2V given an image) its image-to-video
+        pipeline over the same modules."""
+        if with_image and not isinstance(self.pipeline, WanImageToVideoPipeline):
+            if self._image_pipeline is None:
+                self._image_pipeline = WanImageToVideoPipeline.from_pipe(self.pipeline)
+                self._image_pipeline.set_progress_bar_config(disable=True)
+            return self._image_pipeline
+        return self.pipeline
 
     def info(self, profiles: ProfileStore) -> ModelInfo:
         """What a submit needs of this model, as a worker publishes it to the catalogue (core.jobs.catalogue):
@@ -69,6 +112,7 @@ class LoadedModel:
             transformer=transformer,
             profiles=tuple(profile.model_dump(mode="json") for profile in held),
             strategies=applicable_strategies(held),
+            pipeline=self.description,
         )
 
     def encode_prompts(self, prompt: str, negative_prompt: str, do_cfg: bool) -> tuple[dict[str, Any], bool]:
@@ -134,8 +178,6 @@ def load_model(source: str, settings: Settings, name: str | None = None) -> Load
     else:
         path = Path(source).expanduser()
         pipeline = load_pipeline(path, device)
-    if getattr(pipeline, "transformer_2", None) is not None:
-        raise ModelLoadError(f"model directory {path}: two-stage pipelines (transformer_2) are not supported yet")
     try:
         family = family_of(pipeline.transformer)
     except ValueError as exc:
@@ -149,6 +191,11 @@ def load_model(source: str, settings: Settings, name: str | None = None) -> Load
             if component.startswith("text_encoder") and module is not None:
                 module.to(text_device)
     fp8 = (name or model_name(source)) in settings.fp8_model_names
+    second = getattr(pipeline, "transformer_2", None)
+    if second is not None:
+        # The low-noise expert runs as the high-noise one does; the choices reported are the first's, the same.
+        apply_attention_backend(second, settings.attention_backend)
+        apply_precision(second, family, fp8)
     return LoadedModel(
         name=source,
         path=path,

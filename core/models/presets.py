@@ -29,13 +29,17 @@ from diffusers import (
     LTXPipeline,
     LTXVideoTransformer3DModel,
     UniPCMultistepScheduler,
+    WanImageToVideoPipeline,
     WanPipeline,
     WanTransformer3DModel,
 )
 from transformers import (
+    CLIPImageProcessorPil,
     CLIPTextConfig,
     CLIPTextModel,
     CLIPTokenizer,
+    CLIPVisionConfig,
+    CLIPVisionModel,
     LlamaConfig,
     LlamaModel,
     LlamaTokenizer,
@@ -87,6 +91,19 @@ def _text_config(tokenizer: T5Tokenizer, d_model: int, d_ff: int, num_heads: int
     }
 
 
+def _wan_transformer(text_dim: int, transformer: dict[str, object], seed: int) -> WanTransformer3DModel:
+    torch.manual_seed(seed)
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        text_dim=text_dim,
+        freq_dim=256,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=1024,
+        **{"in_channels": 16, "out_channels": 16, **transformer},
+    )
+
+
 def _build_wan(
     text_dim: int,
     transformer: dict[str, object],
@@ -94,33 +111,122 @@ def _build_wan(
     text_heads: int = 8,
     flow_shift: float = 5.0,
     tokenizer: T5Tokenizer | None = None,
+    pipeline_class: type[DiffusionPipeline] = WanPipeline,
+    **pipeline_options: object,
 ) -> DiffusionPipeline:
+    """A Wan pipeline of ``pipeline_class``; ``pipeline_options`` are its other components and config
+    (``transformer_2`` and ``boundary_ratio`` for Wan2.2's two experts, the image encoder of Wan2.1 I2V,
+    ``expand_timesteps`` for Wan2.2 TI2V)."""
     tokenizer = tokenizer or offline_tokenizer()
     torch.manual_seed(0)
     text_encoder = UMT5EncoderModel(UMT5Config(**_text_config(tokenizer, text_dim, 2 * text_dim, text_heads)))
-    torch.manual_seed(1)
-    transformer_model = WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        in_channels=16,
-        out_channels=16,
-        text_dim=text_dim,
-        freq_dim=256,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=1024,
-        **transformer,
-    )
+    transformer_model = _wan_transformer(text_dim, transformer, seed=1)
     torch.manual_seed(2)
-    vae_model = AutoencoderKLWan(z_dim=16, **vae)
+    vae_model = AutoencoderKLWan(**{"z_dim": 16, **vae})
     scheduler = UniPCMultistepScheduler(
         prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=flow_shift
     )
-    return WanPipeline(
+    return pipeline_class(
         tokenizer=tokenizer,
         text_encoder=text_encoder,
         transformer=transformer_model,
         vae=vae_model,
         scheduler=scheduler,
+        **pipeline_options,
+    )
+
+
+# The small Wan VAE of wan-tiny (Wan2.1's: 8x spatial, 4x temporal, 16 latent channels).
+_TINY_VAE = {"base_dim": 32, "dim_mult": [1, 2, 2, 4], "num_res_blocks": 1}
+# Wan2.2's VAE, small: 16x spatial (a 2x2 patchify around an 8x VAE), 4x temporal, 48 latent channels.
+_TINY_VAE_22 = {
+    "base_dim": 16,
+    "decoder_base_dim": 16,
+    "z_dim": 48,
+    "dim_mult": [1, 2, 4, 4],
+    "num_res_blocks": 1,
+    "is_residual": True,
+    "in_channels": 12,
+    "out_channels": 12,
+    "patch_size": 2,
+    "scale_factor_spatial": 16,
+    "scale_factor_temporal": 4,
+    "latents_mean": [0.0] * 48,
+    "latents_std": [1.0] * 48,
+}
+# A smaller transformer than wan-tiny's for the image-to-video and two-expert presets: tests run them end to end.
+_SMALL_TRANSFORMER = {"num_attention_heads": 4, "attention_head_dim": 32, "ffn_dim": 256, "num_layers": 4}
+# Wan2.1 I2V's transformer input: noise latents, the first frame's latents and a 4-channel frame mask.
+_I2V_CHANNELS = {"in_channels": 36, "out_channels": 16}
+
+
+def _tiny_image_encoder() -> tuple[CLIPVisionModel, CLIPImageProcessorPil]:
+    torch.manual_seed(3)
+    encoder = CLIPVisionModel(
+        CLIPVisionConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+            projection_dim=64,
+        )
+    )
+    processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return encoder, processor
+
+
+def build_wan_i2v_tiny() -> DiffusionPipeline:
+    """Wan2.1 I2V, small: the first frame's latents in the transformer input, its CLIP embedding in cross-attention."""
+    image_encoder, image_processor = _tiny_image_encoder()
+    # The image tokens (CLIP's hidden states) are projected to the transformer width and attended with added K/V.
+    inner = _SMALL_TRANSFORMER["num_attention_heads"] * _SMALL_TRANSFORMER["attention_head_dim"]
+    transformer = {**_SMALL_TRANSFORMER, **_I2V_CHANNELS, "image_dim": 64, "added_kv_proj_dim": inner}
+    return _build_wan(
+        text_dim=256,
+        transformer=transformer,
+        vae=_TINY_VAE,
+        pipeline_class=WanImageToVideoPipeline,
+        image_encoder=image_encoder,
+        image_processor=image_processor,
+    )
+
+
+def build_wan22_ti2v_tiny() -> DiffusionPipeline:
+    """Wan2.2 TI2V-5B's shape, small: one dense transformer on the 48-channel latents of Wan2.2's VAE, per-token
+    timesteps (``expand_timesteps``: the first frame's tokens are the image, at t=0, when one is given)."""
+    return _build_wan(
+        text_dim=256,
+        transformer={**_SMALL_TRANSFORMER, "in_channels": 48, "out_channels": 48},
+        vae=_TINY_VAE_22,
+        expand_timesteps=True,
+    )
+
+
+def build_wan22_t2v_a14b_tiny() -> DiffusionPipeline:
+    """Wan2.2 T2V-A14B, small: a high-noise expert (``transformer``) for timesteps at or above 875 of 1000, then a
+    low-noise expert (``transformer_2``); Wan2.2's T2V sampling shift, 12."""
+    return _build_wan(
+        text_dim=256,
+        transformer=_SMALL_TRANSFORMER,
+        vae=_TINY_VAE,
+        flow_shift=12.0,
+        transformer_2=_wan_transformer(256, _SMALL_TRANSFORMER, seed=4),
+        boundary_ratio=0.875,
+    )
+
+
+def build_wan22_i2v_a14b_tiny() -> DiffusionPipeline:
+    """Wan2.2 I2V-A14B, small: two experts switched at timestep 900, the first frame's latents in the input, no
+    image encoder (Wan2.2 dropped CLIP)."""
+    return _build_wan(
+        text_dim=256,
+        transformer={**_SMALL_TRANSFORMER, **_I2V_CHANNELS},
+        vae=_TINY_VAE,
+        pipeline_class=WanImageToVideoPipeline,
+        transformer_2=_wan_transformer(256, {**_SMALL_TRANSFORMER, **_I2V_CHANNELS}, seed=4),
+        boundary_ratio=0.9,
     )
 
 
@@ -128,7 +234,7 @@ def build_wan_tiny() -> DiffusionPipeline:
     return _build_wan(
         text_dim=256,
         transformer={"num_attention_heads": 8, "attention_head_dim": 64, "ffn_dim": 2048, "num_layers": 8},
-        vae={"base_dim": 32, "dim_mult": [1, 2, 2, 4], "num_res_blocks": 1},
+        vae=_TINY_VAE,
     )
 
 
@@ -284,6 +390,10 @@ BUILDERS: dict[str, Callable[[], DiffusionPipeline]] = {
     "ltx-tiny": build_ltx_tiny,
     "hunyuan-tiny": build_hunyuan_tiny,
     "wan2.1-1.3b-random": build_wan_13b_random,
+    "wan-i2v-tiny": build_wan_i2v_tiny,
+    "wan2.2-ti2v-tiny": build_wan22_ti2v_tiny,
+    "wan2.2-t2v-a14b-tiny": build_wan22_t2v_a14b_tiny,
+    "wan2.2-i2v-a14b-tiny": build_wan22_i2v_a14b_tiny,
 }
 # Trained presets: their committed diffusers directories.
 TRAINED: dict[str, Path] = {"wan-tiny-trained": Path(__file__).parent / "trained" / "wan-tiny-trained"}

@@ -15,7 +15,7 @@ from core.db.models import UTCDateTime
 
 # revision identifiers, used by Alembic.
 revision: str = "0013_lifetime_remix_lora"
-down_revision: str | Sequence[str] | None = "0011_frontier"
+down_revision: str | Sequence[str] | None = "0012_image_models"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
