@@ -29,6 +29,7 @@ from api.openapi_examples import ERROR_REF, OPENAI_ERROR_REF
 from api.routes.openai_videos import VideoCreate
 from core.contract import examples
 from core.contract.frontier import Target
+from core.contract.request import JobRequest
 from core.contract.strategies import AUTO, STRATEGIES, CacheParams
 from core.webhooks.events import WebhookEvent
 
@@ -239,7 +240,8 @@ def _complete(app: FastAPI, schema: dict[str, Any]) -> None:
             # The receiver answers a webhook: not with FastAPI's validation error, and its body is not read.
             operation["responses"].pop("422", None)
             operation["responses"]["200"].pop("content", None)
-    _add_models(schema["components"]["schemas"], [VideoCreate])
+    # POST /jobs reads its body itself (JSON, or multipart with an image), so FastAPI adds no JobRequest.
+    _add_models(schema["components"]["schemas"], [JobRequest, VideoCreate])
     _cache_variants(schema["components"]["schemas"])
     openapi_examples.add(schema)
 

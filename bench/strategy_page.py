@@ -61,7 +61,7 @@ and the full table.
 ## Random weights
 
 Tables marked *random weights* come from presets whose weights are random or not trained enough yet to
-decode what a caption says (`{random}`). Their
+decode what a caption says ({random}). Their
 timings, call counts and schedules are real and carry over to trained models of the same shape;
 their PSNR and SSIM say little (the frames are noise), and adaptive strategies behave differently
 on trained weights.
