@@ -106,7 +106,7 @@ def expected(
         )
     computed = sum(sum(decisions) for decisions in schedule.values())
     total = sum(len(decisions) for decisions in schedule.values())
-    per_call = _seconds_per_computed_call(session, model, shape, strategy)
+    per_call = seconds_per_computed_call(session, model, shape, strategy)
     return Expected(
         strategy=strategy,
         profile=profile.name,
@@ -227,22 +227,21 @@ def _teacache_changes(profile: Profile, use_ret_steps: bool, shape: Shape, info:
     return [change for change, _ in samples[: shape.num_inference_steps - 1]]
 
 
-def _seconds_per_computed_call(session: Session, model: str, shape: Shape, strategy: str) -> list[float]:
-    rows = session.execute(
-        select(Job.denoise_seconds, Job.computed_calls)
-        .where(
-            Job.model == model,
-            Job.status == JobStatus.succeeded,
-            Job.width == shape.width,
-            Job.height == shape.height,
-            Job.num_frames == shape.num_frames,
-            Job.num_inference_steps == shape.num_inference_steps,
-            Job.cache_strategy == strategy,
-            Job.computed_calls > 0,
-        )
-        .order_by(Job.finished_at.desc())
-        .limit(RECENT_JOBS)
-    ).all()
+def seconds_per_computed_call(session: Session, model: str, shape: Shape, strategy: str | None = None) -> list[float]:
+    """Recent succeeded jobs' denoise seconds per computed transformer call at this model and shape (and strategy,
+    if given)."""
+    query = select(Job.denoise_seconds, Job.computed_calls).where(
+        Job.model == model,
+        Job.status == JobStatus.succeeded,
+        Job.width == shape.width,
+        Job.height == shape.height,
+        Job.num_frames == shape.num_frames,
+        Job.num_inference_steps == shape.num_inference_steps,
+        Job.computed_calls > 0,
+    )
+    if strategy is not None:
+        query = query.where(Job.cache_strategy == strategy)
+    rows = session.execute(query.order_by(Job.finished_at.desc()).limit(RECENT_JOBS)).all()
     return [seconds / calls for seconds, calls in rows if seconds]
 
 

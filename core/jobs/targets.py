@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import statistics
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from core.contract.frontier import Choice, Frontier, choose
@@ -13,9 +12,8 @@ from core.contract.models import ModelInfo, model_key
 from core.contract.request import JobRequest
 from core.contract.shapes import Shape
 from core.contract.strategies import AUTO, CacheSpec
-from core.db import Job, JobStatus
 from core.jobs import frontier
-from core.jobs.expected import RECENT_JOBS
+from core.jobs.expected import seconds_per_computed_call
 
 
 def resolve(
@@ -41,21 +39,7 @@ def _uncached_seconds(
 ) -> float | None:
     """The job's uncached denoising time: recent jobs' seconds per computed call at this shape times its calls;
     else the frontier's uncached runs, scaled by tokens where it was measured at another size."""
-    rows = session.execute(
-        select(Job.denoise_seconds, Job.computed_calls)
-        .where(
-            Job.model == model,
-            Job.status == JobStatus.succeeded,
-            Job.width == shape.width,
-            Job.height == shape.height,
-            Job.num_frames == shape.num_frames,
-            Job.num_inference_steps == shape.num_inference_steps,
-            Job.computed_calls > 0,
-        )
-        .order_by(Job.finished_at.desc())
-        .limit(RECENT_JOBS)
-    ).all()
-    per_call = [seconds / computed for seconds, computed in rows if seconds]
+    per_call = seconds_per_computed_call(session, model, shape)
     if per_call:
         return round(statistics.median(per_call) * calls, 3)
     if covering is None or not covering.points:
