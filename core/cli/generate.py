@@ -15,7 +15,9 @@ from core.settings import Settings
 
 if TYPE_CHECKING:
     from core.caching.base import CacheReport
+    from core.contract.shapes import Shape
     from core.generation import GenerationResult
+    from core.models import LoadedModel
 
 DEFAULT_CALIBRATION_PROMPTS = (
     "a cat walking on a sunny street, cinematic",
@@ -118,9 +120,11 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _calibrate(args: argparse.Namespace, settings: Settings) -> int:
-    from core.caching.profiles import ProfileStore
-    from core.calibration import calibrate, default_profile_name
+def _prompts_model_and_shape(
+    args: argparse.Namespace, settings: Settings
+) -> tuple[tuple[str, ...], LoadedModel, Shape]:
+    """What calibrate and frontier run: the prompts (the file's lines, else the defaults), the loaded model and the
+    shape asked for (the model's default where a size is omitted)."""
     from core.models import load_model
 
     prompts = DEFAULT_CALIBRATION_PROMPTS
@@ -134,6 +138,14 @@ def _calibrate(args: argparse.Namespace, settings: Settings) -> int:
         num_frames=args.num_frames,
         num_inference_steps=args.num_inference_steps,
     ).shape(model.family.rules, model.default_shape)
+    return prompts, model, shape
+
+
+def _calibrate(args: argparse.Namespace, settings: Settings) -> int:
+    from core.caching.profiles import ProfileStore
+    from core.calibration import calibrate, default_profile_name
+
+    prompts, model, shape = _prompts_model_and_shape(args, settings)
     store = ProfileStore(settings.profiles_dir)
     name = args.name or default_profile_name(model.name, shape)
     store.check_writable(name)
@@ -163,20 +175,9 @@ def _frontier(args: argparse.Namespace, settings: Settings) -> int:
     from core.db.migrate import upgrade
     from core.frontier import DEFAULT_GRID, measure
     from core.jobs import frontier
-    from core.models import load_model
 
-    prompts = DEFAULT_CALIBRATION_PROMPTS
-    if args.prompts is not None:
-        prompts = tuple(line.strip() for line in args.prompts.read_text().splitlines() if line.strip())
     grid = [parse_setting(item) for item in args.setting] if args.setting else list(DEFAULT_GRID)
-    model = load_model(args.model, settings)
-    shape = GenerationRequest(
-        prompt=prompts[0] if prompts else "-",
-        width=args.width,
-        height=args.height,
-        num_frames=args.num_frames,
-        num_inference_steps=args.num_inference_steps,
-    ).shape(model.family.rules, model.default_shape)
+    prompts, model, shape = _prompts_model_and_shape(args, settings)
     upgrade(settings.database)
     runs = len(prompts) * (len(grid) + 1)
     done = iter(range(1, runs + 1))
