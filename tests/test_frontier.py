@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from playwright.sync_api import Page
-from service import Service, fresh_database, launch, s3_settings, wait_until
+from service import Service, fresh_database, launch, s3_settings, start_redis, stop_process, wait_until
 
 from core.contract.frontier import Frontier, FrontierPoint, Target, choose, mark_pareto
 from core.settings import Settings
@@ -24,35 +24,40 @@ SETTINGS = ("magcache:threshold=0.5,max_skip_steps=3", "fbcache:threshold=0.3", 
 
 @pytest.fixture(scope="module")
 def quality(
-    settings: Settings, wan_tiny: object, redis_url: str, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory
+    settings: Settings, wan_tiny: object, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Service]:
-    """The service on its own database, its worker sampling every cached job for a receipt, and the frontier of
-    wan-tiny at the small job shape measured by the CLI into that database."""
+    """The service on its own database and its own Redis (the session's service has a wan-tiny worker on the shared
+    one, which would take this service's jobs and find no such row), its worker sampling every cached job for a
+    receipt, and the frontier of wan-tiny at the small job shape measured by the CLI into that database."""
     logs = tmp_path_factory.mktemp("frontier-logs")
-    with fresh_database() as database_url:
-        service = launch(
-            settings,
-            database_url,
-            redis_url,
-            logs,
-            SKIPSTEP_RECEIPT_SAMPLE_RATE="1",
-            **s3_settings(s3_endpoint, "skipstep-frontier"),
-        )
-        try:
-            prompts = logs / "prompts.txt"
-            prompts.write_text("a red fox running through snow\n")
-            size = ["--width", "32", "--height", "32", "--num-frames", "5", "--steps", "4"]
-            grid = [arg for setting in SETTINGS for arg in ("--setting", setting)]
-            command = [sys.executable, "-m", "core.cli", "frontier", "--model", "wan-tiny", *size, *grid]
-            measured = subprocess.run(
-                [*command, "--prompts", str(prompts)], env=service.env, capture_output=True, text=True, timeout=600
+    broker, broker_url = start_redis(tmp_path_factory.mktemp("frontier-redis"))
+    try:
+        with fresh_database() as database_url:
+            service = launch(
+                settings,
+                database_url,
+                broker_url,
+                logs,
+                SKIPSTEP_RECEIPT_SAMPLE_RATE="1",
+                **s3_settings(s3_endpoint, "skipstep-frontier"),
             )
-            assert measured.returncode == 0, measured.stderr
-            assert "stored the frontier of wan-tiny at 32x32x5, 4 steps" in measured.stdout
-            service.start_worker()
-            yield service
-        finally:
-            service.stop()
+            try:
+                prompts = logs / "prompts.txt"
+                prompts.write_text("a red fox running through snow\n")
+                size = ["--width", "32", "--height", "32", "--num-frames", "5", "--steps", "4"]
+                grid = [arg for setting in SETTINGS for arg in ("--setting", setting)]
+                command = [sys.executable, "-m", "core.cli", "frontier", "--model", "wan-tiny", *size, *grid]
+                measured = subprocess.run(
+                    [*command, "--prompts", str(prompts)], env=service.env, capture_output=True, text=True, timeout=600
+                )
+                assert measured.returncode == 0, measured.stderr
+                assert "stored the frontier of wan-tiny at 32x32x5, 4 steps" in measured.stdout
+                service.start_worker()
+                yield service
+            finally:
+                service.stop()
+    finally:
+        stop_process(broker)
 
 
 def frontier_of(service: Service) -> dict[str, Any]:
