@@ -114,15 +114,7 @@ def calibrate(
     for index, prompt in enumerate(prompts):
         if on_prompt is not None:
             on_prompt(index, prompt)
-        request = GenerationRequest(
-            prompt=prompt,
-            width=shape.width,
-            height=shape.height,
-            num_frames=shape.num_frames,
-            num_inference_steps=shape.num_inference_steps,
-            guidance_scale=guidance_scale,
-            seed=seed + index,
-        )
+        request = GenerationRequest.at(shape, prompt, guidance_scale=guidance_scale, seed=seed + index)
         caches = expert_caches(model, shape, lambda *_: CalibrationRecorder())
         with ExitStack() as hooks:
             for expert in caches.experts:

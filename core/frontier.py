@@ -67,15 +67,7 @@ def measure(
     baseline_seconds: list[float] = []
     total_calls = 0
     for index, prompt in enumerate(prompts):
-        request = GenerationRequest(
-            prompt=prompt,
-            width=shape.width,
-            height=shape.height,
-            num_frames=shape.num_frames,
-            num_inference_steps=shape.num_inference_steps,
-            guidance_scale=guidance_scale,
-            seed=seed + index,
-        )
+        request = GenerationRequest.at(shape, prompt, guidance_scale=guidance_scale, seed=seed + index)
         uncached = run(model, request, shape, NoCache())
         reference = to_uint8(uncached.frames)
         baseline_seconds.append(uncached.timings.denoising)

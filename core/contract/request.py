@@ -134,6 +134,11 @@ class GenerationRequest(BaseModel):
     def _steps_limit(cls, steps: int | None) -> int | None:
         return _at_most(steps, get_settings().request_max_steps)
 
+    @classmethod
+    def at(cls, shape: Shape, prompt: str, **fields: Any) -> GenerationRequest:
+        """A request for ``prompt`` at exactly ``shape``."""
+        return cls(prompt=prompt, **{name: getattr(shape, name) for name in SIZE_FIELDS}, **fields)
+
     def shape(self, family: FamilyRules | None, default: Shape | None) -> Shape:
         """The concrete shape, checked against the family's size rules (InvalidRequest names every field). For a
         model that nothing describes yet (``None``: no worker has, and its files are not readable here) every
