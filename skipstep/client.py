@@ -21,8 +21,9 @@ from typing import Any
 import httpx
 from httpx_sse import ServerSentEvent, aconnect_sse, connect_sse
 
+from core.contract.strategies import AUTO
 from skipstep.errors import ApiError, WaitTimeout
-from skipstep.models import JobView, ProgressView
+from skipstep.models import JobView, ProgressView, Target
 
 RETRIED = frozenset({429, 503})
 MAX_DELAY = 30.0
@@ -61,12 +62,29 @@ def _unreachable(exc: httpx.TransportError) -> ApiError:
     return ApiError(None, "unreachable", f"{type(exc).__name__}: {exc}")
 
 
-def _create_request(prompt: str, idempotency_key: str | None, fields: dict[str, Any]) -> dict[str, Any]:
-    return {"json": {"prompt": prompt, **fields}, "headers": {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}}
+def _targeted(fields: dict[str, Any], target: Target | dict[str, Any] | None) -> dict[str, Any]:
+    """``fields`` with ``target`` put in their cache, whose strategy is then `auto` unless the cache names another
+    (which the service refuses)."""
+    if target is None:
+        return fields
+    if isinstance(target, Target):
+        target = target.model_dump(exclude_none=True)
+    return fields | {"cache": {"strategy": AUTO, **fields.get("cache", {}), "target": target}}
 
 
-def _remix_request(idempotency_key: str | None, changes: dict[str, Any]) -> dict[str, Any]:
-    return {"json": changes, "headers": {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}}
+def _create_request(
+    prompt: str, idempotency_key: str | None, target: Target | dict[str, Any] | None, fields: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "json": {"prompt": prompt, **_targeted(fields, target)},
+        "headers": {"Idempotency-Key": idempotency_key or str(uuid.uuid4())},
+    }
+
+
+def _remix_request(
+    idempotency_key: str | None, target: Target | dict[str, Any] | None, changes: dict[str, Any]
+) -> dict[str, Any]:
+    return {"json": _targeted(changes, target), "headers": {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}}
 
 
 class _Follower:
@@ -136,15 +154,31 @@ class Jobs:
     def __init__(self, client: Client) -> None:
         self._client = client
 
-    def create(self, prompt: str, *, idempotency_key: str | None = None, **fields: Any) -> JobView:
-        """Queue a job (fields as ``POST /jobs`` takes them: width, height, num_frames, cache, seed, ...)."""
-        request = _create_request(prompt, idempotency_key, fields)
+    def create(
+        self,
+        prompt: str,
+        *,
+        idempotency_key: str | None = None,
+        target: Target | dict[str, Any] | None = None,
+        **fields: Any,
+    ) -> JobView:
+        """Queue a job (fields as ``POST /jobs`` takes them: width, height, num_frames, cache, seed, ...); a
+        ``target`` (``{"tier": "high"}``, ``{"min_psnr": 30}``, ``{"deadline_seconds": 20}``) makes the cache `auto`:
+        the service picks the fastest measured setting that meets it and says which in ``expected.auto``."""
+        request = _create_request(prompt, idempotency_key, target, fields)
         return JobView.model_validate(self._client.request("POST", "/jobs", **request).json())
 
-    def remix(self, job_id: uuid.UUID | str, *, idempotency_key: str | None = None, **changes: Any) -> JobView:
-        """Queue a new job from a succeeded one, ``changes`` replacing its fields (prompt, cache, compare, ...);
-        the seed and shape are the source's unless changed."""
-        request = _remix_request(idempotency_key, changes)
+    def remix(
+        self,
+        job_id: uuid.UUID | str,
+        *,
+        idempotency_key: str | None = None,
+        target: Target | dict[str, Any] | None = None,
+        **changes: Any,
+    ) -> JobView:
+        """Queue a new job from a succeeded one, ``changes`` replacing its fields (prompt, cache, compare, ...; a
+        ``target`` as ``create`` takes it); the seed and shape are the source's unless changed."""
+        request = _remix_request(idempotency_key, target, changes)
         return JobView.model_validate(self._client.request("POST", f"/jobs/{job_id}/remix", **request).json())
 
     def get(self, job_id: uuid.UUID | str) -> JobView:
@@ -258,12 +292,26 @@ class AsyncJobs:
     def __init__(self, client: AsyncClient) -> None:
         self._client = client
 
-    async def create(self, prompt: str, *, idempotency_key: str | None = None, **fields: Any) -> JobView:
-        request = _create_request(prompt, idempotency_key, fields)
+    async def create(
+        self,
+        prompt: str,
+        *,
+        idempotency_key: str | None = None,
+        target: Target | dict[str, Any] | None = None,
+        **fields: Any,
+    ) -> JobView:
+        request = _create_request(prompt, idempotency_key, target, fields)
         return JobView.model_validate((await self._client.request("POST", "/jobs", **request)).json())
 
-    async def remix(self, job_id: uuid.UUID | str, *, idempotency_key: str | None = None, **changes: Any) -> JobView:
-        request = _remix_request(idempotency_key, changes)
+    async def remix(
+        self,
+        job_id: uuid.UUID | str,
+        *,
+        idempotency_key: str | None = None,
+        target: Target | dict[str, Any] | None = None,
+        **changes: Any,
+    ) -> JobView:
+        request = _remix_request(idempotency_key, target, changes)
         response = await self._client.request("POST", f"/jobs/{job_id}/remix", **request)
         return JobView.model_validate(response.json())
 

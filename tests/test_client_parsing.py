@@ -92,3 +92,36 @@ def test_skipstep_submit_reads_the_job_it_queued(api_alone: Service, tmp_path: P
     assert (job["model"], job["input"]["prompt"], job["input"]["width"]) == ("wan-tiny", "a fox in the snow", 64)
     with api_alone.client("bob") as bob:
         bob.post(f"/jobs/{job_id}/cancel")
+
+
+def test_skipstep_submit_takes_a_target_and_the_service_judges_it(api_alone: Service, tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "core.cli", "submit", "--model", "wan-tiny", "--prompt", "a fox in the snow"]
+    command += ["--width", "64", "--height", "64", "--num-frames", "9", "--steps", "6", "--api-url", api_alone.url]
+    env = client_env(tmp_path, SKIPSTEP_API_KEY=api_alone.keys["bob"])
+
+    def submit(*options: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*command, *options], env=env, capture_output=True, text=True, timeout=120, check=False)
+
+    # No frontier measured: auto runs uncached and says why.
+    result = submit("--tier", "high")
+    assert result.returncode == 0, result.stderr
+    queued, chose = result.stdout.splitlines()
+    job = api_alone.get(queued.split()[1], "bob")
+    assert job["input"]["cache"]["strategy"] == "none"
+    assert {k: v for k, v in job["expected"]["auto"]["target"].items() if v is not None} == {"tier": "high"}
+    assert chose == "auto chose none: " + job["expected"]["auto"]["reason"]
+    assert "no frontier covers this job (none measured for wan-tiny)" in chose
+    with api_alone.client("bob") as bob:
+        bob.post(f"/jobs/{job['id']}/cancel")
+
+    for options, rule in (
+        (("--cache", "magcache", "--min-psnr", "30"), "target: only with strategy 'auto'"),
+        (
+            ("--tier", "high", "--deadline-seconds", "5"),
+            "give one of: tier, min_psnr and/or min_ssim, deadline_seconds",
+        ),
+        (("--min-psnr", "130"), "less than or equal to 100"),
+    ):
+        refused = submit(*options)
+        assert refused.returncode == 2 and "cache" in refused.stderr and rule in refused.stderr, refused.stderr
+    assert submit("--tier", "best").returncode == 2  # argparse: not a tier

@@ -16,6 +16,7 @@ from service import Service, fresh_database, launch, s3_settings, start_redis, s
 
 from core.contract.frontier import Frontier, FrontierPoint, Target, choose, mark_pareto
 from core.settings import Settings
+from skipstep import Client
 
 # A tiny grid, one prompt, a tiny shape: seconds per run, not minutes.
 TINY = {"width": 32, "height": 32, "num_frames": 5, "num_inference_steps": 4}
@@ -122,6 +123,46 @@ def test_an_auto_job_runs_the_predicted_setting_and_its_receipt_meets_the_target
         scrape = client.get("/metrics").text
     assert "job.fidelity" in events
     assert 'skipstep_fidelity_receipts_total{model="wan-tiny"}' in scrape
+
+
+def test_skipstep_submit_and_the_sdk_name_a_target_and_get_the_setting_auto_chose(quality: Service) -> None:
+    points = frontier_of(quality)["points"]
+    fastest = max((p for p in points if p["speedup"] > 1), key=lambda p: p["speedup"])
+    floor = min(p["psnr"] for p in points) - 5
+    size = ["--width", "32", "--height", "32", "--num-frames", "5", "--steps", "4"]
+    command = [sys.executable, "-m", "core.cli", "submit", "--model", "wan-tiny", "--prompt", "a fox", *size]
+    command += ["--api-url", quality.url]
+    env = quality.env | {"SKIPSTEP_API_KEY": quality.keys["alice"]}
+    submitted = subprocess.run(
+        [*command, "--min-psnr", f"{floor:.3f}"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    queued, chose = submitted.stdout.splitlines()
+    job = quality.get(queued.split()[1])
+    auto = job["expected"]["auto"]
+    assert {k: v for k, v in auto["target"].items() if v is not None} == {"min_psnr": round(floor, 3)}
+    assert auto["point"] == fastest["id"]
+    assert (job["input"]["cache"]["strategy"], job["input"]["cache"]["params"]) == (
+        fastest["strategy"],
+        fastest["params"],
+    )
+    assert chose.startswith(f"auto chose {fastest['strategy']} ") and f"{fastest['speedup']:g}x" in chose
+    assert chose.endswith(auto["reason"])
+
+    refused = subprocess.run(
+        [*command, "--cache", "magcache", "--tier", "high"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert refused.returncode == 2 and "cache" in refused.stderr and "only with strategy 'auto'" in refused.stderr
+
+    with Client(quality.url, quality.keys["alice"]) as client:
+        by_sdk = client.jobs.create("a fox", target=Target(min_psnr=floor), **TINY)
+        lossless = client.jobs.create("a fox", target={"tier": "lossless"}, **TINY)
+    with quality.client() as client:
+        for job_id in (job["id"], str(by_sdk.id), str(lossless.id)):
+            client.post(f"/jobs/{job_id}/cancel")  # the worker's time goes to the other tests' jobs
+    assert by_sdk.expected and by_sdk.expected.auto and by_sdk.expected.auto.point == fastest["id"]
+    assert lossless.expected and lossless.expected.auto and lossless.expected.auto.strategy == "none"
+    assert lossless.input.cache.strategy == "none"
 
 
 def test_an_auto_job_no_frontier_covers_runs_uncached_and_says_why(quality: Service) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from core.cli.request import add_request_options, request_fields
+from core.contract.frontier import Choice
 from core.contract.jobs import JobStatus
 from core.contract.request import JobRequest
 from core.errors import SkipstepError
@@ -22,7 +24,7 @@ if TYPE_CHECKING:
 
 def add_commands(commands: Any, settings: Settings) -> None:
     submit = commands.add_parser("submit", help="submit a job to the running service")
-    add_request_options(submit, JobRequest)
+    add_request_options(submit, JobRequest, targets=True)
     submit.add_argument("--wait", action="store_true", help="follow the job until it finishes")
     submit.add_argument("--out", type=Path, metavar="FILE.mp4", help="with --wait: download the video here")
     submit.add_argument("--api-url", default=settings.public_url)
@@ -43,6 +45,8 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
         try:
             job = client.jobs.create(**body)
             print(f"job {job.id} queued")
+            if job.expected is not None and job.expected.auto is not None:
+                print(_auto_line(job.expected.auto))
             if not args.wait:
                 return 0
             show = _Progress()
@@ -65,6 +69,15 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
         except WaitTimeout as exc:
             raise SkipstepError(f"--timeout: {exc}") from exc
     return 0
+
+
+def _auto_line(choice: Choice) -> str:
+    setting = choice.strategy + (" " + json.dumps(choice.params, sort_keys=True) if choice.params else "")
+    predicted = ""
+    if choice.point is not None:
+        predicted = f" (predicted {choice.predicted_speedup:g}x, PSNR {choice.predicted_psnr:g} dB"
+        predicted += f", SSIM {choice.predicted_ssim:g})"
+    return f"auto chose {setting}{predicted}: {choice.reason}"
 
 
 class _Progress:

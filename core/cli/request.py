@@ -10,25 +10,37 @@ from typing import Any, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
-from core.contract.strategies import STRATEGIES, parse_param
+from core.contract.frontier import Target
+from core.contract.strategies import AUTO, STRATEGIES, parse_param
 
 # Options the command line has always spelled differently from the field.
 OPTION_NAMES = {"num_inference_steps": "--steps"}
-# Fields that are not a single scalar option: the cache (three options) and lists.
+# Fields that are not a single scalar option: the cache (three options, and one per field of an `auto` target)
+# and lists.
 _CACHE = "cache"
+NO_CACHE = "none"
 
 
-def add_request_options(parser: argparse.ArgumentParser, request: type[BaseModel], skip: tuple[str, ...] = ()) -> None:
-    """One option per scalar field of ``request`` (unset: the model's default), plus the cache options."""
+def add_request_options(
+    parser: argparse.ArgumentParser, request: type[BaseModel], skip: tuple[str, ...] = (), targets: bool = False
+) -> None:
+    """One option per scalar field of ``request`` (unset: the model's default), plus the cache options; with
+    ``targets``, one per field of an `auto` job's target too (the service resolves those at submit)."""
     for name, field in request.model_fields.items():
         if name in skip:
             continue
         if name == _CACHE:
-            parser.add_argument("--cache", default="none", metavar="STRATEGY", help=", ".join(STRATEGIES))
+            parser.add_argument(
+                "--cache",
+                metavar="STRATEGY",
+                help=", ".join(STRATEGIES) + (f"; or {AUTO} (the default with a target option)" if targets else ""),
+            )
             parser.add_argument(
                 "--cache-param", action="append", default=[], metavar="NAME=VALUE", help="a strategy parameter"
             )
             parser.add_argument("--profile", help="calibration profile (default: the nearest for the model and shape)")
+            if targets:
+                _add_target_options(parser)
             continue
         kind = _scalar(field.annotation)
         if kind is None:
@@ -45,11 +57,27 @@ def request_fields(args: argparse.Namespace, request: type[BaseModel]) -> dict[s
     """The fields the command line set, as the request model names them."""
     fields = {name: getattr(args, name) for name in request.model_fields if getattr(args, name, None) is not None}
     if _CACHE in request.model_fields and hasattr(args, "cache"):
-        cache: dict[str, Any] = {"strategy": args.cache, "params": dict(parse_param(p) for p in args.cache_param)}
+        target = {name: getattr(args, name) for name in Target.model_fields if getattr(args, name, None) is not None}
+        strategy = args.cache or (AUTO if target else NO_CACHE)
+        cache: dict[str, Any] = {"strategy": strategy, "params": dict(parse_param(p) for p in args.cache_param)}
         if args.profile is not None:
             cache["profile"] = args.profile
+        if target:
+            cache["target"] = target
         fields[_CACHE] = cache
     return fields
+
+
+def _add_target_options(parser: argparse.ArgumentParser) -> None:
+    """One option per field of an `auto` job's target (``--tier``, ``--min-psnr``, ...): the cache becomes `auto`."""
+    for name, field in Target.model_fields.items():
+        option = "--" + name.replace("_", "-")
+        help_text = f"{AUTO} target: {field.description}"
+        choices = [value for arg in get_args(field.annotation) for value in get_args(arg)]
+        if choices:
+            parser.add_argument(option, dest=name, choices=choices, help=help_text)
+        else:
+            parser.add_argument(option, dest=name, type=_scalar(field.annotation), help=help_text)
 
 
 def _scalar(annotation: Any) -> type | None:
