@@ -42,8 +42,18 @@ PAGE_SIZE = 50
 # Receipts the dashboard counts beside each model's frontiers.
 RECEIPT_WINDOW = timedelta(hours=24)
 FRAGMENTS = ("counters", "jobs", "workers", "queue", "models", "storage")
-PALETTE = ("#2563eb", "#ea580c", "#16a34a", "#9333ea", "#db2777", "#0891b2", "#ca8a04")
-KNOWN_COLORS = {"none": "#64748b", "teacache": PALETTE[0], "magcache": PALETTE[1], "easycache": PALETTE[2]}
+PALETTE = ("#2563eb", "#ea580c", "#16a34a", "#9333ea", "#db2777", "#0891b2", "#ca8a04", "#dc2626")
+# One colour each for the built-in strategies (a frontier chart shows them all at once); others by hash.
+KNOWN_COLORS = {
+    "none": "#64748b",
+    **dict(
+        zip(
+            ("teacache", "magcache", "easycache", "fbcache", "dbcache", "taylorseer", "taocache", "chipmunk"),
+            PALETTE,
+            strict=True,
+        )
+    ),
+}
 
 router = APIRouter(prefix="/admin", include_in_schema=False)
 
