@@ -58,6 +58,12 @@ class Settings(BaseSettings):
         "needs CUDA with FP8 support (compute capability 8.9+) and the fp8 extra, else the model stays in its dtype, "
         "logged and in each job's metrics.",
     )
+    parallelism: str = Field(
+        default="ulysses",
+        description="How a worker spanning several devices (`skipstep worker --gpus 0,1,...`) shares each job: "
+        "ulysses, ring (CUDA, with an attention backend that returns the log-sum-exp) or cfg (2 devices, one CFG "
+        "branch each), for every model, or per model as MODEL=MODE,... (a model not named: ulysses).",
+    )
     prompt_cache_size: int = Field(
         default=32, ge=0, description="Encoded prompts a worker keeps for repeated prompts (0: none)."
     )
@@ -278,6 +284,17 @@ class Settings(BaseSettings):
         """SKIPSTEP_METRICS_ALLOW as networks."""
         return parse_networks(self.metrics_allow)
 
+    @field_validator("parallelism")
+    @classmethod
+    def _parallelism(cls, value: str) -> str:
+        parse_parallelism(value)
+        return value
+
+    def parallelism_of(self, model: str) -> str:
+        """The parallelism of ``model``'s multi-device workers (SKIPSTEP_PARALLELISM)."""
+        every, per_model = parse_parallelism(self.parallelism)
+        return per_model.get(model, every)
+
     @field_validator("compile_shapes")
     @classmethod
     def _compile_shapes(cls, value: str) -> str:
@@ -359,6 +376,23 @@ def parse_shapes(text: str) -> list[tuple[int, int, int]]:
         width, height, frames = map(int, entry.split("x"))
         shapes.append((width, height, frames))
     return shapes
+
+
+PARALLEL_MODES = ("ulysses", "ring", "cfg")
+
+
+def parse_parallelism(text: str) -> tuple[str, dict[str, str]]:
+    """SKIPSTEP_PARALLELISM as (the mode of models not named, {model: mode})."""
+    every, per_model = "ulysses", {}
+    for entry in (entry.strip() for entry in text.split(",") if entry.strip()):
+        model, sep, mode = (part.strip() for part in entry.rpartition("="))
+        if mode not in PARALLEL_MODES:
+            raise ValueError(f"SKIPSTEP_PARALLELISM: {mode!r} is not one of {', '.join(PARALLEL_MODES)}")
+        if sep:
+            per_model[model] = mode
+        else:
+            every = mode
+    return every, per_model
 
 
 def parse_networks(text: str) -> list[IPv4Network | IPv6Network]:

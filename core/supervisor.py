@@ -48,12 +48,7 @@ class Child:
             if code is None:
                 return
             ran = now - self.started_at
-            self.failures = 0 if ran >= STABLE_SECONDS else self.failures + 1
-            backoff = (
-                0.0
-                if self.failures == 0
-                else min(FIRST_BACKOFF_SECONDS * 2 ** (self.failures - 1), MAX_BACKOFF_SECONDS)
-            )
+            self.failures, backoff = restart_delay(ran, self.failures)
             say(
                 f"{self.name} (pid {self.process.pid}) exited with status {code} after {ran:.0f} s; "
                 f"restarting in {backoff:g} s"
@@ -63,13 +58,20 @@ class Child:
             self.start()
 
 
+def restart_delay(ran: float, failures: int) -> tuple[int, float]:
+    """(failures in a row, seconds to wait) for a process that exited after running ``ran`` seconds."""
+    failures = 0 if ran >= STABLE_SECONDS else failures + 1
+    return failures, 0.0 if failures == 0 else min(FIRST_BACKOFF_SECONDS * 2 ** (failures - 1), MAX_BACKOFF_SECONDS)
+
+
 GPU_ID = re.compile(r"\d+|(GPU|MIG)-[0-9A-Za-z-]+")
 
 
-def assign_gpus(spec: str, models: Sequence[str]) -> list[tuple[str, str]]:
-    """(GPU, model) for each GPU of ``--gpus``: ``0,1,...`` (the models take the GPUs in turn) or
+def assign_gpus(spec: str, models: Sequence[str], per_worker: int = 1) -> list[tuple[str, str]]:
+    """(GPUs, model) for each worker of ``--gpus``: ``0,1,...`` (the models take the workers in turn) or
     ``0=MODEL,1=MODEL,...``; a GPU is an index or a ``GPU-``/``MIG-`` UUID, as CUDA_VISIBLE_DEVICES takes it.
-    One worker per GPU, and every model gets at least one."""
+    One worker per ``per_worker`` GPUs in the order given (``0,1`` for a worker spanning GPUs 0 and 1), each
+    GPU in one worker, and every model gets at least one."""
     entries = [entry.strip() for entry in spec.split(",") if entry.strip()]
     if not entries:
         raise SkipstepError("--gpus: expected GPU ids, e.g. 0,1 or 0=wan-tiny,1=ltx-tiny")
@@ -84,8 +86,17 @@ def assign_gpus(spec: str, models: Sequence[str]) -> list[tuple[str, str]]:
     gpus = [gpu for gpu, _ in named]
     if len(set(gpus)) != len(gpus):
         raise SkipstepError(f"--gpus: each GPU runs one worker; {spec!r} names one twice")
-    unnamed = iter(range(len(named)))
-    plan = [(gpu, model or models[next(unnamed) % len(models)]) for gpu, model in named]
+    if len(named) % per_worker:
+        raise SkipstepError(f"--gpus-per-worker: {len(named)} GPUs do not make workers of {per_worker} GPUs each")
+    groups = [named[start : start + per_worker] for start in range(0, len(named), per_worker)]
+    workers: list[tuple[str, str | None]] = []
+    for group in groups:
+        chosen = {model for _, model in group if model is not None}
+        if len(chosen) > 1:
+            raise SkipstepError(f"--gpus: one worker spans GPUs {','.join(gpu for gpu, _ in group)}: name one model")
+        workers.append((",".join(gpu for gpu, _ in group), next(iter(chosen), None)))
+    unnamed = iter(range(len(workers)))
+    plan = [(gpu, model or models[next(unnamed) % len(models)]) for gpu, model in workers]
     missing = [model for model in models if model not in {model for _, model in plan}]
     if missing:
         raise SkipstepError(
@@ -96,15 +107,18 @@ def assign_gpus(spec: str, models: Sequence[str]) -> list[tuple[str, str]]:
 
 
 def gpu_workers(command: Sequence[str], plan: Sequence[tuple[str, str]], env: Mapping[str, str]) -> list[Child]:
-    """One worker per GPU of ``plan``, each pinned to its GPU: the process sees only that device (as ``cuda``),
-    so no two workers share one and none falls back to the CPU unnoticed."""
+    """One worker per entry of ``plan``, each pinned to its GPU: the process sees only that device (as ``cuda``),
+    so no two workers share one and none falls back to the CPU unnoticed. A worker spanning several GPUs is
+    ``skipstep worker --gpus``, which pins its ranks itself (core.worker_group)."""
     return [
-        Child(
-            f"worker {model} on GPU {gpu}",
+        Child(f"worker {model} on GPUs {gpus}", [*command, "--model", model, "--gpus", gpus], dict(env))
+        if "," in gpus
+        else Child(
+            f"worker {model} on GPU {gpus}",
             [*command, "--model", model],
-            {**env, "CUDA_VISIBLE_DEVICES": gpu, "SKIPSTEP_DEVICE": "cuda"},
+            {**env, "CUDA_VISIBLE_DEVICES": gpus, "SKIPSTEP_DEVICE": "cuda"},
         )
-        for gpu, model in plan
+        for gpus, model in plan
     ]
 
 

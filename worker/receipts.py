@@ -25,6 +25,7 @@ from core.models import LoadedModel
 from core.settings import Settings
 from core.video import to_uint8
 from worker.app import enqueue_delivery
+from worker.group import Group, Rerun
 
 log = logging.getLogger("skipstep.worker")
 # Sampled jobs whose frames a worker keeps at once; a job sampled beyond this gets no receipt.
@@ -44,8 +45,12 @@ class GiveWay(Exception):
 
 
 class Receipts:
-    def __init__(self, settings: Settings, model: LoadedModel, model_name: str, source: str) -> None:
+    def __init__(
+        self, settings: Settings, model: LoadedModel, model_name: str, source: str, group: Group | None = None
+    ) -> None:
         self.settings, self.model, self.model_name, self.source = settings, model, model_name, source
+        # A worker spanning several devices re-runs on every rank, as it runs jobs.
+        self.group = group
         self.pending: dict[uuid.UUID, Pending] = {}
 
     def sample(self, job_id: uuid.UUID, request: JobRequest, result: GenerationResult) -> None:
@@ -67,7 +72,7 @@ class Receipts:
                     raise GiveWay
 
             try:
-                result = run(self.model, pending.request, pending.shape, NoCache(), on_step=give_way)
+                result = self._rerun(pending, give_way)
             except GiveWay:
                 log.info(
                     "job %s: receipt re-run gave way to a queued job; it runs when the worker is idle again",
@@ -75,6 +80,8 @@ class Receipts:
                 )
                 return
             except Exception:
+                if self.group is not None:
+                    self.group.fault(f"job {pending.job_id}: the receipt's re-run failed")
                 log.exception("job %s: the receipt's re-run failed; dropped", pending.job_id)
                 del self.pending[pending.job_id]
                 continue
@@ -102,6 +109,12 @@ class Receipts:
                 "none" if predicted is None else f"{predicted:.2f} dB",
                 " — below the frontier's prediction" if shortfall else "",
             )
+
+    def _rerun(self, pending: Pending, give_way: Callable[[Progress], None]) -> GenerationResult:
+        if self.group is None:
+            return run(self.model, pending.request, pending.shape, NoCache(), on_step=give_way)
+        self.group.order(Rerun(pending.request, pending.shape))
+        return run(self.model, pending.request, pending.shape, NoCache(), on_step=self.group.leading(give_way))
 
     def _jobs_waiting(self) -> bool:
         with session_scope(self.settings.database) as session:

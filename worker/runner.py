@@ -34,7 +34,7 @@ from core.images import check_image, fetch, open_checked
 from core.jobs import catalogue, dispatch, transitions, workers
 from core.jobs.mapping import request_of
 from core.jobs.transitions import RunOutcome
-from core.models import LoadedModel, load_model
+from core.models import LoadedModel
 from core.models.compile import compile_and_warm_up
 from core.settings import Settings
 from core.storage import Storage, StorageError, input_image_key, storage_from, store_bytes, video_key
@@ -44,6 +44,7 @@ from worker import dispatcher
 from worker.active import ActiveJob, HandedBack, JobCanceled, JobTimedOut, LeaseLost, StopJob
 from worker.app import enqueue_delivery
 from worker.device import describe as describe_device
+from worker.group import Generate, load
 from worker.heartbeat import Heartbeat
 from worker.receipts import Receipts
 
@@ -61,24 +62,24 @@ class JobRunner:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.lease = timedelta(seconds=settings.job_lease_seconds)
         started = time.perf_counter()
-        self.model = load_model(source, settings, model)
+        self.model, self.group = load(settings, source, model)
         loaded = time.perf_counter() - started
         self.profiles = ProfileStore(settings.profiles_dir)
         self.info = self.model.info(self.profiles)
-        self.receipts = Receipts(settings, self.model, model, source)
+        self.receipts = Receipts(settings, self.model, model, source, self.group)
         self.storage: Storage = storage_from(settings)
         self.storage.ensure()
         self.active: ActiveJob | None = None
         # When SIGTERM arrived (time.monotonic()); set from a signal handler, so nothing else is done there.
         self.shutdown_requested_at: float | None = None
-        device = describe_device(self.model.device)
+        device = self.group.device if self.group is not None else describe_device(self.model.device)
         compiles = settings.compiles_on(self.model.device.type)
         # Compiling and warming up its model's blocks: it takes no jobs until that is done.
         self.warming = compiles
         with session_scope(settings.database) as session:
             workers.register(session, self.worker_id, socket.gethostname(), os.getpid(), model, device, compiles)
             catalogue.publish(session, model, self.info, self.worker_id)
-        where = device.name + (f" ({device.description})" if device.description else "")
+        where = device.describe() + (f" ({device.description})" if device.description else "")
         where += f", CUDA_VISIBLE_DEVICES={device.visible_devices}" if device.visible_devices else ""
         log.info("loaded model %s on %s in %.1f s (worker %s)", model, where, loaded, self.worker_id)
         # Beating while it compiles: a long warm-up must not look like a dead worker.
@@ -101,6 +102,8 @@ class JobRunner:
         self.heartbeat.stop()
         with session_scope(self.settings.database) as session:
             workers.stopped(session, self.worker_id)
+        if self.group is not None:
+            self.group.close()
 
     def _deadline(self) -> float:
         """How long database writes of a job are retried through an outage: its lease would lapse then."""
@@ -180,7 +183,7 @@ class JobRunner:
             source = self._source(job) if job.compare else None
             shape = request.shape(self.model.family.rules, self.model.default_shape)
             image = self._first_frame(job, shape)
-            result = generate(self.model, request, self.profiles, steps.planned, steps.stepped, source, image)
+            result = self._generate(request, steps, source, image)
         except StopJob as stop:
             self._stopped(active, stop)
             return
@@ -188,6 +191,9 @@ class JobRunner:
             self._finish(active, JobStatus.failed, error_code="invalid_request", error_message=str(exc))
             return
         except Exception as exc:
+            if self.group is not None:
+                # Under way on every rank: a failure here may be a rank that died; the job is retried.
+                self.group.fault(f"job {job.id}: generation failed")
             log.exception("job %s: generation failed", job.id)
             self._finish(active, JobStatus.failed, error_code="generation_failed", error_message=_describe(exc))
             return
@@ -236,6 +242,16 @@ class JobRunner:
             self._discard(key)
             if ended is None:
                 retrying(lambda: self._end_run(job, RunOutcome.SUPERSEDED), self._deadline(), "recording the run's end")
+
+    def _generate(
+        self, request: JobRequest, steps: Steps, source: JobRequest | None, image: Image.Image | None
+    ) -> GenerationResult:
+        """The job's generation: here, or on every rank of the group, which stops where this rank's callbacks stop."""
+        if self.group is None:
+            return generate(self.model, request, self.profiles, steps.planned, steps.stepped, source, image)
+        self.group.order(Generate(request, source, image))
+        planned, stepped = self.group.leading(steps.planned), self.group.leading(steps.stepped)
+        return generate(self.model, request, self.profiles, planned, stepped, source, image)
 
     def _source(self, job: Job) -> JobRequest | None:
         """A remix's source request, its fidelity's baseline."""

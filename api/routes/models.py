@@ -86,8 +86,14 @@ class WorkersView(BaseModel):
         examples=[0],
     )
     devices: list[str] = Field(
-        description="host/device of each live worker, with its pinned GPUs (admin keys only; empty otherwise).",
-        examples=[[f"{examples.HOSTNAME}/cuda:0 (GPU 0)", f"{examples.HOSTNAME}/cuda:0 (GPU 1)"]],
+        description="host/device of each live worker, with its pinned GPUs (admin keys only; empty otherwise); a "
+        "worker spanning several devices is one entry naming each (`host/cuda:0+cuda:1 (ulysses) (GPU 2,3)`).",
+        examples=[[f"{examples.HOSTNAME}/cuda:0 (GPU 0)", f"{examples.HOSTNAME}/cuda:0+cuda:1 (ulysses) (GPU 1,2)"]],
+    )
+    device_count: int = Field(
+        default=0,
+        description="Devices the live workers hold in all: a worker spanning several devices counts each.",
+        examples=[3],
     )
 
 
@@ -256,6 +262,7 @@ def list_models(key: KeyDep, session: SessionDep, settings: SettingsDep) -> Any:
                     idle=pool.idle,
                     warming=pool.warming,
                     devices=pool.devices if key.is_admin else [],
+                    device_count=pool.device_count,
                 ),
                 queue=QueueView(
                     queued=numbers.queued,

@@ -26,6 +26,14 @@ def add_commands(commands: Any, settings: Settings) -> None:
         help="one worker per GPU, each pinned to its GPU with CUDA_VISIBLE_DEVICES: 0,1 (models take the GPUs in "
         "turn) or 0=MODEL,1=MODEL; default: one worker per model on SKIPSTEP_DEVICE",
     )
+    up.add_argument(
+        "--gpus-per-worker",
+        type=int,
+        default=1,
+        metavar="N",
+        help="workers spanning N GPUs each (one job across them; SKIPSTEP_PARALLELISM): --gpus 0,1,2,3 "
+        "--gpus-per-worker 2 runs one worker on GPUs 0,1 and one on 2,3",
+    )
     up.set_defaults(run=_up)
     down = commands.add_parser("down", help="stop the service that `skipstep up` started")
     down.set_defaults(run=_down)
@@ -35,6 +43,13 @@ def add_commands(commands: Any, settings: Settings) -> None:
         "--model",
         default=settings.served_model,
         help="a configured model (default: SKIPSTEP_WORKER_MODEL, else the first)",
+    )
+    worker.add_argument(
+        "--gpus",
+        metavar="ID,ID,...",
+        help="one worker spanning these devices, one process each, sharing every job (SKIPSTEP_PARALLELISM: "
+        "ulysses, ring or cfg): GPU indexes or UUIDs (0,1,2,3), or cpu,cpu for ranks on the CPU; default: one "
+        "process on SKIPSTEP_DEVICE",
     )
     worker.set_defaults(run=_worker)
 
@@ -57,7 +72,10 @@ def _up(args: argparse.Namespace, settings: Settings) -> int:
     from core.storage import storage_from
     from core.supervisor import Child, assign_gpus, gpu_workers, say, supervise
 
-    plan = assign_gpus(args.gpus, list(settings.model_sources)) if args.gpus is not None else None
+    if args.gpus_per_worker < 1 or (args.gpus_per_worker > 1 and args.gpus is None):
+        raise SkipstepError("--gpus-per-worker: a number of GPUs of --gpus, 1 or more")
+    models = list(settings.model_sources)
+    plan = assign_gpus(args.gpus, models, args.gpus_per_worker) if args.gpus is not None else None
     settings.home.mkdir(parents=True, exist_ok=True)
     env = os.environ | {"SKIPSTEP_PUBLIC_URL": os.environ.get("SKIPSTEP_PUBLIC_URL", f"http://{args.host}:{args.port}")}
     children: list[Child] = []
@@ -131,7 +149,19 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     # Celery's own worker-to-worker chatter needs a free event loop, which a worker busy with a job has not:
     # liveness is the database heartbeat's business.
     command += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
-    os.execv(sys.executable, command)
+    if args.gpus is None:
+        os.execv(sys.executable, command)
+    from core.worker_group import WorkerGroup, parse_devices
+
+    group = WorkerGroup(
+        args.model,
+        parse_devices(args.gpus),
+        leader=command,
+        follower=[sys.executable, "-m", "worker.follower", args.model],
+        env=dict(os.environ),
+        stop_seconds=settings.shutdown_grace_seconds + settings.heartbeat_seconds + 20,
+    )
+    return group.supervise()
 
 
 def _embedded_key(settings: Settings) -> None:

@@ -188,6 +188,10 @@ class Worker(Base):
     device_name: Mapped[str | None] = mapped_column(String(200))
     # The host GPUs the process was pinned to (CUDA_VISIBLE_DEVICES), None if it was not pinned.
     visible_devices: Mapped[str | None] = mapped_column(String(200))
+    # A worker spanning several devices (one process per device): each rank's device, and how they share a job
+    # (core.parallel); None for a worker on one device.
+    devices: Mapped[list[str] | None] = mapped_column(JSON)
+    parallelism: Mapped[str | None] = mapped_column(String(20))
     current_job_id: Mapped[uuid.UUID | None]
     jobs_done: Mapped[int] = mapped_column(default=0)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)

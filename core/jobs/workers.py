@@ -33,6 +33,13 @@ class Device:
     name: str
     description: str | None = None
     visible_devices: str | None = None
+    # A worker spanning several devices: each rank's device (rank 0's is ``name``) and how they share a job.
+    group: tuple[str, ...] = ()
+    parallelism: str | None = None
+
+    def describe(self) -> str:
+        """``cuda:0``, or ``cuda:0+cuda:1 (ulysses)`` for a worker spanning devices."""
+        return f"{'+'.join(self.group)} ({self.parallelism})" if self.group else self.name
 
 
 def register(
@@ -43,6 +50,7 @@ def register(
     worker = session.get(Worker, worker_id) or Worker(id=worker_id)
     worker.hostname, worker.pid, worker.model = hostname, pid, model
     worker.device, worker.device_name, worker.visible_devices = device.name, device.description, device.visible_devices
+    worker.devices, worker.parallelism = list(device.group) or None, device.parallelism
     worker.started_at = worker.last_seen_at = now
     worker.current_job_id, worker.stopped_at, worker.jobs_done = None, None, 0
     worker.stop_reason = WARMING if warming else None
@@ -124,12 +132,13 @@ def waiting_for_worker(session: Session, model: str, heartbeat_seconds: float) -
 @dataclass(frozen=True)
 class ModelWorkers:
     """A model's live workers: how many, how many of those hold no job and take one, how many are still warming
-    up, and the devices they hold."""
+    up, each one's devices, and the devices they hold in all (a worker spanning several counts each)."""
 
     live: int
     idle: int
     devices: list[str]
     warming: int = 0
+    device_count: int = 0
 
 
 def by_model(session: Session, heartbeat_seconds: float) -> dict[str, ModelWorkers]:
@@ -140,6 +149,8 @@ def by_model(session: Session, heartbeat_seconds: float) -> dict[str, ModelWorke
             Worker.hostname,
             Worker.device,
             Worker.visible_devices,
+            Worker.devices,
+            Worker.parallelism,
             Worker.current_job_id,
             Worker.stop_reason,
         )
@@ -147,10 +158,11 @@ def by_model(session: Session, heartbeat_seconds: float) -> dict[str, ModelWorke
         .order_by(Worker.model, Worker.hostname, Worker.started_at)
     ).all()
     models: dict[str, ModelWorkers] = {}
-    for model, hostname, device, visible, job_id, reason in rows:
+    for model, hostname, device, visible, group, parallelism, job_id, reason in rows:
         current = models.get(model, ModelWorkers(0, 0, []))
+        held = Device(device, group=tuple(group or ()), parallelism=parallelism)
         where = (
-            f"{hostname}/{device}"
+            f"{hostname}/{held.describe()}"
             + (f" (GPU {visible})" if visible else "")
             + (" warming" if reason == WARMING else "")
         )
@@ -159,6 +171,7 @@ def by_model(session: Session, heartbeat_seconds: float) -> dict[str, ModelWorke
             current.idle + (job_id is None and reason != WARMING),
             [*current.devices, where],
             current.warming + (reason == WARMING),
+            current.device_count + max(len(held.group), 1),
         )
     return models
 
@@ -195,6 +208,22 @@ class WorkerStatus:
         str | None,
         Field(
             description="The host's GPUs it was pinned to (CUDA_VISIBLE_DEVICES); null when unpinned.", examples=["0"]
+        ),
+    ]
+    devices: Annotated[
+        list[str],
+        Field(
+            description="A worker spanning several devices (`skipstep worker --gpus 0,1,...`): each rank's device, "
+            "rank 0's first (`device`); empty for a worker on one device.",
+            examples=[["cuda:0", "cuda:1"]],
+        ),
+    ]
+    parallelism: Annotated[
+        str | None,
+        Field(
+            description="How a worker spanning several devices shares each job: ulysses, ring or cfg; null for one "
+            "device.",
+            examples=["ulysses"],
         ),
     ]
     current_job_id: Annotated[
@@ -234,6 +263,8 @@ def statuses(session: Session, heartbeat_seconds: float, limit: int = 100) -> li
             device=worker.device,
             device_name=worker.device_name,
             visible_devices=worker.visible_devices,
+            devices=worker.devices or [],
+            parallelism=worker.parallelism,
             current_job_id=worker.current_job_id,
             jobs_done=worker.jobs_done,
             started_at=worker.started_at,
