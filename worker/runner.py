@@ -5,6 +5,7 @@ stop the heartbeat thread asked for (timeout, hand-back at shutdown, lost lease)
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -203,7 +204,8 @@ class JobRunner:
         encoding = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="skipstep-") as scratch:
             path = Path(scratch) / "video.mp4"
-            encode_mp4(to_uint8(result.frames), path, result.fps)
+            frames = to_uint8(result.frames)
+            encode_mp4(frames, path, result.fps)
             active.alive()
             try:
                 # A worker frozen past its lease may find here that its job was requeued: it stores nothing.
@@ -221,6 +223,7 @@ class JobRunner:
         stored = time.perf_counter()
 
         metrics = _metrics(job, result, steps, encode=uploading - encoding, upload=stored - uploading)
+        metrics["frames_sha256"] = hashlib.sha256(frames.tobytes()).hexdigest()
         metrics["engine"] = engine_metrics(self.model, result)
         ended = self._finish(
             active,
@@ -430,12 +433,15 @@ def _metrics(job: Job, result: GenerationResult, steps: Steps, encode: float, up
 
 def engine_metrics(model: LoadedModel, result: GenerationResult) -> dict[str, Any]:
     """How the model ran the job: attention kernel, precision and compiled blocks as set up (each requested
-    setting beside what this machine could do), and whether the prompt's encoding was reused."""
+    setting beside what this machine could do), whether the prompt's encoding was reused, and the devices that
+    shared the job."""
     return {
         "attention": asdict(model.attention),
         "precision": asdict(model.precision),
         "compiled": model.compiled,
         "prompt_cached": result.prompt_cached,
+        "devices": model.parallel.world_size if model.parallel else 1,
+        "parallelism": model.parallel.mode if model.parallel else None,
     }
 
 

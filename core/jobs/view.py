@@ -169,6 +169,17 @@ class EngineMetrics(BaseModel):
     prompt_cached: bool = Field(
         description="The prompt's encoding was reused from an earlier job on the same worker.", examples=[False]
     )
+    devices: int = Field(
+        default=1,
+        description="Devices that ran the job together: more than 1 on a worker spanning several (`skipstep worker "
+        "--gpus`).",
+        examples=[1],
+    )
+    parallelism: str | None = Field(
+        default=None,
+        description="How those devices shared each step (ulysses, ring, cfg); null on one device.",
+        examples=[None],
+    )
 
 
 class JobMetrics(BaseModel):
@@ -211,6 +222,12 @@ class JobMetrics(BaseModel):
     )
     step_seconds: list[float] = Field(description="Wall time of each denoising step.", examples=[examples.STEP_SECONDS])
     timings: StageTimings = Field(description="Seconds per stage, submit to upload.")
+    frames_sha256: str | None = Field(
+        default=None,
+        description="SHA-256 of the video's frames as 8-bit RGB, before MP4 encoding (whose bytes may vary from run to "
+        "run): the same model, request and seed give the same digest, on one device or several.",
+        examples=["9f2c4e0b7a1d3c5e8f6a2b4d0c9e7f1a3b5d7c9e1f3a5b7d9c1e3f5a7b9d1c3e"],
+    )
     engine: EngineMetrics | None = Field(
         default=None, description="Attention kernel, precision, compilation, prompt cache; null for older jobs."
     )
