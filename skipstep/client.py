@@ -61,8 +61,21 @@ def _unreachable(exc: httpx.TransportError) -> ApiError:
     return ApiError(None, "unreachable", f"{type(exc).__name__}: {exc}")
 
 
-def _create_request(prompt: str, idempotency_key: str | None, fields: dict[str, Any]) -> dict[str, Any]:
-    return {"json": {"prompt": prompt, **fields}, "headers": {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}}
+Image = str | Path | bytes
+
+
+def _create_request(
+    prompt: str, idempotency_key: str | None, image: Image | None, fields: dict[str, Any]
+) -> dict[str, Any]:
+    """``POST /jobs``'s arguments: the job as JSON, or with an ``image`` (a file's path or its bytes; an ``https``
+    URL goes in ``image_url`` instead) the JSON in a ``request`` part beside the image's file part."""
+    headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
+    body = {"prompt": prompt, **fields}
+    if image is None:
+        return {"json": body, "headers": headers}
+    data = image if isinstance(image, bytes) else Path(image).read_bytes()
+    name = "image" if isinstance(image, bytes) else Path(image).name
+    return {"data": {"request": json.dumps(body)}, "files": {"image": (name, data)}, "headers": headers}
 
 
 def _remix_request(idempotency_key: str | None, changes: dict[str, Any]) -> dict[str, Any]:
@@ -136,9 +149,12 @@ class Jobs:
     def __init__(self, client: Client) -> None:
         self._client = client
 
-    def create(self, prompt: str, *, idempotency_key: str | None = None, **fields: Any) -> JobView:
-        """Queue a job (fields as ``POST /jobs`` takes them: width, height, num_frames, cache, seed, ...)."""
-        request = _create_request(prompt, idempotency_key, fields)
+    def create(
+        self, prompt: str, *, idempotency_key: str | None = None, image: Image | None = None, **fields: Any
+    ) -> JobView:
+        """Queue a job (fields as ``POST /jobs`` takes them: width, height, num_frames, cache, seed, image_url,
+        ...); ``image``, a PNG, JPEG or WebP file's path or bytes, is an image-to-video model's first frame."""
+        request = _create_request(prompt, idempotency_key, image, fields)
         return JobView.model_validate(self._client.request("POST", "/jobs", **request).json())
 
     def remix(self, job_id: uuid.UUID | str, *, idempotency_key: str | None = None, **changes: Any) -> JobView:
@@ -258,8 +274,10 @@ class AsyncJobs:
     def __init__(self, client: AsyncClient) -> None:
         self._client = client
 
-    async def create(self, prompt: str, *, idempotency_key: str | None = None, **fields: Any) -> JobView:
-        request = _create_request(prompt, idempotency_key, fields)
+    async def create(
+        self, prompt: str, *, idempotency_key: str | None = None, image: Image | None = None, **fields: Any
+    ) -> JobView:
+        request = _create_request(prompt, idempotency_key, image, fields)
         return JobView.model_validate((await self._client.request("POST", "/jobs", **request)).json())
 
     async def remix(self, job_id: uuid.UUID | str, *, idempotency_key: str | None = None, **changes: Any) -> JobView:

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 def add_commands(commands: Any, settings: Settings) -> None:
     submit = commands.add_parser("submit", help="submit a job to the running service")
     add_request_options(submit, JobRequest)
+    submit.add_argument(
+        "--image", metavar="FILE|URL", help="an image-to-video model's first frame: a PNG, JPEG or WebP, or its https URL"
+    )
     submit.add_argument("--wait", action="store_true", help="follow the job until it finishes")
     submit.add_argument("--out", type=Path, metavar="FILE.mp4", help="with --wait: download the video here")
     submit.add_argument("--api-url", default=settings.public_url)
@@ -41,7 +44,7 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
     # Read only now: a service being started by `skipstep up` writes its key before it is ready.
     with Client(args.api_url, settings.api_key or _read_key_file(settings)) as client:
         try:
-            job = client.jobs.create(**body)
+            job = client.jobs.create(**body, **_image(args.image))
             print(f"job {job.id} queued")
             if not args.wait:
                 return 0
@@ -65,6 +68,18 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
         except WaitTimeout as exc:
             raise SkipstepError(f"--timeout: {exc}") from exc
     return 0
+
+
+def _image(given: str | None) -> dict[str, Any]:
+    """``--image`` as the SDK takes it: a URL as ``image_url``, a file as ``image``."""
+    if given is None:
+        return {}
+    if given.startswith(("https://", "http://")):
+        return {"image_url": given}
+    path = Path(given)
+    if not path.is_file():
+        raise SkipstepError(f"--image: no such file: {given}")
+    return {"image": path}
 
 
 class _Progress:
