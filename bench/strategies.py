@@ -36,6 +36,7 @@ from core.caching.magcache import nearest_interp
 from core.caching.profiles import ProfileStore, transformer_signature
 from core.caching.registry import build_cache
 from core.contract.request import GenerationRequest
+from core.errors import CacheConfigError
 from core.fidelity import psnr, ssim
 from core.generation import expert_caches, run
 from core.models import LoadedModel, load_model
@@ -91,6 +92,16 @@ class Row:
     family: str
     go: Callable[[], Outcome]
     outcomes: list[Outcome] = field(default_factory=list)
+    refused: str | None = None
+
+    def take(self) -> None:
+        """One run, unless the model refused the row's setting (then never again)."""
+        if self.refused is not None:
+            return
+        try:
+            self.outcomes.append(self.go())
+        except CacheConfigError as exc:
+            self.refused = str(exc)
 
 
 class BlockCounter:
@@ -248,10 +259,11 @@ def rows(bench: Bench, compiled: bool) -> list[Row]:
 
 def measure(table: list[Row], repeats: int, warm_up_every_row: bool = True) -> None:
     for row in table if warm_up_every_row else table[:1]:
-        row.go()
+        row.take()
+        row.outcomes.clear()
     for _ in range(repeats):
         for row in table:
-            row.outcomes.append(row.go())
+            row.take()
 
 
 def report(table: list[Row], header: str) -> str:
@@ -266,6 +278,8 @@ def report(table: list[Row], header: str) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in table:
+        if row.refused is not None:
+            continue
         last = row.outcomes[-1]
         times = [o.seconds for o in row.outcomes]
         median = statistics.median(times)
@@ -285,7 +299,8 @@ def report(table: list[Row], header: str) -> str:
             f"| {row.label} | {last.computed}/{last.total} | {ideal:.2f}x | {median:.2f} | {min(times):.2f}-"
             f"{max(times):.2f} | {speedup:.2f}x | {speedup / ideal:.2f} | {quality[0]} | {quality[1]} |"
         )
-    return "\n".join(lines)
+    refused = [f"- {row.label}: refused by the model ({row.refused})" for row in table if row.refused is not None]
+    return "\n".join(lines + (["", *refused] if refused else []))
 
 
 def main() -> None:

@@ -72,13 +72,25 @@ def _targeted(fields: dict[str, Any], target: Target | dict[str, Any] | None) ->
     return fields | {"cache": {"strategy": AUTO, **fields.get("cache", {}), "target": target}}
 
 
+Image = str | Path | bytes
+
+
 def _create_request(
-    prompt: str, idempotency_key: str | None, target: Target | dict[str, Any] | None, fields: dict[str, Any]
+    prompt: str,
+    idempotency_key: str | None,
+    target: Target | dict[str, Any] | None,
+    image: Image | None,
+    fields: dict[str, Any],
 ) -> dict[str, Any]:
-    return {
-        "json": {"prompt": prompt, **_targeted(fields, target)},
-        "headers": {"Idempotency-Key": idempotency_key or str(uuid.uuid4())},
-    }
+    """``POST /jobs``'s arguments: the job as JSON, or with an ``image`` (a file's path or its bytes; an ``https``
+    URL goes in ``image_url`` instead) the JSON in a ``request`` part beside the image's file part."""
+    headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
+    body = {"prompt": prompt, **_targeted(fields, target)}
+    if image is None:
+        return {"json": body, "headers": headers}
+    data = image if isinstance(image, bytes) else Path(image).read_bytes()
+    name = "image" if isinstance(image, bytes) else Path(image).name
+    return {"data": {"request": json.dumps(body)}, "files": {"image": (name, data)}, "headers": headers}
 
 
 def _remix_request(
@@ -160,12 +172,15 @@ class Jobs:
         *,
         idempotency_key: str | None = None,
         target: Target | dict[str, Any] | None = None,
+        image: Image | None = None,
         **fields: Any,
     ) -> JobView:
         """Queue a job (fields as ``POST /jobs`` takes them: width, height, num_frames, cache, seed, ...); a
         ``target`` (``{"tier": "high"}``, ``{"min_psnr": 30}``, ``{"deadline_seconds": 20}``) makes the cache `auto`:
-        the service picks the fastest measured setting that meets it and says which in ``expected.auto``."""
-        request = _create_request(prompt, idempotency_key, target, fields)
+        the service picks the fastest measured setting that meets it and says which in ``expected.auto``. ``image``,
+        a PNG, JPEG or WebP file's path or bytes, is an image-to-video model's first frame (a URL goes in
+        ``image_url``)."""
+        request = _create_request(prompt, idempotency_key, target, image, fields)
         return JobView.model_validate(self._client.request("POST", "/jobs", **request).json())
 
     def remix(
@@ -298,9 +313,10 @@ class AsyncJobs:
         *,
         idempotency_key: str | None = None,
         target: Target | dict[str, Any] | None = None,
+        image: Image | None = None,
         **fields: Any,
     ) -> JobView:
-        request = _create_request(prompt, idempotency_key, target, fields)
+        request = _create_request(prompt, idempotency_key, target, image, fields)
         return JobView.model_validate((await self._client.request("POST", "/jobs", **request)).json())
 
     async def remix(

@@ -21,7 +21,8 @@ import torch
 from torch._dynamo.utils import counters
 
 from core.caching.registry import build_cache
-from core.generation import run
+from core.contract.experts import HIGH_NOISE, LOW_NOISE
+from core.generation import generate, run
 from core.models import LoadedModel, load_model
 from core.models.compile import compile_and_warm_up, compile_blocks
 
@@ -113,6 +114,30 @@ def test_warm_up_compiles_every_served_shape_and_jobs_then_never_recompile(setti
                 generate_with(model, profiles, request)
         assert counters["stats"]["unique_graphs"] == 2
         assert not counters["graph_break"]
+    finally:
+        torch._dynamo.reset()
+
+
+def test_both_experts_of_wan22_compile_at_warm_up_and_match_eager(settings, profiles, small_request) -> None:
+    served = settings.model_copy(update={"compile_backend": "aot_eager"})
+    model = load_model("wan2.2-t2v-a14b-tiny", served)
+    job = small_request(
+        width=32, height=32, num_frames=5, num_inference_steps=6, cache={"strategy": "magcache", "params": {}}
+    )
+    eager = generate(model, job, profiles)
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        compile_and_warm_up(model, served.model_copy(update={"compile_shapes": "32x32x5"}))
+        for _, transformer in model.experts:
+            assert all(block._compiled_call_impl is not None for block in transformer.blocks)
+        graphs = counters["stats"]["unique_graphs"]
+        assert graphs >= 2  # one per expert at least
+        with torch.compiler.set_stance("fail_on_recompile"):
+            compiled = generate(model, job, profiles)
+        assert counters["stats"]["unique_graphs"] == graphs and not counters["graph_break"]
+        assert {name.split("/")[0] for name in compiled.cache.branches} == {HIGH_NOISE, LOW_NOISE}
+        np.testing.assert_allclose(compiled.frames, eager.frames, atol=1e-5)
     finally:
         torch._dynamo.reset()
 

@@ -3,6 +3,9 @@
 server, allowed by the test setting), checked at submit, stored beside the video, shown with the job."""
 
 import io
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,6 +17,8 @@ import openai
 import pytest
 from PIL import Image
 from service import Service, fresh_database, launch, s3_settings
+
+from skipstep import Client
 
 IMAGE_MODELS = ("wan-i2v-tiny", "wan2.2-ti2v-tiny", "wan2.2-i2v-a14b-tiny")
 BUCKET = "skipstep-images"
@@ -120,6 +125,30 @@ def test_uploaded_and_url_images_run_end_to_end(image_service, image_server, s3_
     assert_succeeded_with_its_image(image_service, job["id"])
     fetched = assert_succeeded_with_its_image(image_service, by_url.json()["id"])
     assert fetched["input_image"]["url"].endswith(f"/jobs/{fetched['id']}/image")
+
+
+def test_the_sdk_and_submit_send_a_first_frame(image_service, tmp_path) -> None:
+    frame = tmp_path / "frame.png"
+    frame.write_bytes(png(seed=2))
+    with Client(image_service.url, image_service.keys["alice"]) as client:
+        job = client.jobs.create(image=png(seed=3), model="wan-i2v-tiny", **JOB)
+    assert job.input_image is not None and job.input_image.url is not None
+    env = os.environ | {"SKIPSTEP_API_KEY": image_service.keys["alice"], "SKIPSTEP_DEVICE": "cpu"}
+    fields = ["--width", "64", "--height", "64", "--num-frames", "5", "--steps", "3"]
+    submitted = subprocess.run(
+        [sys.executable, "-m", "core.cli", "submit", "--api-url", image_service.url, "--model", "wan-i2v-tiny"]
+        + ["--prompt", "a fox", "--image", str(frame), *fields, "--wait", "--out", str(tmp_path / "out.mp4")],
+        env=env, capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    assert (tmp_path / "out.mp4").stat().st_size > 0
+    assert_succeeded_with_its_image(image_service, str(job.id))
+    missing = subprocess.run(
+        [sys.executable, "-m", "core.cli", "submit", "--api-url", image_service.url, "--model", "wan-i2v-tiny"]
+        + ["--prompt", "a fox", "--image", str(tmp_path / "none.png")],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert missing.returncode == 2 and "--image: no such file" in missing.stderr
 
 
 def test_models_say_which_take_images(image_service) -> None:

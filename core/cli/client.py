@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 def add_commands(commands: Any, settings: Settings) -> None:
     submit = commands.add_parser("submit", help="submit a job to the running service")
     add_request_options(submit, JobRequest, targets=True)
+    submit.add_argument(
+        "--image", metavar="FILE|URL", help="an image-to-video model's first frame: a PNG, JPEG or WebP, or its https URL"
+    )
     submit.add_argument("--wait", action="store_true", help="follow the job until it finishes")
     submit.add_argument("--out", type=Path, metavar="FILE.mp4", help="with --wait: download the video here")
     submit.add_argument("--api-url", default=settings.public_url)
@@ -43,7 +46,7 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
     # Read only now: a service being started by `skipstep up` writes its key before it is ready.
     with Client(args.api_url, settings.api_key or _read_key_file(settings)) as client:
         try:
-            job = client.jobs.create(**body)
+            job = client.jobs.create(**body, **_image(args.image))
             print(f"job {job.id} queued")
             if job.expected is not None and job.expected.auto is not None:
                 print(_auto_line(job.expected.auto))
@@ -78,6 +81,18 @@ def _auto_line(choice: Choice) -> str:
         predicted = f" (predicted {choice.predicted_speedup:g}x, PSNR {choice.predicted_psnr:g} dB"
         predicted += f", SSIM {choice.predicted_ssim:g})"
     return f"auto chose {setting}{predicted}: {choice.reason}"
+
+
+def _image(given: str | None) -> dict[str, Any]:
+    """``--image`` as the SDK takes it: a URL as ``image_url``, a file as ``image``."""
+    if given is None:
+        return {}
+    if given.startswith(("https://", "http://")):
+        return {"image_url": given}
+    path = Path(given)
+    if not path.is_file():
+        raise SkipstepError(f"--image: no such file: {given}")
+    return {"image": path}
 
 
 class _Progress:

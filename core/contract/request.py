@@ -136,8 +136,8 @@ class GenerationRequest(BaseModel):
 
     @classmethod
     def at(cls, shape: Shape, prompt: str, **fields: Any) -> GenerationRequest:
-        """A request for ``prompt`` at exactly ``shape``."""
-        return cls(prompt=prompt, **{name: getattr(shape, name) for name in SIZE_FIELDS}, **fields)
+        """A request for ``prompt`` at exactly ``shape`` (``fields`` may replace its step count)."""
+        return cls(prompt=prompt, **({name: getattr(shape, name) for name in SIZE_FIELDS} | fields))
 
     def shape(self, family: FamilyRules | None, default: Shape | None) -> Shape:
         """The concrete shape, checked against the family's size rules (InvalidRequest names every field). For a

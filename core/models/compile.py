@@ -28,17 +28,22 @@ import torch
 from core.caching.none import NoCache
 from core.contract.request import GenerationRequest
 from core.contract.shapes import Shape
-from core.generation import run
+from core.generation import expert_caches, run
 from core.models.loading import LoadedModel
 from core.settings import Settings
 
 log = logging.getLogger("skipstep.models")
 
 WARMUP_STEPS = 2
+# Wan2.2 A14B switches experts at a timestep boundary (0.875 of the schedule for T2V, 0.9 for I2V): the last of 8
+# steps, at sigma 1/8 shifted by 12 (0.63), is past both, so a warm-up of 8 steps runs each expert.
+EXPERT_WARMUP_STEPS = 8
 
 
 def compile_blocks(model: LoadedModel, backend: str) -> None:
-    model.transformer.compile_repeated_blocks(fullgraph=True, backend=backend)
+    """Every transformer's blocks: Wan2.2 A14B's two experts each have their own."""
+    for _, transformer in model.experts:
+        transformer.compile_repeated_blocks(fullgraph=True, backend=backend)
     model.compiled = True
 
 
@@ -54,15 +59,11 @@ def warmup_shapes(model: LoadedModel, settings: Settings) -> list[Shape]:
 
 
 def warm_up(model: LoadedModel, shape: Shape) -> None:
-    """One short uncached run at ``shape``, both CFG branches, so no job pays its compilation."""
-    request = GenerationRequest(
-        prompt="warm-up",
-        width=shape.width,
-        height=shape.height,
-        num_frames=shape.num_frames,
-        num_inference_steps=WARMUP_STEPS,
-    )
-    run(model, request, request.shape(model.family.rules, model.default_shape), NoCache())
+    """One short uncached run at ``shape``, both CFG branches (and, with two experts, a step of each), so no job
+    pays its compilation."""
+    steps = WARMUP_STEPS if len(model.experts) == 1 else EXPERT_WARMUP_STEPS
+    request = GenerationRequest.at(shape, "warm-up", num_inference_steps=steps)
+    run(model, request, shape, expert_caches(model, shape, lambda *_: NoCache()))
 
 
 class CompileCache:
