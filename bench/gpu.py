@@ -187,9 +187,11 @@ class Bench:
         self.last_report: CacheReport | None = None
         # Rows counted by hooks, by their first pass: later passes (hooks gone once compiled) run the same schedule.
         self.hook_counts: dict[str, Measured] = {}
-        self.flops = wan_call_flops(
-            model.transformer, wan_tokens(model.transformer.config, self.shape), model.family.max_sequence_length
+        pipeline = model.pipeline
+        tokens = wan_tokens(
+            model.transformer.config, self.shape, pipeline.vae_scale_factor_temporal, pipeline.vae_scale_factor_spatial
         )
+        self.flops = wan_call_flops(model.transformer, tokens, model.family.max_sequence_length)
         self.notes: list[str] = []
 
     def synchronize(self) -> None:

@@ -64,6 +64,7 @@ PRESETS: dict[str, PresetInfo] = {
             WAN,
             TRAINED_TINY_SHAPE,
             "small Wan2.1 pipeline trained here (training/train_wan_tiny.py) on synthetic clips of coloured shapes",
+            {"class": "WanPipeline", "flow_shift": 3.0, "num_train_timesteps": 1000},
         ),
         PresetInfo("wan-tiny", WAN, TINY_SHAPE, "small random Wan2.1 pipeline for tests, shapes and CPU benchmarks"),
         PresetInfo("ltx-tiny", LTX, TINY_SHAPE, "small random LTX-Video pipeline"),

@@ -94,13 +94,12 @@ def _text_config(tokenizer: T5Tokenizer, d_model: int, d_ff: int, num_heads: int
 def _wan_transformer(text_dim: int, transformer: dict[str, object], seed: int) -> WanTransformer3DModel:
     torch.manual_seed(seed)
     return WanTransformer3DModel(
-        patch_size=(1, 2, 2),
         text_dim=text_dim,
         freq_dim=256,
         cross_attn_norm=True,
         qk_norm="rms_norm_across_heads",
         rope_max_seq_len=1024,
-        **{"in_channels": 16, "out_channels": 16, **transformer},
+        **{"in_channels": 16, "out_channels": 16, "patch_size": (1, 2, 2), **transformer},
     )
 
 
@@ -245,16 +244,31 @@ _SHAPE_WORDS = tuple(
 
 
 def wan_tiny_trained_architecture() -> DiffusionPipeline:
-    """wan-tiny-trained before training: a Wan2.1 pipeline small enough to train on one CPU thread in minutes
-    (64x64 clips: 80 latent tokens), with Wan2.1-1.3B's 480p scheduler (UniPC, flow shift 3). The text
-    encoder stays as initialised; ``training.train_wan_tiny`` trains the VAE and the transformer."""
+    """wan-tiny-trained before training: a Wan2.1 pipeline small enough to train on one CPU core in 20 minutes,
+    with Wan2.1-1.3B's 480p scheduler (UniPC, flow shift 3). Its VAE compresses 4x in space (two downsampling
+    levels, both also temporal: 4x in time), not Wan2.1's 8x: at base width 8, the 8x VAE learned several times
+    slower (bench/results/wan-tiny-trained.md). The transformer's 4x4 patches keep the token count of 8x latents
+    in 2x2 patches (64x64, 17 frames: 80 tokens), and the family's multiples of 16. The text encoder stays as
+    initialised; ``training.train_wan_tiny`` trains the VAE and the transformer."""
     return _build_wan(
         text_dim=128,
         text_heads=4,
         flow_shift=3.0,
         tokenizer=offline_tokenizer(_SHAPE_WORDS),
-        transformer={"num_attention_heads": 4, "attention_head_dim": 32, "ffn_dim": 512, "num_layers": 6},
-        vae={"base_dim": 8, "dim_mult": [1, 2, 2, 4], "num_res_blocks": 1},
+        transformer={
+            "num_attention_heads": 4,
+            "attention_head_dim": 32,
+            "ffn_dim": 512,
+            "num_layers": 6,
+            "patch_size": (1, 4, 4),
+        },
+        vae={
+            "base_dim": 8,
+            "dim_mult": [1, 2, 4],
+            "temperal_downsample": [True, True],
+            "scale_factor_spatial": 4,
+            "num_res_blocks": 1,
+        },
     )
 
 
