@@ -1,7 +1,7 @@
 """The speed/fidelity frontier of one model at one shape, and how `auto` chooses on prompts it has not seen.
 
     python bench/frontier.py [--model wan-tiny-trained] [--width 64 --height 64 --num-frames 9 --steps 20]
-                             [--prompts 3 --held-out 3] [--setting STRATEGY:NAME=VALUE,...]
+                             [--prompts 4 --held-out 6] [--setting STRATEGY:NAME=VALUE,...]
                              [--out bench/results/frontier-cpu.md]
     python bench/frontier.py --from-json bench/results/frontier-cpu.json   # the report again, no runs
 
@@ -18,7 +18,10 @@ chart, a legend added) beside it.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
+import os
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -38,16 +41,22 @@ from core.contract.frontier import (
     mark_pareto,
     setting_key,
 )
+from core.contract.models import PRESETS
 
+# In the trained tiny model's caption vocabulary (training/clips.py); no held-out prompt is a calibration prompt.
 CALIBRATION = (
     "a red square moving right on a black background",
     "a blue circle at the top on a gray background",
     "a yellow triangle moving down on a striped background",
+    "a white triangle in the center and a yellow square moving up on a checkered background",
 )
 HELD_OUT = (
     "a green circle moving left on a checkered background",
     "a white square at the bottom on a black background",
     "a red triangle on the left and a blue square moving up on a gray background",
+    "a yellow circle on the right on a striped background",
+    "a blue triangle moving right and a green square at the top on a black background",
+    "a red circle in the center on a gray background",
 )
 CALIBRATION_SEED, HELD_OUT_SEED = 0, 100
 
@@ -61,6 +70,15 @@ class Measured(BaseModel):
     calibration_prompts: list[str]
     held_out_prompts: list[str]
     clock: str
+    # Which weights: the preset's folder, the last commit that touched it, each component's sha256 (first 12).
+    weights: str
+    # PRESETS marks the model as random or not trained enough to decode what a caption says.
+    untrained: bool
+    # The uncached frames' spread, 8-bit standard deviation (mean over the prompts): near-flat frames make every
+    # difference small and PSNR high.
+    frame_std: float
+    # The machine's 1-minute load average, least and most, sampled after every run.
+    load: tuple[float, float]
     frontier: Frontier
     held_out: list[FrontierPoint]
     # Wall-clock speedups (fastest uncached over fastest run) by setting, whatever clock the points use.
@@ -75,8 +93,8 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=64)
     parser.add_argument("--num-frames", type=int, default=9)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--prompts", type=int, default=3, help=f"calibration prompts (at most {len(CALIBRATION)})")
-    parser.add_argument("--held-out", type=int, default=3, help=f"held-out prompts (at most {len(HELD_OUT)})")
+    parser.add_argument("--prompts", type=int, default=4, help=f"calibration prompts (at most {len(CALIBRATION)})")
+    parser.add_argument("--held-out", type=int, default=6, help=f"held-out prompts (at most {len(HELD_OUT)})")
     parser.add_argument(
         "--setting", action="append", metavar="STRATEGY[:NAME=VALUE,...]", help="instead of the default grid"
     )
@@ -120,6 +138,7 @@ def run(args: argparse.Namespace) -> Measured:
     from core.frontier import DEFAULT_GRID, measure
     from core.models import load_model
     from core.settings import get_settings
+    from core.video import to_uint8
 
     torch.set_num_threads(args.threads)
     model = load_model(args.model, get_settings())
@@ -131,8 +150,14 @@ def run(args: argparse.Namespace) -> Measured:
     started = time.perf_counter()
     walls: dict[str, dict[str, list[float]]] = {prompt: {} for prompt in calibration_prompts + held_out_prompts}
 
+    loads: list[float] = []
+    spreads: list[float] = []
+
     def progress(prompt: str, setting: str, result: Any) -> None:
         walls[prompt].setdefault(setting, []).append(result.timings.denoising)
+        loads.append(os.getloadavg()[0])
+        if setting == "none":
+            spreads.append(float(to_uint8(result.frames).std()))
         timings = result.timings
         print(
             f"{time.perf_counter() - started:7.1f} s  wall {timings.denoising:6.2f} s  "
@@ -173,6 +198,10 @@ def run(args: argparse.Namespace) -> Measured:
         minutes=round((time.perf_counter() - started) / 60, 1),
         profile=profile.name,
         clock=args.clock,
+        weights=describe_weights(args.model),
+        untrained=PRESETS[args.model].untrained if args.model in PRESETS else False,
+        frame_std=round(sum(spreads) / len(spreads), 2),
+        load=(min(loads), max(loads)),
         calibration_prompts=calibration_prompts,
         held_out_prompts=held_out_prompts,
         frontier=Frontier(
@@ -182,6 +211,24 @@ def run(args: argparse.Namespace) -> Measured:
         wall_speedups=wall_speedups(calibration_prompts),
         held_out_wall_speedups=wall_speedups(held_out_prompts),
     )
+
+
+def describe_weights(model: str) -> str:
+    from core.models.presets import TRAINED
+
+    folder = TRAINED.get(model)
+    if folder is None:
+        return f"`{model}` as `load_model` finds it"
+    root = Path(__file__).resolve().parent.parent
+    where = folder.resolve().relative_to(root)
+    commit = subprocess.run(
+        ["git", "log", "-1", "--format=%h %cs", "--", str(where)], cwd=root, capture_output=True, text=True
+    ).stdout.strip()
+    digests = ", ".join(
+        f"{file.parent.name} {hashlib.sha256(file.read_bytes()).hexdigest()[:12]}"
+        for file in sorted(folder.glob("*/*.safetensors"))
+    )
+    return f"`{where}` as of commit {commit or '(uncommitted)'} (sha256: {digests})"
 
 
 def render_svg(frontier: Frontier) -> str:
@@ -200,42 +247,54 @@ def render_svg(frontier: Frontier) -> str:
     return chart.replace(">", ">" + css, 1).replace("</svg>", legend + "</svg>")
 
 
-def suggest_tiers(frontier: Frontier) -> tuple[dict[str, Minimum], dict[str, FrontierPoint]]:
-    """The tiers' thresholds this frontier gives, and each tier's anchor (TIER_RULE says how)."""
-    front = sorted(
-        (p for p in frontier.points if p.pareto and p.speedup > 1 and p.psnr < IDENTICAL_PSNR), key=lambda p: p.speedup
-    )
+def suggest_tiers(frontier: Frontier) -> tuple[dict[str, Minimum], dict[str, FrontierPoint], float, float]:
+    """The tiers' thresholds this frontier gives, each tier's anchor, and the PSNR and SSIM margins (TIER_RULE)."""
+    measured = [p for p in frontier.points if p.psnr < IDENTICAL_PSNR]
+    front = sorted((p for p in measured if p.pareto and p.speedup > 1), key=lambda p: p.speedup)
     if not front:
-        return {}, {}
-    fast = front[-1]
-    worth = [p for p in front if p.speedup >= HIGH_MIN_SPEEDUP] or [fast]
-    high = max(worth, key=lambda p: p.psnr)
+        return {}, {}, 0.0, 0.0
+    psnr_margin = max(MIN_MARGIN_DB, math.ceil(max(p.psnr_mean - p.psnr for p in measured) * 2) / 2)
+    ssim_margin = math.ceil(max(p.ssim_mean - p.ssim for p in measured) * 100) / 100
+
+    def threshold(anchor: FrontierPoint) -> float:
+        """``psnr_margin`` below the anchor, rounded down to 0.1 dB (0.01 where that would admit a faster one)."""
+        faster = [p.psnr for p in front if p.speedup > anchor.speedup]
+        for digits in (1, 2):
+            value = math.floor((anchor.psnr - psnr_margin) * 10**digits) / 10**digits
+            if not faster or value > max(faster):
+                return value
+        return value
+
+    # Anchors a threshold can single out with the whole margin: no faster setting within the margin below them.
+    anchors = [a for a in front if all(p.psnr < a.psnr - psnr_margin for p in front if p.speedup > a.speedup)]
+    fast = anchors[-1]
+    high = max((a for a in anchors if a.speedup >= HIGH_MIN_SPEEDUP), key=lambda a: a.psnr, default=fast)
     middle = math.sqrt(high.speedup * fast.speedup)
-    between = [p for p in front if high.speedup < p.speedup < fast.speedup] or [high]
-    balanced = min(between, key=lambda p: abs(math.log(p.speedup / middle)))
-    anchors = {"high": high, "balanced": balanced, "fast": fast}
+    between = [a for a in anchors if high.speedup < a.speedup < fast.speedup] or [high]
+    balanced = min(between, key=lambda a: abs(math.log(a.speedup / middle)))
+    chosen = {"high": high, "balanced": balanced, "fast": fast}
     tiers = {}
-    for tier, anchor in anchors.items():
-        faster = [p for p in front if p.speedup > anchor.speedup]
-        margin = MAX_MARGIN_DB if not faster else min(MAX_MARGIN_DB, (anchor.psnr - faster[0].psnr) / 2)
-        psnr = math.floor((anchor.psnr - margin) * 10) / 10
-        admitted = [p.ssim for p in frontier.points if p.psnr >= psnr]
-        tiers[tier] = Minimum(psnr=psnr, ssim=math.floor(min(admitted) * 100) / 100)
-    return tiers, anchors
+    for tier, anchor in chosen.items():
+        psnr = threshold(anchor)
+        admitted = min(p.ssim for p in frontier.points if p.psnr >= psnr)
+        tiers[tier] = Minimum(psnr=psnr, ssim=max(0.0, math.floor((admitted - ssim_margin) * 100) / 100))
+    return tiers, chosen, psnr_margin, ssim_margin
 
 
-# The rule that sets the tiers from a frontier (docs/architecture.md, README: `auto`).
+# The rule that sets the tiers from a frontier (README: `auto`; docs/architecture.md).
 HIGH_MIN_SPEEDUP = 1.25
-MAX_MARGIN_DB = 3.0
+MIN_MARGIN_DB = 1.0
 TIER_RULE = (
-    f"On the calibration frontier's Pareto front (settings faster than no cache, not bit-exact), each tier anchors "
-    f"one setting: `fast` the fastest; `high` the most faithful of those at least {HIGH_MIN_SPEEDUP:g}x; `balanced` "
-    "the one between them nearest the geometric mean of their speedups. A tier's PSNR threshold lies below its "
-    "anchor's worst-case PSNR by half the gap to the next faster Pareto setting's, at most "
-    f"{MAX_MARGIN_DB:g} dB (so `auto` takes the anchor, with that margin for prompts it has not seen), rounded down "
-    "to 0.1 dB; its SSIM threshold is the lowest worst-case SSIM among the settings that meet that PSNR, rounded "
-    "down to 0.01 (SSIM then vetoes nothing the frontier admits; it guards against receipts that show structural "
-    "damage)."
+    "The margin is the widest spread between a setting's mean and worst-case PSNR over the calibration prompts "
+    f"(how much a prompt can lose against the others), rounded up to 0.5 dB, at least {MIN_MARGIN_DB:g} dB; the "
+    "SSIM margin likewise, rounded up to 0.01. On the calibration frontier's Pareto front (settings faster than no "
+    "cache, not bit-exact) an anchor is a setting with no faster one within the margin below it. `fast` anchors "
+    f"the fastest; `high` the most faithful anchor at least {HIGH_MIN_SPEEDUP:g}x; `balanced` the anchor between "
+    "them nearest the geometric mean of their speedups. A tier's PSNR threshold is its anchor's worst-case PSNR "
+    "less the margin, rounded down to 0.1 dB (so `auto` takes the anchor, with the margin to spare on prompts it "
+    "has not seen); its SSIM threshold is the lowest worst-case SSIM among the settings that meet that PSNR, less "
+    "the SSIM margin, rounded down to 0.01 (it vetoes nothing the frontier admits; it guards against receipts that "
+    "show structural damage)."
 )
 
 
@@ -248,19 +307,33 @@ def _wants(minimum: Minimum | None) -> str:
 
 
 def report(measured: Measured, svg: Path) -> str:
-    frontier, held_out = measured.frontier, measured.held_out
+    frontier = measured.frontier
     clock = "CPU" if measured.clock == "cpu" else "wall"
     lines = [
-        f"# Frontier, CPU: {frontier.model}, {frontier.width}x{frontier.height}, {frontier.num_frames} frames, "
-        f"{frontier.num_inference_steps} steps",
+        f"# {frontier.model} on CPU (2 cores, shared), {frontier.width}x{frontier.height}, {frontier.num_frames} "
+        f"frames, {frontier.num_inference_steps} steps: the speed/fidelity frontier and `auto`",
         "",
         "```bash",
         measured.command,
         "```",
         "",
-        f"{measured.minutes:g} min on the 2-core machine, other sessions' test suites running beside it (load average "
-        "10-20).",
+        f"{measured.minutes:g} min on the 2-core machine, other sessions' test suites running beside it (1-minute "
+        f"load average {measured.load[0]:.0f} to {measured.load[1]:.0f}).",
         "",
+        f"Weights: {measured.weights}.",
+        "",
+        *(
+            [
+                f"**These weights are undertrained** (`core/contract/models.py` marks `{frontier.model}` as not "
+                "trained enough to decode what a caption says): the uncached frames are nearly flat (8-bit standard "
+                f"deviation {measured.frame_std:g} on average), so a cache's errors move few pixel levels and PSNR "
+                "reads far higher than it would on a model that draws its captions. Timings, calls and schedules "
+                "are real; the fidelity figures, and tiers set from them, say little about trained models.",
+                "",
+            ]
+            if measured.untrained
+            else [f"Uncached frames' 8-bit standard deviation: {measured.frame_std:g} on average.", ""]
+        ),
         f"Calibration prompts (seeds from {CALIBRATION_SEED}; they give the calibration profile `{measured.profile}` "
         f"and the frontier): {'; '.join(measured.calibration_prompts)}.  ",
         f"Held-out prompts (seeds from {HELD_OUT_SEED}): {'; '.join(measured.held_out_prompts)}.",
@@ -275,24 +348,26 @@ def report(measured: Measured, svg: Path) -> str:
             if measured.clock == "cpu"
             else ""
         )
-        + "; calls: transformer calls computed per run (mean) of an uncached run's. `*`: on the Pareto front "
-        "(worst-case PSNR against speedup).",
+        + "; calls: transformer calls computed per run (mean) of an uncached run's. PSNR and SSIM: worst over the "
+        "prompts (what `auto` predicts), then the mean. Pareto: on the front of worst-case PSNR against speedup.",
         "",
         "## The frontier (calibration prompts)",
         "",
-        f"| | setting | calls | speedup ({clock}) | wall | PSNR worst / mean | SSIM worst / mean |",
-        "|---|---|---|---|---|---|---|",
+        f"| row | Pareto | calls | speedup ({clock}) | wall speedup | PSNR | PSNR mean | SSIM | SSIM mean |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for p in sorted(frontier.points, key=lambda p: -p.speedup):
         lines.append(
-            f"| {'*' if p.pareto else ''} | `{p.setting}` | {p.computed_calls:.3g}/{p.total_calls} | {p.speedup:.2f}x "
-            f"| {measured.wall_speedups.get(p.setting, 0):.2f}x | {p.psnr:.2f} / {p.psnr_mean:.2f} "
-            f"| {p.ssim:.4f} / {p.ssim_mean:.4f} |"
+            f"| `{p.setting}` | {'yes' if p.pareto else ''} | {p.computed_calls:.3g}/{p.total_calls} "
+            f"| {p.speedup:.2f}x | {measured.wall_speedups.get(p.setting, 0):.2f}x | {p.psnr:.2f} | {p.psnr_mean:.2f} "
+            f"| {p.ssim:.4f} | {p.ssim_mean:.4f} |"
         )
     lines += ["", f"![speedup against worst-case PSNR, one mark per setting, the Pareto front dashed]({svg.name})", ""]
 
-    suggested, anchors = suggest_tiers(frontier)
+    suggested, anchors, psnr_margin, ssim_margin = suggest_tiers(frontier)
     lines += ["## Tiers from this frontier", "", TIER_RULE, ""]
+    if suggested:
+        lines += [f"Here the margins are {psnr_margin:g} dB and {ssim_margin:g}.", ""]
     if suggested:
         lines += [
             "| tier | anchor | its speedup, worst PSNR, SSIM | thresholds it gives "
@@ -311,33 +386,51 @@ def report(measured: Measured, svg: Path) -> str:
         "",
         "## `auto` against the best fixed setting, held-out prompts",
         "",
-        "Each tier's thresholds as `core/contract/frontier.py` has them. `auto` chooses from the calibration "
-        "frontier above, as the service does at submit; its choice and every fixed setting are then judged on the "
-        "held-out runs: the best fixed setting is the fastest whose worst held-out fidelity meets the tier. Goals: "
-        "auto within 5 % of the best fixed setting's speedup; auto's held-out fidelity never below the target.",
+        "`auto` chooses from the calibration frontier above, as the service does at submit; its choice and every "
+        "fixed setting are then judged on the held-out runs: the best fixed setting is the fastest whose worst "
+        "held-out fidelity meets the tier. Goals: auto within 5 % of the best fixed setting's speedup; auto's "
+        "held-out fidelity never below the target.",
         "",
+        "### With the tiers in force (`core/contract/frontier.py`)",
+        "",
+        *auto_table(measured, TIERS),
+    ]
+    if suggested and any(suggested[tier] != TIERS[tier] for tier in suggested):
+        lines += ["", "### With the tiers this frontier gives (above)", "", *auto_table(measured, suggested)]
+    return "\n".join(lines) + "\n"
+
+
+def auto_table(measured: Measured, tiers: dict[str, Minimum | None]) -> list[str]:
+    frontier, held_out = measured.frontier, measured.held_out
+    clock = "CPU" if measured.clock == "cpu" else "wall"
+    lines = [
         f"| tier (target) | auto's choice | held-out speedup ({clock}), wall, calls | best fixed on held-out "
         "| its speedup, wall, calls | auto / best: speedup, calls | auto's worst held-out PSNR, SSIM | meets target |",
         "|---|---|---|---|---|---|---|---|",
     ]
     by_setting = {p.setting: p for p in held_out}
     wall = measured.held_out_wall_speedups
+    within, safe = [], []
     total = frontier.points[0].total_calls if frontier.points else 0
-    for tier, minimum in TIERS.items():
-        choice = choose(frontier, Target(tier=tier))
+
+    def figures(point: FrontierPoint | None) -> tuple[float, float, float]:
+        if point is None:
+            return 1.0, 1.0, float(total)
+        return point.speedup, wall.get(point.setting, 0.0), point.computed_calls
+
+    for tier, minimum in tiers.items():
+        target = Target(tier=tier) if minimum is None else Target(min_psnr=minimum.psnr, min_ssim=minimum.ssim)
+        choice = choose(frontier, target)
         chosen = by_setting.get(setting_key(choice.strategy, choice.params)) if choice.strategy != "none" else None
         meeting = [p for p in held_out if p.speedup > 1 and minimum is not None and p.meets(minimum)]
         best = max(meeting, key=lambda p: p.speedup, default=None)
-
-        def figures(point: FrontierPoint | None) -> tuple[float, float, float]:
-            if point is None:
-                return 1.0, 1.0, float(total)
-            return point.speedup, wall.get(point.setting, 0.0), point.computed_calls
-
         auto_speed, auto_wall, auto_calls = figures(chosen)
         best_speed, best_wall, best_calls = figures(best)
         fidelity = f"{chosen.psnr:.2f}, {chosen.ssim:.4f}" if chosen else "identical"
         meets = "yes" if chosen is None or minimum is None or chosen.meets(minimum) else "**no**"
+        if minimum is not None:
+            within.append(auto_speed >= 0.95 * best_speed)
+            safe.append(meets == "yes")
         lines.append(
             f"| {tier} ({_wants(minimum)}) | `{setting_key(choice.strategy, choice.params)}` "
             f"| {auto_speed:.2f}x, {auto_wall:.2f}x, {auto_calls:.3g}/{total} "
@@ -345,7 +438,12 @@ def report(measured: Measured, svg: Path) -> str:
             f"| {best_speed:.2f}x, {best_wall:.2f}x, {best_calls:.3g}/{total} "
             f"| {auto_speed / best_speed:.1%}, {best_calls / auto_calls:.1%} | {fidelity} | {meets} |"
         )
-    return "\n".join(lines) + "\n"
+    return [
+        *lines,
+        "",
+        f"Goals: `auto` within 5 % of the best fixed setting's speedup in {sum(within)} of {len(within)} tiers; its "
+        f"held-out fidelity at or above the target in {sum(safe)} of {len(safe)}.",
+    ]
 
 
 if __name__ == "__main__":

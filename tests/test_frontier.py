@@ -8,13 +8,14 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.sync_api import Page
 from service import Service, fresh_database, launch, s3_settings, start_redis, stop_process, wait_until
 
-from core.contract.frontier import Frontier, FrontierPoint, Target, choose, mark_pareto
+from core.contract.frontier import TIERS, Frontier, FrontierPoint, Target, choose, mark_pareto
 from core.settings import Settings
 from skipstep import Client
 
@@ -249,13 +250,27 @@ FRONTIER = Frontier(
 def test_choose_takes_the_fastest_setting_meeting_the_target_or_the_best_within_a_deadline() -> None:
     assert choose(FRONTIER, Target(min_psnr=29)).strategy == "b"
     assert choose(FRONTIER, Target(min_psnr=29, min_ssim=0.97)).strategy == "c"
-    assert choose(FRONTIER, Target(tier="fast")).strategy == "a"
+    for tier in ("high", "balanced", "fast"):
+        minimum = TIERS[tier]
+        by_tier = choose(FRONTIER, Target(tier=tier))
+        by_numbers = choose(FRONTIER, Target(min_psnr=minimum.psnr, min_ssim=minimum.ssim))
+        assert by_tier.strategy == by_numbers.strategy != "" and by_tier.target.tier == tier
     assert choose(FRONTIER, Target(min_psnr=40)).strategy == "none"
     within = choose(FRONTIER, Target(deadline_seconds=6), uncached_seconds=10)
     assert (within.strategy, within.predicted_denoise_seconds) == ("b", 5.0)
     assert choose(FRONTIER, Target(deadline_seconds=1), uncached_seconds=10).strategy == "a"
     assert choose(FRONTIER, Target(deadline_seconds=20), uncached_seconds=10).strategy == "none"
     assert [p.pareto for p in mark_pareto(FRONTIER.points)] == [True, True, True, False]
+
+
+def test_tiers_are_ordered_and_documented_as_they_are() -> None:
+    high, balanced, fast = TIERS["high"], TIERS["balanced"], TIERS["fast"]
+    assert high.psnr > balanced.psnr > fast.psnr and high.ssim >= balanced.ssim >= fast.ssim
+    described = Target.model_fields["tier"].description or ""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for name, minimum in (("high", high), ("balanced", balanced), ("fast", fast)):
+        assert f"{name} (PSNR >= {minimum.psnr:g} dB, SSIM >= {minimum.ssim:g})" in described
+        assert f"`{name}`: PSNR >= {minimum.psnr:g} dB and SSIM >= {minimum.ssim:g}" in readme
 
 
 def test_a_choice_never_comes_from_a_missing_frontier() -> None:

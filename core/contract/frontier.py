@@ -29,10 +29,11 @@ class Minimum(BaseModel):
     ssim: float | None = None
 
 
-# Named tiers. `lossless` is bit-exact (no cache). The others' thresholds are provisional: the usual reading of
-# PSNR/SSIM for video (35 dB: differences invisible at 8 bits; 28 dB: visible but small; 22 dB: plainly visible),
-# not yet set from a trained model's frontier (bench/README.md, `frontier.py`, says why). On random weights every
-# setting measured so far scores above 40 dB, so every tier takes the fastest setting there.
+# Named tiers. `lossless` is bit-exact (no cache). The others are minimums of worst-case PSNR and SSIM:
+# bench/frontier.py derives them from a measured frontier by one rule (bench/results/frontier-cpu.md states it and
+# the data) and checks `auto` on held-out prompts. These are still the usual reading of video PSNR (35 dB:
+# differences invisible at 8 bits; 28 dB: visible but small; 22 dB: plainly visible): the only frontier measured so
+# far is of wan-tiny-trained with an undertrained VAE, whose nearly flat frames put every setting above 64 dB.
 TIERS: dict[str, Minimum | None] = {
     "lossless": None,
     "high": Minimum(psnr=35.0, ssim=0.97),
@@ -49,8 +50,9 @@ class Target(BaseModel):
 
     tier: TierName | None = Field(
         default=None,
-        description="lossless (bit-exact: no cache), high (PSNR >= 35 dB, SSIM >= 0.97), balanced (28 dB, 0.90), "
-        "fast (22 dB, 0.75).",
+        description="lossless (bit-exact: no cache), "
+        + ", ".join(f"{name} (PSNR >= {m.psnr:g} dB, SSIM >= {m.ssim:g})" for name, m in TIERS.items() if m)
+        + ".",
         examples=["high"],
     )
     min_psnr: float | None = Field(
