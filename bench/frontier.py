@@ -59,6 +59,8 @@ HELD_OUT = (
     "a red circle in the center on a gray background",
 )
 CALIBRATION_SEED, HELD_OUT_SEED = 0, 100
+# Uncached frames whose 8-bit standard deviation is below this are nearly flat (PSNR then says little).
+FLAT_FRAMES_STD = 10.0
 
 
 class Measured(BaseModel):
@@ -260,7 +262,7 @@ def suggest_tiers(frontier: Frontier) -> tuple[dict[str, Minimum], dict[str, Fro
         """``psnr_margin`` below the anchor, rounded down to 0.1 dB (0.01 where that would admit a faster one)."""
         faster = [p.psnr for p in front if p.speedup > anchor.speedup]
         for digits in (1, 2):
-            value = math.floor((anchor.psnr - psnr_margin) * 10**digits) / 10**digits
+            value = max(0.0, math.floor((anchor.psnr - psnr_margin) * 10**digits) / 10**digits)
             if not faster or value > max(faster):
                 return value
         return value
@@ -325,10 +327,15 @@ def report(measured: Measured, svg: Path) -> str:
         *(
             [
                 f"**These weights are undertrained** (`core/contract/models.py` marks `{frontier.model}` as not "
-                "trained enough to decode what a caption says): the uncached frames are nearly flat (8-bit standard "
-                f"deviation {measured.frame_std:g} on average), so a cache's errors move few pixel levels and PSNR "
-                "reads far higher than it would on a model that draws its captions. Timings, calls and schedules "
-                "are real; the fidelity figures, and tiers set from them, say little about trained models.",
+                "trained enough to decode what a caption says). Timings, calls and schedules are real; the fidelity "
+                "figures hold for these weights, not for trained models. "
+                + (
+                    f"The uncached frames are nearly flat (8-bit standard deviation {measured.frame_std:g} on "
+                    "average), so a cache's errors move few pixel levels and PSNR reads far higher than it would on "
+                    "a model that draws its captions."
+                    if measured.frame_std < FLAT_FRAMES_STD
+                    else f"Uncached frames' 8-bit standard deviation: {measured.frame_std:g} on average."
+                ),
                 "",
             ]
             if measured.untrained

@@ -32,8 +32,8 @@ class Minimum(BaseModel):
 # Named tiers. `lossless` is bit-exact (no cache). The others are minimums of worst-case PSNR and SSIM:
 # bench/frontier.py derives them from a measured frontier by one rule (bench/results/frontier-cpu.md states it and
 # the data) and checks `auto` on held-out prompts. These are still the usual reading of video PSNR (35 dB:
-# differences invisible at 8 bits; 28 dB: visible but small; 22 dB: plainly visible): the only frontier measured so
-# far is of wan-tiny-trained with an undertrained VAE, whose nearly flat frames put every setting above 64 dB.
+# differences invisible at 8 bits; 28 dB: visible but small; 22 dB: plainly visible): on wan-tiny-trained's frontier
+# a setting's PSNR varies by up to 18 dB between prompts, too much for the rule to place three tiers.
 TIERS: dict[str, Minimum | None] = {
     "lossless": None,
     "high": Minimum(psnr=35.0, ssim=0.97),
