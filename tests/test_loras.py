@@ -282,7 +282,7 @@ def test_registration_checks_the_file_against_the_models_transformer(
     assert wrong.status_code == 422
     (error,) = wrong.json()["error"]["fields"]
     assert error["field"] == "file" and "wan-tiny-trained" in error["rule"]
-    junk = register(lora_service, "junk", "wan-tiny", b"\x10\x00\x00\x00\x00\x00\x00\x00{}")
+    junk = register(lora_service, "junk", "wan-tiny", b"\x02\x00\x00\x00\x00\x00\x00\x00{}")
     assert junk.status_code == 422 and "holds no tensors" in junk.json()["error"]["fields"][0]["rule"]
     bad = register(lora_service, "no.dots", "nomodel", lora_files["warm"])
     assert bad.status_code == 422
@@ -298,7 +298,6 @@ def test_registration_checks_the_file_against_the_models_transformer(
         assert client.delete("/admin/loras/gone").status_code == 204
         assert client.delete("/admin/loras/gone").status_code == 404
     assert not [key for key in stored(s3_endpoint) if key.startswith("loras/wan-tiny/gone-")]
-    assert [key for key in stored(s3_endpoint) if key.startswith("loras/wan-tiny/")]
     with lora_service.client() as client:
         refused = client.post("/jobs", json={"prompt": PROMPT, **TINY, "loras": [{"name": "gone"}]})
     assert refused.status_code == 422
