@@ -3,7 +3,7 @@ publish for checking them (``model_catalogue.lora_modules``), and the adapter se
 (``frontier_points.adapters``, part of a setting's identity).
 
 Revision ID: 0014_lora26_loras
-Revises: 0013_lifetime_remix_lora
+Revises: 0014_gpus29_worker_devices
 Create Date: 2026-12-06
 """
 
@@ -16,7 +16,7 @@ from core.db.models import UTCDateTime
 
 # revision identifiers, used by Alembic.
 revision: str = "0014_lora26_loras"
-down_revision: str | Sequence[str] | None = "0013_lifetime_remix_lora"
+down_revision: str | Sequence[str] | None = "0014_gpus29_worker_devices"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
