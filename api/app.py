@@ -7,7 +7,7 @@ from fastapi.staticfiles import StaticFiles
 
 from api import docs, errors, headers, middleware, openapi
 from api.limits import RATE_LIMITED
-from api.routes import admin, deliveries, events, health, jobs, models, openai_videos, workers
+from api.routes import admin, deliveries, events, health, jobs, loras, models, openai_videos, workers
 from core.contract.strategies import STRATEGIES
 
 DESCRIPTION = f"""
@@ -34,6 +34,7 @@ def create_app() -> FastAPI:
         app.include_router(router, dependencies=RATE_LIMITED)
     app.include_router(health.router)
     app.include_router(admin.router)
+    app.include_router(loras.router)
     app.mount("/admin/static", StaticFiles(directory=admin.STATIC_DIR), name="admin-static")
     openapi.install(app)
     docs.install(app)

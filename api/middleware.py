@@ -20,6 +20,8 @@ from core.settings import get_settings
 log = logging.getLogger("skipstep.api")
 
 REQUEST_ID_HEADER = "x-request-id"
+# Where admins upload LoRA files (api.routes.loras): a body up to SKIPSTEP_LORA_MAX_BYTES.
+LORA_UPLOADS = "/admin/loras"
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 _GIVEN_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
@@ -75,8 +77,9 @@ class InputGuard:
         settings = get_settings()
         limit = settings.max_body_bytes
         if (_header(scope, "content-type") or "").startswith("multipart/form-data"):
-            # A form may carry an input image (a job's first frame), whose own limit is checked at submit.
-            limit += settings.image_max_bytes
+            # A form may carry an input image (a job's first frame) or a LoRA file, whose own limits are checked
+            # where they are read.
+            limit += settings.lora_max_bytes if scope.get("path") == LORA_UPLOADS else settings.image_max_bytes
         fields = _text_fields(scope)
         if fields:
             await _refuse_text(fields, scope, receive, send)

@@ -21,6 +21,7 @@ from core.caching.none import NoCache
 from core.caching.profiles import Profile, TaoCacheTable, transformer_signature
 from core.caching.teacache import relative_l1
 from core.contract.experts import qualified
+from core.contract.loras import LoraSpec, adapter_set
 from core.contract.request import GenerationRequest
 from core.contract.shapes import Shape
 from core.errors import InvalidRequest
@@ -92,8 +93,10 @@ def calibrate(
     guidance_scale: float = 5.0,
     seed: int = 0,
     on_prompt: Callable[[int, str], None] | None = None,
+    loras: Sequence[LoraSpec] = (),
 ) -> Profile:
-    """Run ``prompts`` uncached at ``shape`` and build a profile from what they record."""
+    """Run ``prompts`` uncached at ``shape`` (with the LoRA adapters ``loras``) and build a profile from what they
+    record."""
     if shape.num_inference_steps < MIN_STEPS:
         raise InvalidRequest("num_inference_steps", f"calibration needs at least {MIN_STEPS} steps")
     if not prompts:
@@ -114,7 +117,9 @@ def calibrate(
     for index, prompt in enumerate(prompts):
         if on_prompt is not None:
             on_prompt(index, prompt)
-        request = GenerationRequest.at(shape, prompt, guidance_scale=guidance_scale, seed=seed + index)
+        request = GenerationRequest.at(
+            shape, prompt, guidance_scale=guidance_scale, seed=seed + index, loras=list(loras)
+        )
         caches = expert_caches(model, shape, lambda *_: CalibrationRecorder())
         with ExitStack() as hooks:
             for expert in caches.experts:
@@ -134,8 +139,9 @@ def calibrate(
                     samples[qualified(expert.name, compared)].extend(pairs)
 
     return Profile(
-        name=name or default_profile_name(model.name, shape),
+        name=name or default_profile_name(model.name, shape, loras),
         model=model.name,
+        loras=adapter_set(loras),
         transformer=transformer_signature(model.transformer),
         width=shape.width,
         height=shape.height,
@@ -171,6 +177,7 @@ def fit_polynomial(pairs: Sequence[tuple[float, float]]) -> list[float]:
     return coefficients[::-1].tolist()
 
 
-def default_profile_name(model_name: str, shape: Shape) -> str:
+def default_profile_name(model_name: str, shape: Shape, loras: Sequence[LoraSpec] = ()) -> str:
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", model_name.rstrip("/").split("/")[-1]).strip("-.") or "model"
-    return f"{stem}-{shape.width}x{shape.height}x{shape.num_frames}-{shape.num_inference_steps}steps"
+    adapters = "".join(f"-{lora.name}{lora.weight:g}" for lora in sorted(loras, key=lambda lora: lora.name))
+    return f"{stem}-{shape.width}x{shape.height}x{shape.num_frames}-{shape.num_inference_steps}steps{adapters}"

@@ -16,6 +16,7 @@ from core.caching.none import NoCache
 from core.caching.profiles import ProfileStore
 from core.caching.registry import build_cache
 from core.contract.frontier import FrontierPoint, setting_key
+from core.contract.loras import LoraSpec
 from core.contract.request import GenerationRequest
 from core.contract.shapes import Shape
 from core.contract.strategies import CacheSpec
@@ -59,21 +60,26 @@ def measure(
     seed: int = 0,
     on_run: Callable[[str, str, GenerationResult], None] | None = None,
     clock: Literal["wall", "cpu"] = "wall",
+    loras: Sequence[LoraSpec] = (),
 ) -> list[FrontierPoint]:
-    """One point per setting of ``grid``; prompt ``i`` runs with seed ``seed + i``, uncached first. Denoising time
-    is wall time, or with ``clock="cpu"`` the process's CPU time (for one torch thread on a shared CPU)."""
+    """One point per setting of ``grid``; prompt ``i`` runs with seed ``seed + i``, uncached first; every run with
+    the LoRA adapters ``loras``. Denoising time is wall time, or with ``clock="cpu"`` the process's CPU time (for
+    one torch thread on a shared CPU)."""
 
     def seconds(result: GenerationResult) -> float:
         return result.timings.denoising_cpu if clock == "cpu" else result.timings.denoising
 
     specs = [CacheSpec(strategy=strategy, params=params) for strategy, params in grid]
     for spec in specs:
-        build_cache(spec, model.transformer, shape, profiles)  # a setting that cannot run is refused before any work
+        # A setting that cannot run is refused before any work.
+        build_cache(spec, model.transformer, shape, profiles, loras=loras)
     tallies = [_Tally() for _ in specs]
     baseline_seconds: list[float] = []
     total_calls = 0
     for index, prompt in enumerate(prompts):
-        request = GenerationRequest.at(shape, prompt, guidance_scale=guidance_scale, seed=seed + index)
+        request = GenerationRequest.at(
+            shape, prompt, guidance_scale=guidance_scale, seed=seed + index, loras=list(loras)
+        )
         uncached = run(model, request, shape, NoCache())
         reference = to_uint8(uncached.frames)
         baseline_seconds.append(seconds(uncached))
@@ -81,7 +87,7 @@ def measure(
         if on_run is not None:
             on_run(prompt, "none", uncached)
         for spec, tally in zip(specs, tallies, strict=True):
-            result = run(model, request, shape, build_cache(spec, model.transformer, shape, profiles))
+            result = run(model, request, shape, build_cache(spec, model.transformer, shape, profiles, loras=loras))
             psnr, ssim = delivered_fidelity(to_uint8(result.frames), reference)
             tally.computed.append(sum(b.computed for b in result.cache.branches.values()))
             tally.seconds.append(seconds(result))

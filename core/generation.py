@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import Literal
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -69,6 +69,8 @@ class GenerationResult:
     # The encoded prompts came from the model's prompt cache (text encoding skipped).
     prompt_cached: bool = False
     fidelity: Fidelity | None = None
+    # The LoRA adapters that ran (core.models.lora.Adapters.apply); empty: the base weights.
+    loras: list[dict[str, Any]] = field(default_factory=list)
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -94,7 +96,9 @@ def generate(
     source_shape = source.shape(model.family.rules, model.default_shape) if source is not None else shape
     total = steps + source_shape.num_inference_steps if request.compare else steps
     caches = expert_caches(
-        model, shape, lambda transformer, expert: build_cache(request.cache, transformer, shape, profiles, expert)
+        model,
+        shape,
+        lambda transformer, expert: build_cache(request.cache, transformer, shape, profiles, expert, request.loras),
     )
 
     def cached_step(progress: Progress) -> None:
@@ -116,7 +120,9 @@ def generate(
             source_caches = expert_caches(
                 model,
                 source_shape,
-                lambda transformer, expert: build_cache(source.cache, transformer, source_shape, profiles, expert),
+                lambda transformer, expert: build_cache(
+                    source.cache, transformer, source_shape, profiles, expert, source.loras
+                ),
             )
             baseline = run(model, source, source_shape, source_caches, None, baseline_step, image)
         result.fidelity = Fidelity(
@@ -164,6 +170,9 @@ def run(
     if image is not None and model.image_input is None:
         raise InvalidRequest("image", f"model {model.name} generates from text alone: it takes no image")
     pipe, family, device = model.pipeline_for(image is not None), model.family, model.device
+    if request.loras and model.adapters is None:
+        raise InvalidRequest("loras", f"model {model.name} runs no LoRA adapters here: they run on the service")
+    loras = model.adapters.apply(request.loras) if model.adapters is not None else []
     do_cfg = request.guidance_scale > 1.0
     synchronize = torch.cuda.synchronize if device.type == "cuda" else lambda: None
 
@@ -223,4 +232,5 @@ def run(
         timings=timings,
         cache=cache.report(timings.denoising),
         prompt_cached=prompt_cached,
+        loras=loras,
     )

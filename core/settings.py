@@ -75,6 +75,17 @@ class Settings(BaseSettings):
     vae_tiling: bool = Field(
         default=False, description="Decode the video in spatial tiles: less memory at large sizes, a little slower."
     )
+    lora_cache_size: int = Field(
+        default=4, ge=1, description="LoRA adapters a worker keeps loaded; the least recently used is unloaded."
+    )
+    lora_dir: Path | None = Field(
+        default=None,
+        description="A folder of LoRA adapters, <model>/<name>.safetensors, that the model's workers register when "
+        "they start (the same path on every worker host); unset: uploaded ones only (POST /admin/loras).",
+    )
+    lora_max_bytes: int = Field(
+        default=512 * 1024 * 1024, ge=1024, description="Largest LoRA file POST /admin/loras accepts."
+    )
 
     # Request bounds: what any generation request may ask (API, CLI); the per-key job-size ceilings
     # (max_pixels, max_frames, ...) apply to service jobs within them.
@@ -82,6 +93,7 @@ class Settings(BaseSettings):
     request_max_side: int = Field(default=1920, ge=16, description="Largest width or height in pixels.")
     request_max_frames: int = Field(default=257, ge=1, description="Most frames of one video.")
     request_max_steps: int = Field(default=200, ge=2, description="Most denoising steps.")
+    request_max_loras: int = Field(default=3, ge=0, description="Most LoRA adapters one job names.")
 
     # Service
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default: SQLite under home.")

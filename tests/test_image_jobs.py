@@ -138,7 +138,11 @@ def test_the_sdk_and_submit_send_a_first_frame(image_service, tmp_path) -> None:
     submitted = subprocess.run(
         [sys.executable, "-m", "core.cli", "submit", "--api-url", image_service.url, "--model", "wan-i2v-tiny"]
         + ["--prompt", "a fox", "--image", str(frame), *fields, "--wait", "--out", str(tmp_path / "out.mp4")],
-        env=env, capture_output=True, text=True, timeout=600, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert submitted.returncode == 0, submitted.stderr
     assert (tmp_path / "out.mp4").stat().st_size > 0
@@ -146,9 +150,26 @@ def test_the_sdk_and_submit_send_a_first_frame(image_service, tmp_path) -> None:
     missing = subprocess.run(
         [sys.executable, "-m", "core.cli", "submit", "--api-url", image_service.url, "--model", "wan-i2v-tiny"]
         + ["--prompt", "a fox", "--image", str(tmp_path / "none.png")],
-        env=env, capture_output=True, text=True, timeout=120, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert missing.returncode == 2 and "--image: no such file" in missing.stderr
+
+
+def test_a_remix_runs_from_its_sources_first_frame(image_service) -> None:
+    uploaded = submit_upload(image_service, png(seed=2), model="wan-i2v-tiny")
+    assert uploaded.status_code == 202, uploaded.text
+    source = assert_succeeded_with_its_image(image_service, uploaded.json()["id"])
+    with image_service.client() as client:
+        remix = client.post(f"/jobs/{source['id']}/remix", json={"prompt": "the same fox, at night"})
+    assert remix.status_code == 202, remix.text
+    remixed = assert_succeeded_with_its_image(image_service, remix.json()["id"])
+    with image_service.client() as client:
+        images = [client.get(f"/jobs/{job['id']}/image", follow_redirects=True).content for job in (source, remixed)]
+    assert np.array_equal(*(np.asarray(Image.open(io.BytesIO(image))) for image in images))
 
 
 def test_models_say_which_take_images(image_service) -> None:

@@ -35,8 +35,11 @@ from core.images import check_image, fetch, open_checked
 from core.jobs import catalogue, dispatch, transitions, workers
 from core.jobs.mapping import request_of
 from core.jobs.transitions import RunOutcome
+from core.lora_files import LoraFiles
 from core.models import LoadedModel
 from core.models.compile import compile_and_warm_up
+from core.models.loading import pipeline_loads
+from core.models.lora import Adapters
 from core.settings import Settings
 from core.storage import Storage, StorageError, input_image_key, storage_from, store_bytes, video_key
 from core.video import encode_mp4, to_uint8
@@ -70,6 +73,8 @@ class JobRunner:
         self.receipts = Receipts(settings, self.model, model, source, self.group)
         self.storage: Storage = storage_from(settings)
         self.storage.ensure()
+        lora_files = LoraFiles(settings, self.storage, model)
+        self.model.adapters = Adapters(self.model.pipeline, settings.lora_cache_size, lora_files)
         self.active: ActiveJob | None = None
         # When SIGTERM arrived (time.monotonic()); set from a signal handler, so nothing else is done there.
         self.shutdown_requested_at: float | None = None
@@ -80,6 +85,7 @@ class JobRunner:
         with session_scope(settings.database) as session:
             workers.register(session, self.worker_id, socket.gethostname(), os.getpid(), model, device, compiles)
             catalogue.publish(session, model, self.info, self.worker_id)
+        lora_files.register_folder(self.info.lora_modules or {})
         where = device.describe() + (f" ({device.description})" if device.description else "")
         where += f", CUDA_VISIBLE_DEVICES={device.visible_devices}" if device.visible_devices else ""
         log.info("loaded model %s on %s in %.1f s (worker %s)", model, where, loaded, self.worker_id)
@@ -416,6 +422,7 @@ def _metrics(job: Job, result: GenerationResult, steps: Steps, encode: float, up
         "speedup_basis": "measured" if fidelity else "estimated",
         "estimated_speedup": report.speedup,
         "ideal_speedup": report.ideal_speedup,
+        "loras": result.loras,
         "fidelity": _json_safe(result.fidelity.model_dump()) if result.fidelity else None,
         "step_seconds": [round(seconds, 4) for seconds in steps.step_seconds],
         "timings": {
@@ -442,6 +449,8 @@ def engine_metrics(model: LoadedModel, result: GenerationResult) -> dict[str, An
         "prompt_cached": result.prompt_cached,
         "devices": model.parallel.world_size if model.parallel else 1,
         "parallelism": model.parallel.mode if model.parallel else None,
+        "pipeline_loads": pipeline_loads(),
+        "lora_loads": model.adapters.loads if model.adapters is not None else 0,
     }
 
 

@@ -152,6 +152,7 @@ def remix(
     key: KeyDep,
     session: SessionDep,
     settings: SettingsDep,
+    storage: StorageDep,
     response: Response,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
 ) -> Any:
@@ -160,7 +161,7 @@ def remix(
     measured against the source's frames."""
     source = _found(session, job_id, key)
     changes = body.model_dump(exclude_unset=True)
-    submitted = service.remix(session, key, source, changes, settings, BROKER, idempotency_key)
+    submitted = service.remix(session, key, source, changes, settings, BROKER, storage, idempotency_key)
     if submitted.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/jobs/{submitted.job.id}"

@@ -19,7 +19,7 @@ from core.contract.request import JobRequest
 from core.contract.shapes import FamilyRules
 from core.contract.strategies import STRATEGIES
 from core.db import utcnow
-from core.jobs import catalogue, fleet, frontier, workers
+from core.jobs import catalogue, fleet, frontier, loras, workers
 from core.settings import Settings
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -175,6 +175,11 @@ class ModelView(BaseModel):
         "setting's computed calls, measured speedup and fidelity against uncached runs of the same seeds (worst "
         "and mean, receipts folded in), the Pareto front marked. What `cache.strategy: auto` chooses from.",
     )
+    loras: list[str] = Field(
+        default_factory=list,
+        description="The LoRA adapters registered for it, by name: what a job's `loras` may name.",
+        examples=[["claymation"]],
+    )
     workers: WorkersView = Field(description="Its live workers.")
     queue: QueueView = Field(description="Its jobs waiting and running.")
     recent: RecentView = Field(description="How its recent jobs went.")
@@ -257,6 +262,7 @@ def list_models(key: KeyDep, session: SessionDep, settings: SettingsDep) -> Any:
                     for p in own
                 ],
                 frontiers=frontier.frontiers(session, model_key(info.source)),
+                loras=[lora.name for lora in loras.registered(session, name)],
                 workers=WorkersView(
                     live=pool.live,
                     idle=pool.idle,

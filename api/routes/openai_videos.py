@@ -350,13 +350,14 @@ def remix(
     key: KeyDep,
     session: SessionDep,
     settings: SettingsDep,
+    storage: StorageDep,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255)] = None,
 ) -> Any:
     """A new video from a completed one with the fields given replaced (`prompt`, and skipstep's `cache`,
     `compare`, ... in the same body); the seed, size and length are the source's unless given."""
     source = _found(session, video_id, key)
     changes = _validated(RemixRequest, _job_fields(fields, source.fps)).model_dump(exclude_unset=True)
-    submitted = service.remix(session, key, source, changes, settings, BROKER, idempotency_key)
+    submitted = service.remix(session, key, source, changes, settings, BROKER, storage, idempotency_key)
     return video(job_view(submitted.job, settings.public_url))
 
 

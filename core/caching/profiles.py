@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
+from core.contract.loras import adapter_key
 from core.contract.shapes import Shape
 from core.contract.strategies import STRATEGIES
 from core.errors import CacheConfigError
@@ -73,6 +74,8 @@ class Profile(BaseModel):
     source: str
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
     prompts: list[str] = []
+    # The LoRA adapters the model ran with ({"name", "weight"} each; core.contract.loras); empty: the base model.
+    loras: list[dict[str, Any]] = []
     # MagCache: per CFG branch, the residual-magnitude ratio of each step to the previous one.
     magcache: dict[str, list[float]] | None = None
     # TeaCache: per compared tensor (temb, timestep_proj), np.poly1d-ordered coefficients that map
@@ -135,9 +138,10 @@ class ProfileStore:
         known = ", ".join(p.name for p in self.all()) or "none"
         raise CacheConfigError(f"cache.profile: unknown profile {name!r}; known profiles: {known}")
 
-    def nearest(self, signature: dict[str, Any], shape: Shape, needs: str) -> Profile | None:
-        """The closest profile for this transformer that carries the data ``needs`` names."""
-        return closest(self.matching(signature), shape, needs)
+    def nearest(self, signature: dict[str, Any], shape: Shape, needs: str, loras: Sequence[Any] = ()) -> Profile | None:
+        """The closest profile for this transformer that carries the data ``needs`` names, measured with the adapter
+        set ``loras`` (else with none: the base model's)."""
+        return closest(self.matching(signature), shape, needs, loras)
 
     def matching(self, signature: dict[str, Any]) -> list[Profile]:
         """The profiles calibrated on this transformer's architecture."""
@@ -167,10 +171,13 @@ class ProfileStore:
             raise CacheConfigError(f"profile file {file} is unreadable: {exc}") from None
 
 
-def closest(profiles: Iterable[Profile], shape: Shape, needs: str) -> Profile | None:
-    """Of ``profiles``, the one nearest ``shape`` that carries the data ``needs`` names."""
+def closest(profiles: Iterable[Profile], shape: Shape, needs: str, loras: Sequence[Any] = ()) -> Profile | None:
+    """Of ``profiles``, the one nearest ``shape`` that carries the data ``needs`` names: of those measured with the
+    adapter set ``loras`` if any is, else of the base model's (measured with none)."""
     candidates = [p for p in profiles if getattr(p, needs) is not None]
-    return min(candidates, key=lambda p: p.distance(shape), default=None)
+    wanted = adapter_key(loras)
+    same = [p for p in candidates if adapter_key(p.loras) == wanted] or [p for p in candidates if not p.loras]
+    return min(same, key=lambda p: p.distance(shape), default=None)
 
 
 def applicable_strategies(profiles: Iterable[Profile]) -> tuple[str, ...]:

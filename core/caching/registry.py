@@ -5,6 +5,7 @@ Adding a strategy is one module, one line here and its entry in ``core.contract.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from core.caching.base import TimestepCache
@@ -18,6 +19,7 @@ from core.caching.profiles import ProfileStore, transformer_signature
 from core.caching.taocache import TaoCache
 from core.caching.taylorseer import TaylorSeer
 from core.caching.teacache import TeaCache
+from core.contract.loras import LoraSpec
 from core.contract.shapes import Shape
 from core.contract.strategies import CacheSpec
 from core.errors import CacheConfigError
@@ -39,10 +41,16 @@ CACHES: dict[str, type[TimestepCache]] = {
 
 
 def build_cache(
-    spec: CacheSpec, transformer: Any, shape: Shape, profiles: ProfileStore, expert: str = ""
+    spec: CacheSpec,
+    transformer: Any,
+    shape: Shape,
+    profiles: ProfileStore,
+    expert: str = "",
+    loras: Sequence[LoraSpec] = (),
 ) -> TimestepCache:
-    """The spec's strategy with its parameters and calibration profile (named, or the nearest that fits); for
-    one of two experts, with that expert's tables of the profile."""
+    """The spec's strategy with its parameters and calibration profile (named, or the nearest that fits: measured
+    with the job's adapter set ``loras``, else the base model's); for one of two experts, with that expert's tables
+    of the profile."""
     params = spec.parsed_params()
     strategy = CACHES[spec.strategy]
     needs = spec.needs
@@ -56,7 +64,7 @@ def build_cache(
                 f"not for this transformer ({signature})"
             )
     elif needs is not None:
-        profile = profiles.nearest(signature, shape, needs)
+        profile = profiles.nearest(signature, shape, needs, loras)
         if profile is None:
             raise CacheConfigError(
                 f"cache.profile: {spec.strategy} needs a calibration profile and none matches this "

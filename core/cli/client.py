@@ -26,7 +26,9 @@ def add_commands(commands: Any, settings: Settings) -> None:
     submit = commands.add_parser("submit", help="submit a job to the running service")
     add_request_options(submit, JobRequest, targets=True)
     submit.add_argument(
-        "--image", metavar="FILE|URL", help="an image-to-video model's first frame: a PNG, JPEG or WebP, or its https URL"
+        "--image",
+        metavar="FILE|URL",
+        help="an image-to-video model's first frame: a PNG, JPEG or WebP, or its https URL",
     )
     submit.add_argument("--wait", action="store_true", help="follow the job until it finishes")
     submit.add_argument("--out", type=Path, metavar="FILE.mp4", help="with --wait: download the video here")

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.cli.request import add_request_options, request_fields
+from core.cli.request import add_lora_option, add_request_options, parse_loras, request_fields
 from core.contract.request import GenerationRequest
 from core.settings import Settings
 
@@ -39,6 +39,7 @@ def add_commands(commands: Any, settings: Settings) -> None:
     cal.add_argument("--name", help="profile name (default: MODEL-WxHxF-Nsteps)")
     cal.add_argument("--guidance-scale", type=float, default=5.0)
     cal.add_argument("--seed", type=int, default=0)
+    add_lora_option(cal)
     cal.set_defaults(run=_calibrate)
 
     front = commands.add_parser(
@@ -55,6 +56,7 @@ def add_commands(commands: Any, settings: Settings) -> None:
     front.add_argument("--guidance-scale", type=float, default=5.0)
     front.add_argument("--seed", type=int, default=0)
     front.add_argument("--json", type=Path, metavar="FILE", help="also write the frontier here as JSON")
+    add_lora_option(front)
     front.set_defaults(run=_frontier)
 
     profiles = commands.add_parser("profiles", help="list calibration profiles")
@@ -87,6 +89,7 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
     request = GenerationRequest(**request_fields(args, GenerationRequest))
     started = time.perf_counter()
     model = load_model(args.model, settings)
+    _with_adapters(model, args.model, settings)
     loaded = time.perf_counter()
     bar = tqdm(desc="denoising", unit="step", file=sys.stderr, delay=0.1)
 
@@ -131,6 +134,7 @@ def _prompts_model_and_shape(
     if args.prompts is not None:
         prompts = tuple(line.strip() for line in args.prompts.read_text().splitlines() if line.strip())
     model = load_model(args.model, settings)
+    _with_adapters(model, args.model, settings)
     shape = GenerationRequest(
         prompt=prompts[0] if prompts else "-",
         width=args.width,
@@ -141,13 +145,30 @@ def _prompts_model_and_shape(
     return prompts, model, shape
 
 
+def _with_adapters(model: LoadedModel, source: str, settings: Settings) -> None:
+    """Let the model run the LoRA adapters registered for it in the service's database (SKIPSTEP_DATABASE_URL),
+    their files from its storage or SKIPSTEP_LORA_DIR, as its workers do."""
+    from core.contract.models import same_model
+    from core.lora_files import LoraFiles
+    from core.models.lora import Adapters
+    from core.settings import model_name
+    from core.storage import storage_from
+
+    configured = (name for name, configured in settings.model_sources.items() if same_model(configured, source))
+    name = next(configured, model_name(source))
+    files = LoraFiles(settings, storage_from(settings), name)
+    model.adapters = Adapters(model.pipeline, max(settings.lora_cache_size, settings.request_max_loras), files)
+
+
 def _calibrate(args: argparse.Namespace, settings: Settings) -> int:
     from core.caching.profiles import ProfileStore
     from core.calibration import calibrate, default_profile_name
+    from core.contract.loras import LoraSpec
 
     prompts, model, shape = _prompts_model_and_shape(args, settings)
+    loras = [LoraSpec.model_validate(lora) for lora in parse_loras(args.lora)]
     store = ProfileStore(settings.profiles_dir)
-    name = args.name or default_profile_name(model.name, shape)
+    name = args.name or default_profile_name(model.name, shape, loras)
     store.check_writable(name)
     profile = calibrate(
         model,
@@ -157,6 +178,7 @@ def _calibrate(args: argparse.Namespace, settings: Settings) -> int:
         guidance_scale=args.guidance_scale,
         seed=args.seed,
         on_prompt=lambda index, prompt: print(f"[{index + 1}/{len(prompts)}] {prompt}", file=sys.stderr),
+        loras=loras,
     )
     path = store.save(profile)
     for branch, ratios in profile.magcache.items():
@@ -170,6 +192,7 @@ def _calibrate(args: argparse.Namespace, settings: Settings) -> int:
 def _frontier(args: argparse.Namespace, settings: Settings) -> int:
     from core.caching.profiles import ProfileStore
     from core.contract.frontier import Frontier, mark_pareto
+    from core.contract.loras import LoraSpec, adapter_key
     from core.contract.models import model_key
     from core.db import session_scope, utcnow
     from core.db.migrate import upgrade
@@ -177,6 +200,7 @@ def _frontier(args: argparse.Namespace, settings: Settings) -> int:
     from core.jobs import frontier
 
     grid = [parse_setting(item) for item in args.setting] if args.setting else list(DEFAULT_GRID)
+    loras = [LoraSpec.model_validate(lora) for lora in parse_loras(args.lora)]
     prompts, model, shape = _prompts_model_and_shape(args, settings)
     upgrade(settings.database)
     runs = len(prompts) * (len(grid) + 1)
@@ -187,20 +211,34 @@ def _frontier(args: argparse.Namespace, settings: Settings) -> int:
 
     points = mark_pareto(
         measure(
-            model, shape, prompts, grid, ProfileStore(settings.profiles_dir), args.guidance_scale, args.seed, on_run
+            model,
+            shape,
+            prompts,
+            grid,
+            ProfileStore(settings.profiles_dir),
+            args.guidance_scale,
+            args.seed,
+            on_run,
+            loras=loras,
         )
     )
-    key = model_key(model.name)
+    key, adapters = model_key(model.name), adapter_key(loras)
     with session_scope(settings.database) as session:
-        frontier.save(session, key, shape, args.guidance_scale, points)
+        frontier.save(session, key, shape, args.guidance_scale, points, adapters)
     measured = Frontier(
-        model=key, **vars(shape), guidance_scale=args.guidance_scale, measured_at=utcnow(), points=points
+        model=key,
+        **vars(shape),
+        guidance_scale=args.guidance_scale,
+        adapters=adapters,
+        measured_at=utcnow(),
+        points=points,
     )
     if args.json is not None:
         args.json.write_text(measured.model_dump_json(indent=1))
     print(format_frontier(measured))
     size = f"{shape.width}x{shape.height}x{shape.num_frames}"
-    print(f"stored the frontier of {key} at {size}, {shape.num_inference_steps} steps")
+    with_loras = f" with LoRAs {adapters}" if adapters else ""
+    print(f"stored the frontier of {key} at {size}, {shape.num_inference_steps} steps{with_loras}")
     return 0
 
 

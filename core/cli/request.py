@@ -15,9 +15,10 @@ from core.contract.strategies import AUTO, STRATEGIES, parse_param
 
 # Options the command line has always spelled differently from the field.
 OPTION_NAMES = {"num_inference_steps": "--steps"}
-# Fields that are not a single scalar option: the cache (three options, and one per field of an `auto` target)
-# and lists.
+# Fields that are not a single scalar option: the cache (three options, and one per field of an `auto` target),
+# the LoRA adapters (repeated) and lists.
 _CACHE = "cache"
+_LORAS = "loras"
 NO_CACHE = "none"
 
 
@@ -42,6 +43,9 @@ def add_request_options(
             if targets:
                 _add_target_options(parser)
             continue
+        if name == _LORAS:
+            add_lora_option(parser)
+            continue
         kind = _scalar(field.annotation)
         if kind is None:
             continue
@@ -65,6 +69,8 @@ def request_fields(args: argparse.Namespace, request: type[BaseModel]) -> dict[s
         if target:
             cache["target"] = target
         fields[_CACHE] = cache
+    if _LORAS in request.model_fields and getattr(args, "lora", None):
+        fields[_LORAS] = parse_loras(args.lora)
     return fields
 
 
@@ -78,6 +84,27 @@ def _add_target_options(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(option, dest=name, choices=choices, help=help_text)
         else:
             parser.add_argument(option, dest=name, type=_scalar(field.annotation), help=help_text)
+
+
+def add_lora_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--lora",
+        action="append",
+        metavar="NAME[:WEIGHT]",
+        help="a LoRA adapter registered for the model, and its weight (default 1); repeatable",
+    )
+
+
+def parse_loras(items: list[str] | None) -> list[dict[str, Any]]:
+    """``NAME[:WEIGHT]`` as --lora gives them."""
+    loras = []
+    for item in items or ():
+        name, _, weight = item.partition(":")
+        try:
+            loras.append({"name": name.strip(), "weight": float(weight) if weight.strip() else 1.0})
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--lora {item}: the weight must be a number") from None
+    return loras
 
 
 def _scalar(annotation: Any) -> type | None:

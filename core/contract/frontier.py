@@ -133,6 +133,12 @@ class Frontier(BaseModel):
     num_frames: int = Field(description="Frames.", examples=[17])
     num_inference_steps: int = Field(description="Denoising steps.", examples=[20])
     guidance_scale: float = Field(description="Guidance scale of the runs.", examples=[5.0])
+    adapters: str = Field(
+        default="",
+        description="The LoRA adapters the model ran with, `name:weight,...` in name order; empty: the base model. "
+        "A job with adapters is chosen for from the frontier measured with them, else from the base model's.",
+        examples=[""],
+    )
     measured_at: datetime = Field(description="When it was measured.", examples=["2026-12-05T21:30:00Z"])
     points: list[FrontierPoint] = Field(
         description="One per setting.",

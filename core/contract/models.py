@@ -134,6 +134,9 @@ class ModelInfo:
     # The pipeline's class and what a submit reads of its config (PIPELINE_KEYS, SCHEDULER_KEYS); empty when not
     # known here.
     pipeline: dict[str, Any] = field(default_factory=dict)
+    # The transformer's linear modules, name -> [in_features, out_features], that a LoRA may adapt; None when no
+    # worker has described them.
+    lora_modules: dict[str, list[int]] | None = None
 
     @property
     def image_input(self) -> str | None:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model,
 
 from core.contract import examples
 from core.contract.jobs import DEFAULT_EVENTS
+from core.contract.loras import LoraSpec
 from core.contract.shapes import SIZE_FIELDS, FamilyRules, Shape
 from core.contract.strategies import CacheSpec
 from core.errors import InvalidRequest
@@ -107,6 +108,14 @@ class GenerationRequest(BaseModel):
         examples=[True],
     )
 
+    loras: list[LoraSpec] = Field(
+        default_factory=list,
+        description="LoRA adapters registered for the job's model (`GET /models`: `loras`) to run with, each with "
+        "its weight; empty: the base model's weights.",
+        examples=[[{"name": "claymation", "weight": 0.8}]],
+        json_schema_extra=_limit("maxItems", "request_max_loras"),
+    )
+
     @field_validator("prompt")
     @classmethod
     def _not_blank(cls, prompt: str) -> str:
@@ -133,6 +142,17 @@ class GenerationRequest(BaseModel):
     @classmethod
     def _steps_limit(cls, steps: int | None) -> int | None:
         return _at_most(steps, get_settings().request_max_steps)
+
+    @field_validator("loras")
+    @classmethod
+    def _loras_limit(cls, loras: list[LoraSpec]) -> list[LoraSpec]:
+        limit = get_settings().request_max_loras
+        if len(loras) > limit:
+            raise ValueError(f"at most {limit} LoRAs per job")
+        names = [lora.name for lora in loras]
+        if len(set(names)) < len(names):
+            raise ValueError("each LoRA at most once")
+        return loras
 
     @classmethod
     def at(cls, shape: Shape, prompt: str, **fields: Any) -> GenerationRequest:

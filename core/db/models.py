@@ -119,6 +119,8 @@ class Job(Base):
     cache_params: Mapped[dict[str, Any]] = mapped_column(default=dict)
     cache_profile: Mapped[str | None] = mapped_column(String(100))
     compare: Mapped[bool] = mapped_column(default=False)
+    # The LoRA adapters it runs with, [{"name", "weight"}, ...] in the request's order (core.contract.loras).
+    loras: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list, server_default="[]")
     # The job this one was remixed from (POST /jobs/{id}/remix); with ``compare`` its fidelity is against that one.
     remix_of: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", name="fk_jobs_remix_of"))
     webhook_url: Mapped[str | None] = mapped_column(Text)
@@ -224,8 +226,31 @@ class CatalogueEntry(Base):
     # The pipeline's class and what a submit reads of its config (core.contract.models.pipeline_config); null in
     # rows published before workers described it.
     pipeline: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The transformer's linear modules, name -> [in_features, out_features]: what a LoRA for the model may adapt
+    # (core.contract.loras). Null in rows published before workers described them.
+    lora_modules: Mapped[dict[str, list[int]] | None] = mapped_column(JSON)
     described_by: Mapped[str] = mapped_column(String(200))
     described_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Lora(Base):
+    """A LoRA adapter registered for one model: uploaded (POST /admin/loras, its file in the object store) or found
+    in SKIPSTEP_LORA_DIR by a worker of the model. Its tensors were checked against the model's transformer."""
+
+    __tablename__ = "loras"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # The configured model name (a job's ``model``) it adapts.
+    model: Mapped[str] = mapped_column(String(100))
+    sha256: Mapped[str] = mapped_column(String(64))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    # Where its file is: a storage key (uploaded), or a path on the worker hosts (SKIPSTEP_LORA_DIR).
+    storage_key: Mapped[str | None] = mapped_column(String(300))
+    path: Mapped[str | None] = mapped_column(Text)
+    # The transformer modules it adapts and its rank.
+    modules: Mapped[list[str]] = mapped_column(JSON)
+    rank: Mapped[int]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class JobRun(Base):
@@ -325,6 +350,7 @@ class FrontierPointRow(Base):
             "height",
             "num_frames",
             "num_inference_steps",
+            "adapters",
             "setting",
             unique=True,
         ),
@@ -338,6 +364,8 @@ class FrontierPointRow(Base):
     num_frames: Mapped[int]
     num_inference_steps: Mapped[int]
     guidance_scale: Mapped[float] = mapped_column(Float)
+    # The LoRA adapters the model ran with (core.contract.loras.adapter_key); empty: the base model.
+    adapters: Mapped[str] = mapped_column(String(1000), default="", server_default="")
     strategy: Mapped[str] = mapped_column(String(32))
     params: Mapped[dict[str, Any]]
     # core.contract.frontier.setting_key(strategy, params)

@@ -32,6 +32,7 @@ def publish(session: Session, name: str, info: ModelInfo, worker_id: str) -> Non
         "strategies": list(info.strategies or ()),
         "profiles": list(info.profiles or ()),
         "pipeline": info.pipeline,
+        "lora_modules": info.lora_modules,
         "described_by": worker_id,
         "described_at": utcnow(),
     }
@@ -62,6 +63,7 @@ def describe(session: Session, name: str, settings: Settings) -> ModelInfo:
             described_by=entry.described_by,
             described_at=entry.described_at,
             pipeline=entry.pipeline or {},
+            lora_modules=entry.lora_modules,
         )
     try:
         return models.describe(source, settings.presets_dir)

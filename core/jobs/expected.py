@@ -22,6 +22,7 @@ from core.caching.profiles import Profile, ProfileStore, closest, config_signatu
 from core.contract import examples
 from core.contract.experts import expert_steps, qualified
 from core.contract.frontier import Choice
+from core.contract.loras import adapter_key
 from core.contract.models import ModelInfo
 from core.contract.request import JobRequest
 from core.contract.schedules import magcache_schedule, taocache_branch, taocache_signals, teacache_schedule
@@ -71,6 +72,12 @@ class Expected(BaseModel):
         examples=[65.1],
     )
     estimate_jobs: int = Field(description="How many recent jobs the estimate is based on.", examples=[12])
+    note: str | None = Field(
+        default=None,
+        description="What the schedule's basis lacks: for a job with LoRA adapters, that no profile was measured with "
+        "them and the base model's is used; null otherwise.",
+        examples=["no calibration profile was measured with LoRAs claymation:0.8; planned from the base model's"],
+    )
 
 
 def expected(
@@ -104,6 +111,13 @@ def expected(
             estimated_denoise_seconds=choice.predicted_denoise_seconds,
             estimate_jobs=0,
         )
+    note = None
+    if adapter_key(profile.loras) != adapter_key(request.loras):
+        measured = f"LoRAs {adapter_key(profile.loras)}" if profile.loras else "the base model"
+        note = (
+            f"no calibration profile was measured with LoRAs {adapter_key(request.loras)}; planned from "
+            f"{profile.name}, measured with {measured}"
+        )
     computed = sum(sum(decisions) for decisions in schedule.values())
     total = sum(len(decisions) for decisions in schedule.values())
     per_call = seconds_per_computed_call(session, model, shape, strategy)
@@ -123,6 +137,7 @@ def expected(
         auto=choice,
         estimated_denoise_seconds=round(statistics.median(per_call) * computed, 3) if per_call else None,
         estimate_jobs=len(per_call),
+        note=note,
     )
 
 
@@ -188,7 +203,8 @@ def _schedule(
 def _profile(request: JobRequest, shape: Shape, info: ModelInfo, profiles: ProfileStore) -> Profile | None:
     """The profile the worker will use: the named one, else the nearest of those the model's worker holds for its
     transformer (as it published them), else of this host's for the transformer's config, else (a preset that
-    nothing has built yet) of the profiles recorded for that preset."""
+    nothing has built yet) of the profiles recorded for that preset; of each, those measured with the job's LoRA
+    adapters, else the base model's."""
     needs = request.cache.info.needs
     if needs is None:
         return None
@@ -200,11 +216,10 @@ def _profile(request: JobRequest, shape: Shape, info: ModelInfo, profiles: Profi
     except CacheConfigError:
         return None  # the worker fails the job and says why
     if info.profiles is not None:
-        return closest(held, shape, needs)
+        return closest(held, shape, needs, request.loras)
     if info.transformer:
-        return profiles.nearest(config_signature(info.transformer), shape, needs)
-    candidates = [p for p in profiles.all() if p.model == info.source and getattr(p, needs) is not None]
-    return min(candidates, key=lambda p: p.distance(shape), default=None)
+        return profiles.nearest(config_signature(info.transformer), shape, needs, request.loras)
+    return closest([p for p in profiles.all() if p.model == info.source], shape, needs, request.loras)
 
 
 def _teacache_changes(profile: Profile, use_ret_steps: bool, shape: Shape, info: ModelInfo) -> list[float] | None:

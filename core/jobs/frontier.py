@@ -15,9 +15,17 @@ from core.contract.shapes import Shape
 from core.db import FrontierPointRow, utcnow
 
 
-def save(session: Session, model: str, shape: Shape, guidance_scale: float, points: Sequence[FrontierPoint]) -> None:
-    """Replace the frontier of ``model`` (a model key) at ``shape`` with ``points``, receipts included."""
-    session.execute(delete(FrontierPointRow).where(*_at(model, shape)))
+def save(
+    session: Session,
+    model: str,
+    shape: Shape,
+    guidance_scale: float,
+    points: Sequence[FrontierPoint],
+    adapters: str = "",
+) -> None:
+    """Replace the frontier of ``model`` (a model key) at ``shape``, run with the LoRA adapters ``adapters``
+    (core.contract.loras.adapter_key; empty: the base model), with ``points``, receipts included."""
+    session.execute(delete(FrontierPointRow).where(*_at(model, shape, adapters)))
     now = utcnow()
     for point in points:
         session.add(
@@ -28,6 +36,7 @@ def save(session: Session, model: str, shape: Shape, guidance_scale: float, poin
                 num_frames=shape.num_frames,
                 num_inference_steps=shape.num_inference_steps,
                 guidance_scale=guidance_scale,
+                adapters=adapters,
                 strategy=point.strategy,
                 params=point.params,
                 setting=point.setting,
@@ -55,15 +64,16 @@ def frontiers(session: Session, model: str) -> list[Frontier]:
         .where(FrontierPointRow.model == model)
         .order_by(
             FrontierPointRow.num_inference_steps,
+            FrontierPointRow.adapters,
             FrontierPointRow.width * FrontierPointRow.height * FrontierPointRow.num_frames,
             FrontierPointRow.width,
             FrontierPointRow.num_frames,
             FrontierPointRow.speedup,
         )
     ).all()
-    shape_of = lambda row: (row.width, row.height, row.num_frames, row.num_inference_steps)  # noqa: E731
+    shape_of = lambda row: (row.width, row.height, row.num_frames, row.num_inference_steps, row.adapters)  # noqa: E731
     found = []
-    for (width, height, frames, steps), group in groupby(rows, key=shape_of):
+    for (width, height, frames, steps, adapters), group in groupby(rows, key=shape_of):
         members = list(group)
         found.append(
             Frontier(
@@ -73,6 +83,7 @@ def frontiers(session: Session, model: str) -> list[Frontier]:
                 num_frames=frames,
                 num_inference_steps=steps,
                 guidance_scale=members[0].guidance_scale,
+                adapters=adapters,
                 measured_at=min(row.measured_at for row in members),
                 points=mark_pareto([_point(row) for row in members]),
             )
@@ -80,13 +91,18 @@ def frontiers(session: Session, model: str) -> list[Frontier]:
     return found
 
 
-def covering(session: Session, model: str, shape: Shape) -> tuple[Frontier | None, str]:
-    """The frontier that stands for a job of ``model`` at ``shape``: measured at the job's step count, at the
-    nearest size within a factor 4 in tokens (steps first, then size, as calibration profiles are picked); else
-    None and why."""
-    measured = frontiers(session, model)
+def covering(session: Session, model: str, shape: Shape, adapters: str = "") -> tuple[Frontier | None, str]:
+    """The frontier that stands for a job of ``model`` at ``shape`` with the LoRA adapters ``adapters``: measured
+    with them if one is (else the base model's, said in the note), at the job's step count, at the nearest size
+    within a factor 4 in tokens (steps first, then size, as calibration profiles are picked); else None and why.
+    The string is why there is none, or the note on the one chosen."""
+    every = frontiers(session, model)
+    measured = [f for f in every if f.adapters == adapters] or [f for f in every if not f.adapters]
     if not measured:
         return None, f"none measured for {model}"
+    note = (
+        f"no frontier was measured with LoRAs {adapters}; the base model's" if measured[0].adapters != adapters else ""
+    )
     same_steps = [f for f in measured if f.num_inference_steps == shape.num_inference_steps]
     if not same_steps:
         steps = sorted({f.num_inference_steps for f in measured})
@@ -97,16 +113,18 @@ def covering(session: Session, model: str, shape: Shape) -> tuple[Frontier | Non
             f"the nearest frontier of {model} ({nearest.width}x{nearest.height}x{nearest.num_frames}) is over 4 "
             "times smaller or larger than the job"
         )
-    return nearest, ""
+    return nearest, note
 
 
 def point(session: Session, point_id: str | uuid.UUID) -> FrontierPointRow | None:
     return session.get(FrontierPointRow, uuid.UUID(str(point_id)))
 
 
-def point_at(session: Session, model: str, shape: Shape, setting: str) -> FrontierPointRow | None:
-    """The point measured for exactly this model, shape and setting, if any."""
-    return session.scalar(select(FrontierPointRow).where(*_at(model, shape), FrontierPointRow.setting == setting))
+def point_at(session: Session, model: str, shape: Shape, setting: str, adapters: str = "") -> FrontierPointRow | None:
+    """The point measured for exactly this model, shape, adapter set and setting, if any."""
+    return session.scalar(
+        select(FrontierPointRow).where(*_at(model, shape, adapters), FrontierPointRow.setting == setting)
+    )
 
 
 def fold(row: FrontierPointRow, psnr: float, ssim: float) -> None:
@@ -121,9 +139,10 @@ def fold(row: FrontierPointRow, psnr: float, ssim: float) -> None:
     row.updated_at = utcnow()
 
 
-def _at(model: str, shape: Shape) -> tuple:
+def _at(model: str, shape: Shape, adapters: str) -> tuple:
     return (
         FrontierPointRow.model == model,
+        FrontierPointRow.adapters == adapters,
         FrontierPointRow.width == shape.width,
         FrontierPointRow.height == shape.height,
         FrontierPointRow.num_frames == shape.num_frames,

@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 from core.contract.jobs import DEFAULT_EVENTS
+from core.contract.loras import LoraSpec, adapter_set
 from core.contract.request import JobRequest
 from core.contract.shapes import Shape
 from core.contract.strategies import CacheSpec
@@ -32,6 +33,7 @@ def new_job(request: JobRequest, shape: Shape, model: str, owner_id: uuid.UUID, 
         cache_params=request.cache.params,
         cache_profile=request.cache.profile,
         compare=request.compare,
+        loras=adapter_set(request.loras),
         priority=request.priority,
         webhook_url=request.webhook_url,
         webhook_events=list(events),
@@ -57,6 +59,7 @@ def request_of(job: Job) -> JobRequest:
             strategy=job.cache_strategy, params=job.cache_params, profile=job.cache_profile
         ),
         compare=job.compare,
+        loras=[LoraSpec.model_construct(**entry) for entry in job.loras or ()],
         priority=job.priority,
         webhook_url=job.webhook_url,
         webhook_events=list(job.webhook_events),

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from core.contract.frontier import setting_key
 from core.contract.jobs import EventType
+from core.contract.loras import adapter_key
 from core.contract.models import model_key
 from core.contract.shapes import Shape
 from core.db import FidelityReceipt, FrontierPointRow, Job
@@ -48,7 +49,8 @@ def record(
     predicted_psnr = point.psnr_min if point is not None else None
     predicted_ssim = point.ssim_min if point is not None else None
     shortfall = predicted_psnr is not None and psnr < predicted_psnr - margin_db
-    if point is not None:
+    if point is not None and point.adapters == adapter_key(job.loras or ()):
+        # A job with LoRA adapters judged by the base model's frontier is not one more sample of it.
         frontier.fold(point, psnr, ssim)
     receipt = FidelityReceipt(
         job_id=job.id,
@@ -83,7 +85,8 @@ def _predicting_point(session: Session, job: Job, source: str) -> FrontierPointR
     if chosen is not None:
         return frontier.point(session, chosen)
     shape = Shape(job.width, job.height, job.num_frames, job.num_inference_steps)
-    return frontier.point_at(session, model_key(source), shape, setting_key(job.cache_strategy, job.cache_params))
+    setting = setting_key(job.cache_strategy, job.cache_params)
+    return frontier.point_at(session, model_key(source), shape, setting, adapter_key(job.loras or ()))
 
 
 def tally(session: Session, model: str, since: datetime) -> Tally:

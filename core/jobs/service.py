@@ -22,7 +22,7 @@ from core.contract.shapes import Shape
 from core.db import ApiKey, Job
 from core.errors import Conflict, InvalidRequest
 from core.images import check_image
-from core.jobs import catalogue, repository, retention, targets, transitions
+from core.jobs import catalogue, loras, repository, retention, targets, transitions
 from core.jobs.expected import expected
 from core.jobs.mapping import new_job
 from core.jobs.remix import remix_request
@@ -94,6 +94,7 @@ def submit(
 
     model = request.model or settings.default_model
     info = catalogue.describe(session, model, settings)
+    loras.check_request(session, model, request.loras)
     shape = request.shape(info.family, info.default_shape)
     request, choice = targets.resolve(session, request, shape, model, info)
     info.check_cache(request.cache)
@@ -149,11 +150,23 @@ def remix(
     changes: dict[str, Any],
     settings: Settings,
     broker: Broker,
+    storage: Storage,
     idempotency_key: str | None = None,
 ) -> Submitted:
-    """Submit a new job made from a succeeded one (``core.jobs.remix``), linked to it; Conflict if the source
-    has no video."""
-    return submit(session, key, remix_request(source, changes), settings, broker, idempotency_key, remix_of=source.id)
+    """Submit a new job made from a succeeded one (``core.jobs.remix``), linked to it, with the source's first frame
+    if it had one; Conflict if the source has no video, or its first frame is no longer stored."""
+    request = remix_request(source, changes)
+    image = None
+    if source.input_image_key is not None:
+        try:
+            image = FirstFrame(data=storage.get(source.input_image_key))
+        except StorageError:
+            raise Conflict(f"job {source.id}'s first frame is no longer stored: it cannot be remixed") from None
+    elif source.input_image_url is not None:
+        image = FirstFrame(url=source.input_image_url)
+    return submit(
+        session, key, request, settings, broker, idempotency_key, remix_of=source.id, image=image, storage=storage
+    )
 
 
 def _first_frame(

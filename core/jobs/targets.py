@@ -8,6 +8,7 @@ import statistics
 from sqlalchemy.orm import Session
 
 from core.contract.frontier import Choice, Frontier, choose
+from core.contract.loras import adapter_key
 from core.contract.models import ModelInfo, model_key
 from core.contract.request import JobRequest
 from core.contract.shapes import Shape
@@ -24,12 +25,14 @@ def resolve(
     if request.cache.strategy != AUTO or target is None:
         return request, None
     key = model_key(info.source)
-    covering, why = frontier.covering(session, key, shape)
+    covering, why = frontier.covering(session, key, shape, adapter_key(request.loras))
     uncached = None
     if target.deadline_seconds is not None and info.family is not None:
         calls = len(info.family.branches(request.guidance_scale > 1.0)) * shape.num_inference_steps
         uncached = _uncached_seconds(session, model, shape, calls, covering)
     choice = choose(covering, target, uncached, why)
+    if covering is not None and why:
+        choice = choice.model_copy(update={"reason": f"{choice.reason} ({why})"})
     chosen = CacheSpec(strategy=choice.strategy, params=choice.params)
     return request.model_copy(update={"cache": chosen}), choice
 

@@ -180,6 +180,29 @@ class EngineMetrics(BaseModel):
         description="How those devices shared each step (ulysses, ring, cfg); null on one device.",
         examples=[None],
     )
+    pipeline_loads: int | None = Field(
+        default=None,
+        description="Pipelines the worker's process has loaded from their files so far: 1 while it has never "
+        "reloaded its model (LoRA adapters never do); null for older jobs.",
+        examples=[1],
+    )
+    lora_loads: int | None = Field(
+        default=None,
+        description="LoRA adapters the worker's process has loaded from their files so far (an adapter stays "
+        "loaded between jobs, SKIPSTEP_LORA_CACHE_SIZE); null for older jobs.",
+        examples=[2],
+    )
+
+
+class LoraRun(BaseModel):
+    """A LoRA adapter a job ran with."""
+
+    name: str = Field(description="The registered LoRA.", examples=["claymation"])
+    weight: float = Field(description="Its adapter weight.", examples=[0.8])
+    sha256: str = Field(description="The digest of the file that ran.", examples=["9f86d081884c7d65" * 4])
+    loaded: bool = Field(
+        description="Its file was loaded for this job; false: it was already loaded on the worker.", examples=[False]
+    )
 
 
 class JobMetrics(BaseModel):
@@ -217,6 +240,11 @@ class JobMetrics(BaseModel):
     )
     estimated_speedup: float = Field(description="estimated_full_seconds over denoise_seconds.", examples=[1.5792])
     ideal_speedup: float = Field(description="All calls over computed calls.", examples=[1.6129])
+    loras: list[LoraRun] = Field(
+        default_factory=list,
+        description="The LoRA adapters the job ran with, in its order; empty: the base model's weights.",
+        examples=[[{"name": "claymation", "weight": 0.8, "sha256": "9f86d081884c7d65" * 4, "loaded": False}]],
+    )
     fidelity: FidelityMetrics | None = Field(
         description="With `compare: true`, or once a sampled job's receipt is measured; null otherwise."
     )

@@ -28,12 +28,19 @@ from core.errors import ModelLoadError
 from core.models.attention import AttentionChoice, apply_attention_backend
 from core.models.families import ModelFamily, family_of
 from core.models.fp8 import PrecisionChoice, apply_precision
+from core.models.lora import Adapters
 from core.models.presets import PRESETS, ensure_preset
 from core.models.prompts import PromptCache
 from core.parallel import Parallelism
 from core.settings import Settings, model_name
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+# Pipelines this process has loaded from their files (what a job's metrics report: adapters never reload one).
+_loads = {"pipelines": 0}
+
+
+def pipeline_loads() -> int:
+    return _loads["pipelines"]
 
 
 @dataclass
@@ -50,6 +57,8 @@ class LoadedModel:
     compiled: bool = False
     # How this process shares each transformer call with the other ranks of a multi-device worker.
     parallel: Parallelism | None = None
+    # The LoRA adapters jobs name, where the process can resolve them (a worker); None: requests name none.
+    adapters: Adapters | None = None
     _image_pipeline: DiffusionPipeline | None = None
 
     @property
@@ -113,6 +122,11 @@ class LoadedModel:
             profiles=tuple(profile.model_dump(mode="json") for profile in held),
             strategies=applicable_strategies(held),
             pipeline=self.description,
+            lora_modules={
+                name: [module.in_features, module.out_features]
+                for name, module in self.transformer.named_modules()
+                if isinstance(module, torch.nn.Linear)
+            },
         )
 
     def encode_prompts(self, prompt: str, negative_prompt: str, do_cfg: bool) -> tuple[dict[str, Any], bool]:
@@ -157,6 +171,7 @@ def _from_pretrained(source: Path | str, device: torch.device, what: str, **opti
         pipeline = DiffusionPipeline.from_pretrained(source, dtype=dtype, **options)
     except Exception as exc:
         raise ModelLoadError(f"{what} could not be loaded: {type(exc).__name__}: {exc}") from exc
+    _loads["pipelines"] += 1
     pipeline.set_progress_bar_config(disable=True)
     return pipeline.to(device)
 
