@@ -7,7 +7,6 @@ what does not fit the model, naming the field and the rule, and store nothing.""
 from __future__ import annotations
 
 import hashlib
-import io
 import re
 import shutil
 import subprocess
@@ -16,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import av
 import boto3
 import numpy as np
 import pytest
@@ -41,7 +39,7 @@ from core.models.loading import pipeline_loads
 from core.models.lora import AdapterFile, Adapters
 from core.models.presets import TRAINED
 from core.settings import Settings
-from core.video import encode_mp4, to_uint8
+from core.video import to_uint8
 
 # Tiny: a job takes well under a second of denoising on two CPU cores.
 TINY = {"width": 32, "height": 32, "num_frames": 5, "num_inference_steps": 3, "seed": 7, "fps": 8}
@@ -119,29 +117,13 @@ def register(service: Service, name: str, model: str, file: Path | bytes, key: s
         )
 
 
-def frames_of(video: bytes) -> np.ndarray:
-    with av.open(io.BytesIO(video)) as container:
-        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
-
-
-def job_frames(service: Service, job: dict[str, Any]) -> np.ndarray:
-    assert job["status"] == "succeeded", job["error"]
-    with service.client() as client:
-        video = client.get(f"/jobs/{job['id']}/video", follow_redirects=True)
-    assert video.status_code == 200
-    return frames_of(video.content)
-
-
 def run(service: Service, **fields: Any) -> dict[str, Any]:
     return service.wait(service.submit(prompt=PROMPT, **(TINY | fields))["id"], timeout=300)
 
 
-def reference_frames(settings: Settings, tmp_path: Path, loras: dict[str, tuple[Path, float]]) -> np.ndarray:
-    """What diffusers' own pipeline makes with these adapters (name -> file, weight), encoded and decoded as the
-    service's videos are."""
-    path = tmp_path / "reference.mp4"
-    encode_mp4(to_uint8(diffusers_frames(settings, loras)), path, TINY["fps"])
-    return frames_of(path.read_bytes())
+def sha256_of(frames: np.ndarray) -> str:
+    """The digest a worker reports of its frames (metrics.frames_sha256): of the 8-bit frames."""
+    return hashlib.sha256(to_uint8(frames).tobytes()).hexdigest()
 
 
 def diffusers_frames(settings: Settings, loras: dict[str, tuple[Path, float]]) -> np.ndarray:
@@ -198,13 +180,8 @@ def test_the_engine_runs_what_diffusers_lora_pipeline_runs(settings: Settings, l
     assert model.adapters.loads == 4 and pipeline_loads() == loads
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open: in a worker process, frames after several adapters were loaded differed from diffusers' and from "
-    "the first base job in some runs (exact in one process: test_the_engine_runs_what_diffusers_lora_pipeline_runs)",
-)
 def test_jobs_run_their_loras_as_diffusers_does_without_reloading_the_model(
-    lora_service: Service, lora_files: dict[str, Path], settings: Settings, tmp_path: Path
+    lora_service: Service, lora_files: dict[str, Path], settings: Settings
 ) -> None:
     for name in ("warm", "cool"):
         registered = register(lora_service, name, "wan-tiny", lora_files[name])
@@ -232,23 +209,15 @@ def test_jobs_run_their_loras_as_diffusers_does_without_reloading_the_model(
     assert [engine["lora_loads"] for engine in engines] == [0, 1, 2, 2, 3]
     assert [(lora["name"], lora["loaded"]) for lora in both["metrics"]["loras"]] == [("warm", False), ("folded", True)]
 
-    base_frames = job_frames(lora_service, base)
-    warm_frames = job_frames(lora_service, warm)
-    assert not np.array_equal(warm_frames, base_frames)
-    assert not np.array_equal(job_frames(lora_service, cool), warm_frames)
-    # Open: in a worker process, a base job after two adapters were loaded differed from the first base job in some
-    # runs (never in one process: the engine test compares floats exactly), so base_again's frames are not compared.
-    assert base_again["metrics"]["loras"] == []
-    # Against diffusers' pipeline in this process: MKL's float results may differ with memory alignment between
-    # processes, so the frames are compared by how far they are from the base frames (the engine test compares
-    # floats exactly, in one process).
-    expected_warm = reference_frames(settings, tmp_path, {"warm": (lora_files["warm"], 0.8)})
-    expected_both = reference_frames(
-        settings, tmp_path, {"warm": (lora_files["warm"], 0.8), "folded": (lora_files["folded"], 0.5)}
+    # The 8-bit frames as the worker made them, before the MP4 encoding (whose bytes vary from run to run with
+    # x264's threads): equal to diffusers' own pipeline's, and the base weights' again once the adapters are off.
+    assert len({job["metrics"]["frames_sha256"] for job in (base, warm, cool, both)}) == 4
+    assert base_again["metrics"]["frames_sha256"] == base["metrics"]["frames_sha256"]
+    assert warm["metrics"]["frames_sha256"] == sha256_of(
+        diffusers_frames(settings, {"warm": (lora_files["warm"], 0.8)})
     )
-    for ran, expected_frames in ((warm_frames, expected_warm), (job_frames(lora_service, both), expected_both)):
-        off = np.abs(ran.astype(int) - expected_frames).mean()
-        assert off < 0.1 * np.abs(expected_frames.astype(int) - base_frames).mean(), off
+    both_files = {"warm": (lora_files["warm"], 0.8), "folded": (lora_files["folded"], 0.5)}
+    assert both["metrics"]["frames_sha256"] == sha256_of(diffusers_frames(settings, both_files))
 
     # A remix may replace the adapters: none gives the base frames again.
     with lora_service.client() as client:
@@ -257,7 +226,7 @@ def test_jobs_run_their_loras_as_diffusers_does_without_reloading_the_model(
     assert remixed.status_code == swapped.status_code == 202, remixed.text
     assert remixed.json()["input"]["loras"] == []
     assert swapped.json()["input"]["loras"] == [{"name": "cool", "weight": 1}]
-    assert np.array_equal(job_frames(lora_service, lora_service.wait(remixed.json()["id"])), base_frames)
+    assert lora_service.wait(remixed.json()["id"])["metrics"]["frames_sha256"] == base["metrics"]["frames_sha256"]
     assert lora_service.wait(swapped.json()["id"])["metrics"]["loras"][0]["name"] == "cool"
 
 
