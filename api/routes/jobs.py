@@ -20,7 +20,7 @@ from core.db import ApiKey, Job, JobStatus
 from core.jobs import polling, repository, service
 from core.jobs.expected import standing
 from core.jobs.remix import RemixRequest
-from core.jobs.service import FirstFrame
+from core.jobs.service import FirstFrame, Submitted
 from core.jobs.view import JobView, job_view
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -129,10 +129,7 @@ def submit(
     multipart/form-data."""
     body, image = submission
     submitted = service.submit(session, key, body, settings, BROKER, idempotency_key, image=image, storage=storage)
-    if submitted.replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    response.headers["Location"] = f"/jobs/{submitted.job.id}"
-    return _view(session, submitted.job, settings)
+    return _accepted(session, submitted, response, settings)
 
 
 @router.post(
@@ -162,6 +159,11 @@ def remix(
     source = _found(session, job_id, key)
     changes = body.model_dump(exclude_unset=True)
     submitted = service.remix(session, key, source, changes, settings, BROKER, storage, idempotency_key)
+    return _accepted(session, submitted, response, settings)
+
+
+def _accepted(session: SessionDep, submitted: Submitted, response: Response, settings: SettingsDep) -> JobView:
+    """A queued job's answer: where it lives, and whether an earlier request with the same Idempotency-Key made it."""
     if submitted.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/jobs/{submitted.job.id}"
