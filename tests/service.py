@@ -337,6 +337,25 @@ def launch(settings: Settings, database_url: str, broker_url: str, logs: Path, *
     raise AssertionError("the API did not start on a free port in 5 attempts")
 
 
+@contextmanager
+def isolated_service(settings: Settings, directory: Path, **values: str) -> Iterator[Service]:
+    """``launch`` on a fresh database and a Redis of its own, logs under ``directory``; workers are the caller's. A
+    worker serving a model that the session's service also serves (wan-tiny) needs this: on the shared Redis it
+    would take that service's jobs, and find no such row."""
+    redis_dir = directory / "redis"
+    redis_dir.mkdir()
+    broker, broker_url = start_redis(redis_dir)
+    try:
+        with fresh_database() as database_url:
+            service = launch(settings, database_url, broker_url, directory, **values)
+            try:
+                yield service
+            finally:
+                service.stop()
+    finally:
+        stop_process(broker)
+
+
 def s3_settings(endpoint: str, bucket: str) -> dict[str, str]:
     return {
         "SKIPSTEP_STORAGE_BACKEND": "s3",

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from playwright.sync_api import Page
-from service import Service, fresh_database, launch, s3_settings, start_redis, stop_process, wait_until
+from service import Service, isolated_service, s3_settings, wait_until
 
 from core.contract.frontier import TIERS, Frontier, FrontierPoint, Target, choose, mark_pareto
 from core.settings import Settings
@@ -32,34 +32,20 @@ def quality(
     one, which would take this service's jobs and find no such row), its worker sampling every cached job for a
     receipt, and the frontier of wan-tiny at the small job shape measured by the CLI into that database."""
     logs = tmp_path_factory.mktemp("frontier-logs")
-    broker, broker_url = start_redis(tmp_path_factory.mktemp("frontier-redis"))
-    try:
-        with fresh_database() as database_url:
-            service = launch(
-                settings,
-                database_url,
-                broker_url,
-                logs,
-                SKIPSTEP_RECEIPT_SAMPLE_RATE="1",
-                **s3_settings(s3_endpoint, "skipstep-frontier"),
-            )
-            try:
-                prompts = logs / "prompts.txt"
-                prompts.write_text("a red fox running through snow\n")
-                size = ["--width", "32", "--height", "32", "--num-frames", "5", "--steps", "4"]
-                grid = [arg for setting in SETTINGS for arg in ("--setting", setting)]
-                command = [sys.executable, "-m", "core.cli", "frontier", "--model", "wan-tiny", *size, *grid]
-                measured = subprocess.run(
-                    [*command, "--prompts", str(prompts)], env=service.env, capture_output=True, text=True, timeout=600
-                )
-                assert measured.returncode == 0, measured.stderr
-                assert "stored the frontier of wan-tiny at 32x32x5, 4 steps" in measured.stdout
-                service.start_worker()
-                yield service
-            finally:
-                service.stop()
-    finally:
-        stop_process(broker)
+    values = {"SKIPSTEP_RECEIPT_SAMPLE_RATE": "1", **s3_settings(s3_endpoint, "skipstep-frontier")}
+    with isolated_service(settings, logs, **values) as service:
+        prompts = logs / "prompts.txt"
+        prompts.write_text("a red fox running through snow\n")
+        size = ["--width", "32", "--height", "32", "--num-frames", "5", "--steps", "4"]
+        grid = [arg for setting in SETTINGS for arg in ("--setting", setting)]
+        command = [sys.executable, "-m", "core.cli", "frontier", "--model", "wan-tiny", *size, *grid]
+        measured = subprocess.run(
+            [*command, "--prompts", str(prompts)], env=service.env, capture_output=True, text=True, timeout=600
+        )
+        assert measured.returncode == 0, measured.stderr
+        assert "stored the frontier of wan-tiny at 32x32x5, 4 steps" in measured.stdout
+        service.start_worker()
+        yield service
 
 
 def frontier_of(service: Service) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import pytest
 import torch
 from diffusers import WanPipeline, WanTransformer3DModel
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
-from service import Service, fresh_database, launch, s3_settings, start_redis, stop_process
+from service import Service, isolated_service, s3_settings
 
 from core.caching.profiles import ProfileStore
 from core.caching.registry import build_cache
@@ -84,27 +84,16 @@ def lora_service(
     (folder / "wan-tiny").mkdir()
     shutil.copy(lora_files["folded"], folder / "wan-tiny" / "folded.safetensors")
     (folder / "wan-tiny" / "broken.safetensors").write_bytes(b"not a safetensors file")
-    broker, broker_url = start_redis(tmp_path_factory.mktemp("lora-redis"))
-    try:
-        with fresh_database() as database_url:
-            service = launch(
-                settings,
-                database_url,
-                broker_url,
-                logs,
-                SKIPSTEP_MODELS="wan-tiny,wan-tiny-trained",
-                SKIPSTEP_LORA_DIR=str(folder),
-                SKIPSTEP_LORA_CACHE_SIZE="2",
-                **s3_settings(s3_endpoint, "skipstep-loras"),
-            )
-            try:
-                service.start_worker("wan-tiny")
-                service.start_worker("wan-tiny-trained")
-                yield service
-            finally:
-                service.stop()
-    finally:
-        stop_process(broker)
+    values = {
+        "SKIPSTEP_MODELS": "wan-tiny,wan-tiny-trained",
+        "SKIPSTEP_LORA_DIR": str(folder),
+        "SKIPSTEP_LORA_CACHE_SIZE": "2",
+        **s3_settings(s3_endpoint, "skipstep-loras"),
+    }
+    with isolated_service(settings, logs, **values) as service:
+        service.start_worker("wan-tiny")
+        service.start_worker("wan-tiny-trained")
+        yield service
 
 
 def register(service: Service, name: str, model: str, file: Path | bytes, key: str = "admin") -> Any:
