@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from api import docs, errors, headers, middleware, openapi
+from api import conditional, docs, errors, headers, middleware, openapi
 from api.limits import RATE_LIMITED
 from api.routes import admin, deliveries, events, health, jobs, loras, models, openai_videos, workers
 from core.contract.strategies import STRATEGIES
@@ -28,6 +28,7 @@ def create_app() -> FastAPI:
         redoc_url=None,
     )
     errors.install(app)
+    conditional.install(app)
     middleware.install(app)
     headers.install(app)
     for router in (jobs.router, events.router, openai_videos.router, deliveries.router, models.router, workers.router):

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from ipaddress import IPv6Address, ip_address
 from typing import Annotated
 
+import anyio
 from fastapi import Depends, Request, status
 from sqlalchemy.orm import Session
 
@@ -36,19 +37,38 @@ NO_KEY = "a valid API key is required as 'Authorization: Bearer <key>'"
 ADMIN_ONLY = "this route needs an admin API key"
 
 
-def get_session(settings: SettingsDep) -> Iterator[Session]:
+async def get_session(settings: SettingsDep) -> AsyncIterator[Session]:
     """A session committed when the route returns, before the response goes out (``scope="function"``): a
     client that reads the database after its answer sees what the route wrote. Routes commit earlier where
-    order matters."""
-    with sessions(settings.database)() as session:
+    order matters. Opening it costs nothing (it connects at its first statement); commit and close, which talk to
+    the database, run in a worker thread, together, and only if it connected."""
+    session = sessions(settings.database)()
+    try:
         yield session
-        session.commit()
+    except BaseException:
+        await _in_thread(session, commit=False)
+        raise
+    await _in_thread(session, commit=True)
+
+
+async def _in_thread(session: Session, commit: bool) -> None:
+    def finish() -> None:
+        try:
+            if commit:
+                session.commit()
+        finally:
+            session.close()
+
+    if session.in_transaction():
+        await anyio.to_thread.run_sync(finish)
+    else:
+        session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
-def get_storage(request: Request, settings: SettingsDep) -> Storage:
+async def get_storage(request: Request, settings: SettingsDep) -> Storage:
     if not hasattr(request.app.state, "storage"):
         request.app.state.storage = storage_from(settings)
     return request.app.state.storage
@@ -77,13 +97,16 @@ def admin_cookie_key(request: Request, session: Session) -> ApiKey | None:
 KEYS = KeyCache()
 
 
-def current_key(request: Request, session: SessionDep, settings: SettingsDep) -> ApiKey:
+async def current_key(request: Request, session: SessionDep, settings: SettingsDep) -> ApiKey:
+    """The caller's key: from the process's key cache when it holds it, else looked up in a worker thread."""
     token = bearer_token(request)
-    key = (
-        KEYS.authenticate(session, token, settings.api_key_cache_seconds)
-        if token
-        else admin_cookie_key(request, session)
-    )
+    kept = KEYS.cached(token) if token else None
+    if kept is not None:
+        key: ApiKey | None = session.merge(kept, load=False)
+    elif token:
+        key = await anyio.to_thread.run_sync(KEYS.authenticate, session, token, settings.api_key_cache_seconds)
+    else:
+        key = await anyio.to_thread.run_sync(admin_cookie_key, request, session)
     if key is None:
         raise ApiError(status.HTTP_401_UNAUTHORIZED, NO_KEY, headers={"WWW-Authenticate": "Bearer"})
     return key

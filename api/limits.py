@@ -8,21 +8,17 @@ from fastapi import Depends, status
 from api.deps import KeyDep, SettingsDep
 from api.errors import ApiError
 from core.db import ApiKey
-from core.limits.rate import limiter_for
+from core.limits.rate import take
 from core.settings import Settings
 
 
-def _limited(key: ApiKey, settings: Settings) -> bool:
-    return settings.limit_admin_keys or not key.is_admin
-
-
-def rate_limit(key: KeyDep, settings: SettingsDep) -> None:
-    """Take one token from the key's bucket, or answer 429 with how long to wait. Applied to the API's routers."""
-    if settings.broker_url is None or not _limited(key, settings):
+async def check_rate(key: ApiKey, settings: Settings) -> None:
+    """Take one token from the key's bucket, or raise a 429 saying how long to wait."""
+    if settings.broker_url is None or not (settings.limit_admin_keys or not key.is_admin):
         return
     rate = key.rate_per_second if key.rate_per_second is not None else settings.rate_per_second
     burst = key.rate_burst if key.rate_burst is not None else settings.rate_burst
-    verdict = limiter_for(settings.broker_url).take(str(key.id), rate, burst)
+    verdict = await take(settings.broker_url, str(key.id), rate, burst)
     if not verdict.allowed:
         raise ApiError(
             status.HTTP_429_TOO_MANY_REQUESTS,
@@ -30,6 +26,11 @@ def rate_limit(key: KeyDep, settings: SettingsDep) -> None:
             f"retry in {verdict.retry_after} s",
             headers={"Retry-After": str(verdict.retry_after)},
         )
+
+
+async def rate_limit(key: KeyDep, settings: SettingsDep) -> None:
+    """``check_rate`` as a dependency, applied to the API's routers."""
+    await check_rate(key, settings)
 
 
 RATE_LIMITED = [Depends(rate_limit)]

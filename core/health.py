@@ -64,6 +64,7 @@ def database(session: Session) -> str:
         session.execute(text("SELECT 1"))
     except Exception as exc:
         log.warning("health: database unreachable: %s", exc.__class__.__name__)
+        session.rollback()  # the failed probe leaves the request's session nothing to commit
         return UNREACHABLE
     return OK
 

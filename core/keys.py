@@ -48,17 +48,22 @@ class KeyCache:
         self._size = size
         self._lock = threading.Lock()
 
+    def cached(self, raw_key: str) -> ApiKey | None:
+        """The key's copy while it is kept (detached: read its columns, do not attach it); None otherwise."""
+        with self._lock:
+            kept = self._keys.get(hash_key(raw_key))
+        return kept[1] if kept is not None and kept[0] > time.monotonic() else None
+
     def authenticate(self, session: Session, raw_key: str, ttl: float) -> ApiKey | None:
         if ttl <= 0:
             return authenticate(session, raw_key)
-        digest = hash_key(raw_key)
-        with self._lock:
-            kept = self._keys.get(digest)
-        if kept is not None and kept[0] > time.monotonic():
-            return session.merge(kept[1], load=False)
+        kept = self.cached(raw_key)
+        if kept is not None:
+            return session.merge(kept, load=False)
         key = authenticate(session, raw_key)
         if key is not None:
             with self._lock:
+                digest = hash_key(raw_key)
                 self._keys[digest] = (time.monotonic() + ttl, _detached_copy(key))
                 self._keys.move_to_end(digest)
                 while len(self._keys) > self._size:

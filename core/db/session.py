@@ -8,10 +8,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event, make_url
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.db import redact
@@ -21,6 +21,7 @@ T = TypeVar("T")
 log = logging.getLogger("skipstep.db")
 # What a database that is briefly unreachable (restarting, failing over, a dropped connection) raises.
 UNREACHABLE = (OperationalError, InterfaceError)
+PING_AFTER_IDLE_SECONDS = 1.0
 
 
 @lru_cache
@@ -44,9 +45,31 @@ def engine_for(url: str) -> Engine:
     # Bound parameters (prompts, key hashes) never appear in error messages or logs: neither in SQLAlchemy's text
     # (hide_parameters) nor in the database's own message (core.db.redact).
     pool_size = get_settings().database_pool_size
-    engine = create_engine(url, pool_pre_ping=True, hide_parameters=True, pool_size=pool_size, max_overflow=pool_size)
+    engine = create_engine(url, hide_parameters=True, pool_size=pool_size, max_overflow=pool_size)
+    _ping_when_idle(engine)
     redact.install(engine)
     return engine
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """Check a pooled connection (one round trip) before use only if it sat idle ``PING_AFTER_IDLE_SECONDS``; one
+    handed back moments ago is taken as it is. SQLAlchemy's ``pool_pre_ping`` pinged at every checkout, a round trip
+    per transaction. After a database restart every pooled connection has been idle, so each is pinged and replaced;
+    a connection that fails in use makes SQLAlchemy discard the pool's older connections."""
+
+    @event.listens_for(engine, "checkin")
+    def _returned(_dbapi_connection: Any, record: Any) -> None:
+        record.info["returned_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        if time.monotonic() - record.info.get("returned_at", 0.0) < PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            # The pool replaces the connection and checks out again.
+            raise DisconnectionError() from exc
 
 
 @lru_cache

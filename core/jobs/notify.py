@@ -2,7 +2,8 @@
 
 The state machine (``core.jobs.transitions``) marks each job it changes; once the session's transaction
 commits, the job ids are published on the broker's Redis (channel ``skipstep:job:<id>``), where the
-streams (``core.jobs.stream``) wait. Only the commit publishes, so a stream never hears of a change it
+streams (``core.jobs.stream``) wait, and the change counters of the jobs, and of the models whose queue a job
+entered or left, are bumped (``core.jobs.tag_cache``). Only the commit publishes, so a stream never hears of a change it
 cannot read yet, and a rolled-back change is never announced. Best effort: a stream also re-reads its
 job on a bounded poll, so a lost notification delays an event, never loses it.
 """
@@ -18,11 +19,13 @@ import redis
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
+from core.jobs.tag_cache import count_changes
 from core.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 _CHANGED = "skipstep_changed_jobs"
+_QUEUES = "skipstep_changed_queues"
 # After a failed publish, skip publishing this long: a worker's step check-ins must not wait on a down broker.
 _BACKOFF_SECONDS = 5.0
 _failed_at = 0.0
@@ -32,9 +35,16 @@ def channel(job_id: uuid.UUID) -> str:
     return f"skipstep:job:{job_id}"
 
 
-def changed(session: Session, job_id: uuid.UUID) -> None:
-    """Announce ``job_id`` once ``session`` commits."""
+def changed(session: Session, job_id: uuid.UUID, queue: str | None = None) -> None:
+    """Announce ``job_id`` once ``session`` commits; ``queue``: the model whose queue it entered or left."""
     session.info.setdefault(_CHANGED, set()).add(job_id)
+    if queue is not None:
+        queue_changed(session, queue)
+
+
+def queue_changed(session: Session, model: str) -> None:
+    """Announce that a job entered or left ``model``'s queue once ``session`` commits."""
+    session.info.setdefault(_QUEUES, set()).add(model)
 
 
 @lru_cache
@@ -42,7 +52,7 @@ def _client(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
 
 
-def publish(job_ids: set[uuid.UUID]) -> None:
+def publish(job_ids: set[uuid.UUID], queues: set[str]) -> None:
     global _failed_at
     url = get_settings().broker_url
     if url is None or time.monotonic() - _failed_at < _BACKOFF_SECONDS:
@@ -51,6 +61,7 @@ def publish(job_ids: set[uuid.UUID]) -> None:
         with _client(url).pipeline(transaction=False) as pipe:
             for job_id in job_ids:
                 pipe.publish(channel(job_id), "changed")
+            count_changes(pipe, job_ids, queues)
             pipe.execute()
     except redis.RedisError as exc:
         _failed_at = time.monotonic()
@@ -59,11 +70,12 @@ def publish(job_ids: set[uuid.UUID]) -> None:
 
 @event.listens_for(Session, "after_commit")
 def _after_commit(session: Session) -> None:
-    job_ids = session.info.pop(_CHANGED, None)
-    if job_ids:
-        publish(job_ids)
+    job_ids, queues = session.info.pop(_CHANGED, set()), session.info.pop(_QUEUES, set())
+    if job_ids or queues:
+        publish(job_ids, queues)
 
 
 @event.listens_for(Session, "after_rollback")
 def _after_rollback(session: Session) -> None:
     session.info.pop(_CHANGED, None)
+    session.info.pop(_QUEUES, None)

@@ -19,10 +19,10 @@ import anyio
 from sqlalchemy.orm import Session
 
 from core.db import ApiKey, JobStatus, sessions
-from core.db.models import utcnow
 from core.jobs import repository
 from core.jobs.expected import Standing, standing
 from core.jobs.stream import changed, subscribe, unsubscribe
+from core.jobs.tag_cache import ENTRY_SECONDS, tag_cache_for
 from core.jobs.view import JobView, job_view
 from core.settings import Settings
 
@@ -56,18 +56,28 @@ def seen_tags(if_none_match: str | None) -> frozenset[str]:
 
 def read(session: Session, job_id: uuid.UUID, key: ApiKey, settings: Settings, seen: frozenset[str]) -> Snapshot | None:
     """The job's snapshot for ``key`` (None: no such job for it). A job that is not queued and whose tag the
-    poller has is answered from its version alone, without loading the row."""
-    head = repository.head(session, job_id, key)
-    if head is None:
-        return None
-    version, status = head
-    if status != JobStatus.queued and etag(version) in seen:
-        return Snapshot(etag(version), status.finished, None, None)
+    poller has is answered from its version alone. The tag served is kept for the conditional GETs that follow
+    (``core.jobs.tag_cache``) under the change counters read before what the tag covers: the job's before the job,
+    its queue's before the queue position."""
+    cache = tag_cache_for(settings.broker_url) if settings.broker_url else None
+    stamp = cache.job_stamp(job_id) if cache is not None else None
     job = repository.get(session, job_id, key)
     if job is None:
         return None
+    queued = job.status == JobStatus.queued
+    if not queued and etag(job.version) in seen:
+        tag = etag(job.version)
+        if cache is not None and stamp is not None:
+            cache.store(job_id, stamp, job.owner_id, tag, None, None, ENTRY_SECONDS)
+        return Snapshot(tag, job.status.finished, None, None)
+    if cache is not None and stamp is not None and queued:
+        stamp = cache.with_queue(stamp, job.model)
     place = standing(session, job, settings.heartbeat_seconds)
-    tag = etag(job.version, place if job.status == JobStatus.queued else None)
+    tag = etag(job.version, place if queued else None)
+    start = place.estimated_start_at.timestamp() if place.estimated_start_at is not None else None
+    if cache is not None and stamp is not None and (stamp.queue is not None or not queued):
+        lifetime = min(ENTRY_SECONDS, settings.heartbeat_seconds) if queued else ENTRY_SECONDS
+        cache.store(job_id, stamp, job.owner_id, tag, job.model if queued else None, start, lifetime)
     view = None
     if tag not in seen:
         view = job_view(
@@ -77,16 +87,13 @@ def read(session: Session, job_id: uuid.UUID, key: ApiKey, settings: Settings, s
             waiting_for_worker=place.waiting_for_worker,
             estimated_start_at=place.estimated_start_at,
         )
-    return Snapshot(tag, job.status.finished, view, retry_after(place, settings) if place.position else None)
+    return Snapshot(tag, job.status.finished, view, retry_after(start, settings) if place.position else None)
 
 
-def retry_after(place: Standing, settings: Settings) -> int:
-    """Seconds before looking at a queued job again is worthwhile: until its estimated start, or a heartbeat
-    (when a worker would report) where nothing estimates it."""
-    if place.estimated_start_at is None:
-        seconds = settings.heartbeat_seconds
-    else:
-        seconds = (place.estimated_start_at - utcnow()).total_seconds()
+def retry_after(estimated_start: float | None, settings: Settings) -> int:
+    """Seconds before looking at a queued job again is worthwhile: until its estimated start (epoch seconds), or a
+    heartbeat (when a worker would report) where nothing estimates it."""
+    seconds = settings.heartbeat_seconds if estimated_start is None else estimated_start - time.time()
     return max(1, min(MAX_RETRY_AFTER, math.ceil(seconds)))
 
 

@@ -37,12 +37,6 @@ def get(session: Session, job_id: uuid.UUID, key: ApiKey) -> Job | None:
     return session.scalar(select(Job).where(Job.id == job_id, visible_to(key)))
 
 
-def head(session: Session, job_id: uuid.UUID, key: ApiKey) -> tuple[int, JobStatus] | None:
-    """A job's version and status, without loading the row (a poller's unchanged job)."""
-    row = session.execute(select(Job.version, Job.status).where(Job.id == job_id, visible_to(key))).first()
-    return (row.version, row.status) if row is not None else None
-
-
 def by_idempotency_key(session: Session, owner: ApiKey, idempotency_key: str) -> Job | None:
     return session.scalar(select(Job).where(Job.owner_id == owner.id, Job.idempotency_key == idempotency_key))
 

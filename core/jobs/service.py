@@ -22,7 +22,7 @@ from core.contract.shapes import Shape
 from core.db import ApiKey, Job
 from core.errors import Conflict, InvalidRequest
 from core.images import check_image
-from core.jobs import catalogue, loras, repository, retention, targets, transitions
+from core.jobs import catalogue, loras, notify, repository, retention, targets, transitions
 from core.jobs.expected import expected
 from core.jobs.mapping import new_job
 from core.jobs.remix import remix_request
@@ -123,6 +123,7 @@ def submit(
         job.input_image_key = input_image_key(job.id)
         store_bytes(storage, job.input_image_key, first_frame, "image/png")
     session.add(job)
+    notify.queue_changed(session, model)
     try:
         session.commit()
     except BaseException as exc:

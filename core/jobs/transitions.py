@@ -84,9 +84,10 @@ def _end_run(session: Session, job_id: uuid.UUID, attempt: int, outcome: str) ->
     )
 
 
-def _seen(session: Session, job_id: uuid.UUID) -> dict[str, Any]:
-    """The values that mark a visible change of the job: its version bumped, its streams told after commit."""
-    notify.changed(session, job_id)
+def _seen(session: Session, job_id: uuid.UUID, queue: str | None = None) -> dict[str, Any]:
+    """The values that mark a visible change of the job: its version bumped, its streams told after commit (and
+    ``queue``, the model whose queue it enters or leaves)."""
+    notify.changed(session, job_id, queue)
     return {"version": Job.version + 1}
 
 
@@ -112,14 +113,16 @@ def cancel(session: Session, job_id: uuid.UUID, public_url: str) -> Ended | Job 
             expires_at=case((queued, retention.expiry(session, job_id, now)), else_=Job.expires_at),
             **_seen(session, job_id),
         )
-        .returning(Job.status)
+        .returning(Job.status, Job.model)
         .execution_options(synchronize_session=False)
     )
-    status = result.scalar_one_or_none()
-    if status is None:
+    row = result.first()
+    if row is None:
         return None
+    status, model = row
     job = session.get_one(Job, job_id, populate_existing=True)
     if status == JobStatus.canceled:
+        notify.queue_changed(session, model)
         return Ended(job, _event(session, job, JobStatus.canceled, public_url))
     return job
 
@@ -151,7 +154,7 @@ def claim(
             progress_at=now,
             dispatched_at=None,
             attempts=Job.attempts + 1,
-            **_seen(session, job_id),
+            **_seen(session, job_id, model),
         )
         .execution_options(synchronize_session=False)
     )
@@ -252,10 +255,13 @@ def hand_back(session: Session, job_id: uuid.UUID, worker_id: str, attempt: int)
             skipped_calls=0,
             **_seen(session, job_id),
         )
+        .returning(Job.model)
         .execution_options(synchronize_session=False)
     )
-    if result.rowcount != 1:
+    model = result.scalar_one_or_none()
+    if model is None:
         return False
+    notify.queue_changed(session, model)
     _end_run(session, job_id, attempt, RunOutcome.HANDED_BACK)
     return True
 
@@ -302,7 +308,7 @@ def requeue_lapsed(session: Session, max_attempts: int, public_url: str, limit: 
                     worker_id=None,
                     lease_expires_at=None,
                     dispatched_at=None,
-                    **_seen(session, job_id),
+                    **_seen(session, job_id, model),
                 )
                 .execution_options(synchronize_session=False)
             )

@@ -6,9 +6,10 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 
 import redis
+
+from core.redis_async import script_for
 
 log = logging.getLogger("skipstep.limits")
 
@@ -42,24 +43,16 @@ class Verdict:
     retry_after: int  # whole seconds, at least 1 when refused
 
 
-class RateLimiter:
-    def __init__(self, url: str) -> None:
-        client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
-        self._take = client.register_script(TAKE)
-
-    def take(self, bucket: str, rate: float, burst: int) -> Verdict:
-        """One request's token. Unlimited when ``rate`` is 0; allowed when Redis cannot be reached, as jobs
-        are kept in the database and refusing every request would turn a broker outage into an API outage."""
-        if rate <= 0:
-            return Verdict(True, 0)
-        try:
-            allowed, wait_ms = self._take(keys=[f"skipstep:rate:{bucket}"], args=[rate, burst, time.time()])
-        except redis.RedisError as exc:
-            log.warning("rate limit not applied: Redis unreachable (%s)", exc.__class__.__name__)
-            return Verdict(True, 0)
-        return Verdict(bool(allowed), 0 if allowed else max(1, math.ceil(int(wait_ms) / 1000)))
-
-
-@lru_cache
-def limiter_for(url: str) -> RateLimiter:
-    return RateLimiter(url)
+async def take(url: str, bucket: str, rate: float, burst: int) -> Verdict:
+    """One request's token from ``bucket`` on the Redis at ``url``. Unlimited when ``rate`` is 0; allowed when Redis
+    cannot be reached, as jobs are kept in the database and refusing every request would turn a broker outage into
+    an API outage."""
+    if rate <= 0:
+        return Verdict(True, 0)
+    try:
+        bucket_key = f"skipstep:rate:{bucket}"
+        allowed, wait_ms = await script_for(url, TAKE)(keys=[bucket_key], args=[rate, burst, time.time()])
+    except (redis.RedisError, OSError) as exc:
+        log.warning("rate limit not applied: Redis unreachable (%s)", exc.__class__.__name__)
+        return Verdict(True, 0)
+    return Verdict(bool(allowed), 0 if allowed else max(1, math.ceil(int(wait_ms) / 1000)))
