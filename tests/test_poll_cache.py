@@ -25,8 +25,8 @@ from core.jobs import transitions
 from core.settings import get_settings
 
 with session_scope(get_settings().database) as session:
-    claimed = transitions.claim(session, uuid.UUID(sys.argv[1]), "poll-cache-test", sys.argv[2], timedelta(minutes=5), 3)
-    assert claimed is not None
+    job_id, model = uuid.UUID(sys.argv[1]), sys.argv[2]
+    assert transitions.claim(session, job_id, "poll-cache-test", model, timedelta(minutes=5), 3) is not None
 """
 
 
