@@ -2,9 +2,9 @@
 given PostgreSQL database and Redis, then C clients, each with its own API key, make N submits in all
 (POST /jobs, then one GET /jobs/{id} of the job just made), and the database is checked afterwards for lost
 and duplicated jobs. Then, with --polls, the clients poll the jobs they made (GET /jobs/{id}) as a fleet of
-pollers does: once plainly, once conditionally (If-None-Match with the last ETag: 304 where the API supports
-it), with the API processes' CPU time per request. No GPU worker runs unless --busy-worker starts one
-(wan-tiny, on the same cores).
+pollers does: once plainly, then conditionally (If-None-Match with the last ETag, the plain polls' at first: 304
+where the API supports it), with the API processes' CPU time per request. No GPU worker runs unless --busy-worker
+starts one (wan-tiny, on the same cores).
 
     .venv/bin/python bench/service_load.py --database-url postgresql+psycopg://postgres@127.0.0.1:5432/bench \
         --broker-url redis://127.0.0.1:6379/9 --submits 2000 --concurrency 16 --api-workers 2 --polls 5000
@@ -112,10 +112,15 @@ async def load(url: str, keys: list[str], run: str, submits: int) -> tuple[dict[
 
 
 async def poll_loop(
-    url: str, key: str, job_ids: list[str], count: asyncio.Queue[int], results: dict[str, list], conditional: bool
+    url: str,
+    key: str,
+    job_ids: list[str],
+    count: asyncio.Queue[int],
+    results: dict[str, list],
+    conditional: bool,
+    tags: dict[str, str],
 ) -> None:
     headers = {"Authorization": f"Bearer {key}"}
-    tags: dict[str, str] = {}
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as client:
         index = 0
         while True:
@@ -135,14 +140,16 @@ async def poll_loop(
 
 
 async def polls(
-    url: str, keys: list[str], jobs: dict[str, list[str]], total: int, conditional: bool
+    url: str, keys: list[str], jobs: dict[str, list[str]], total: int, conditional: bool, tags: dict[str, str]
 ) -> tuple[dict[str, list], float]:
     count: asyncio.Queue[int] = asyncio.Queue()
     for number in range(total):
         count.put_nowait(number)
     results: dict[str, list] = {"latency": [], "200": [], "304": []}
     started = time.perf_counter()
-    await asyncio.gather(*(poll_loop(url, key, jobs[key], count, results, conditional) for key in keys if jobs[key]))
+    await asyncio.gather(
+        *(poll_loop(url, key, jobs[key], count, results, conditional, tags) for key in keys if jobs[key])
+    )
     return results, time.perf_counter() - started
 
 
@@ -217,9 +224,10 @@ def main() -> None:
             jobs = owned_jobs(args.database_url, keys, run)
             if args.cancel_before_polls:
                 asyncio.run(cancel_all(url, jobs))
+            tags: dict[str, str] = {}  # the plain polls' tags are the conditional polls' first If-None-Match
             for conditional in (False, True):
                 before = cpu_seconds(processes[0].pid)
-                figures, took = asyncio.run(polls(url, keys, jobs, args.polls, conditional))
+                figures, took = asyncio.run(polls(url, keys, jobs, args.polls, conditional, tags))
                 polled.append((conditional, figures, took, cpu_seconds(processes[0].pid) - before))
     finally:
         for process in processes:

@@ -17,6 +17,7 @@ from service import POSTGRES_ADMIN, SMALL_JOB, Service, isolated_service
 
 from core.settings import Settings
 
+# What a worker process does first: take a job (the state machine), or say it serves a model.
 CLAIM = """
 import sys, uuid
 from datetime import timedelta
@@ -28,13 +29,20 @@ with session_scope(get_settings().database) as session:
     job_id, model = uuid.UUID(sys.argv[1]), sys.argv[2]
     assert transitions.claim(session, job_id, "poll-cache-test", model, timedelta(minutes=5), 3) is not None
 """
+REGISTER = """
+import os, sys
+from core.db import session_scope
+from core.jobs import workers
+from core.settings import get_settings
+
+with session_scope(get_settings().database) as session:
+    workers.register(session, "poll-cache-worker", "test", os.getpid(), sys.argv[1], workers.Device("cpu"))
+"""
 
 
 @pytest.fixture(scope="module")
 def api(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    # A queued job's entry lives a heartbeat: long enough here that only a change can end it.
-    directory = tmp_path_factory.mktemp("poll-cache")
-    with isolated_service(settings, directory, SKIPSTEP_HEARTBEAT_SECONDS="60") as service:
+    with isolated_service(settings, tmp_path_factory.mktemp("poll-cache")) as service:
         yield service
 
 
@@ -92,3 +100,16 @@ def test_another_keys_poll_of_a_cached_job_is_a_404(api: Service) -> None:
         assert alice.get(f"/jobs/{job_id}", headers={"If-None-Match": tag}).status_code == 304
         answer = bob.get(f"/jobs/{job_id}", headers={"If-None-Match": tag})
     assert answer.status_code == 404
+
+
+def test_a_worker_that_starts_ends_the_cached_answer_of_a_job_waiting_for_one(api: Service) -> None:
+    job_id = queued_job(api)
+    with api.client() as client:
+        waiting = client.get(f"/jobs/{job_id}")
+        tag = waiting.headers["etag"]
+        before = client.get(f"/jobs/{job_id}", headers={"If-None-Match": tag})
+        model = waiting.json()["model"]
+        subprocess.run([sys.executable, "-c", REGISTER, model], env=api.env, check=True, timeout=60)
+        after = client.get(f"/jobs/{job_id}", headers={"If-None-Match": tag})
+    assert waiting.json()["status_detail"] == "waiting_for_worker" and before.status_code == 304
+    assert after.status_code == 200 and after.json()["status_detail"] != "waiting_for_worker"

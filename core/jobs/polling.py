@@ -22,7 +22,7 @@ from core.db import ApiKey, JobStatus, sessions
 from core.jobs import repository
 from core.jobs.expected import Standing, standing
 from core.jobs.stream import changed, subscribe, unsubscribe
-from core.jobs.tag_cache import ENTRY_SECONDS, tag_cache_for
+from core.jobs.tag_cache import tag_cache_for
 from core.jobs.view import JobView, job_view
 from core.settings import Settings
 
@@ -68,7 +68,7 @@ def read(session: Session, job_id: uuid.UUID, key: ApiKey, settings: Settings, s
     if not queued and etag(job.version) in seen:
         tag = etag(job.version)
         if cache is not None and stamp is not None:
-            cache.store(job_id, stamp, job.owner_id, tag, None, None, ENTRY_SECONDS)
+            cache.store(job_id, stamp, job.owner_id, tag, None, None)
         return Snapshot(tag, job.status.finished, None, None)
     if cache is not None and stamp is not None and queued:
         stamp = cache.with_queue(stamp, job.model)
@@ -76,8 +76,7 @@ def read(session: Session, job_id: uuid.UUID, key: ApiKey, settings: Settings, s
     tag = etag(job.version, place if queued else None)
     start = place.estimated_start_at.timestamp() if place.estimated_start_at is not None else None
     if cache is not None and stamp is not None and (stamp.queue is not None or not queued):
-        lifetime = min(ENTRY_SECONDS, settings.heartbeat_seconds) if queued else ENTRY_SECONDS
-        cache.store(job_id, stamp, job.owner_id, tag, job.model if queued else None, start, lifetime)
+        cache.store(job_id, stamp, job.owner_id, tag, job.model if queued else None, start)
     view = None
     if tag not in seen:
         view = job_view(

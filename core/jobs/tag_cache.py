@@ -4,14 +4,16 @@
 An entry holds the job's owner, its tag and ``Retry-After`` basis, and the change counters it was read under:
 
 - the job's own, bumped after every announced change of the job (``core.jobs.notify``, at commit);
-- while the job is queued, its model's queue counter, bumped after every commit that adds a job to the model's
-  queue or takes one out of it (a submit, a claim, a cancel, a requeue): those move a queued job's position.
+- while the job is queued, its model's queue counter, bumped after every commit that moves a queued job's standing:
+  a job entering or leaving the model's queue (a submit, a claim, a cancel, a requeue), or a worker of the model
+  starting or stopping to take jobs (``core.jobs.workers``).
 
 The API reads the counters before it reads the job from the database and stores them with the tag it computed
-(``polling.read``); a change committed after that read bumps a counter, and the entry no longer matches. What
-changes with time rather than by an announcement, whether a live worker serves the model, is bounded by a queued
-job's entry living one heartbeat; an announcement lost with the broker leaves any entry stale at most
-``ENTRY_SECONDS``. Every Redis error makes the cache miss: the database answers.
+(``polling.read``); a change committed after that read bumps a counter, and the entry no longer matches. Two things
+end an entry only by its age, ``ENTRY_SECONDS``: an announcement lost with the broker, and a worker that dies
+without a word (noticed by the others' sweep after a few heartbeats, which bumps the counter; when it was the
+model's last, nothing sweeps, and ``waiting_for_worker`` shows in a 304's tag at the latest then). Every Redis error
+makes the cache miss: the database answers.
 """
 
 from __future__ import annotations
@@ -87,7 +89,6 @@ class TagCache:
         tag: str,
         queue: str | None,
         retry_at: float | None,
-        seconds: float,
     ) -> None:
         """Keep ``tag`` for the job as read under ``stamp``; ``queue``: the model whose queue holds the job."""
         if queue is not None and stamp.queue is None:
@@ -104,7 +105,7 @@ class TagCache:
             with self._client.pipeline(transaction=True) as pipe:
                 pipe.delete(f"{_ENTRY}{job_id}")
                 pipe.hset(f"{_ENTRY}{job_id}", mapping=fields)
-                pipe.pexpire(f"{_ENTRY}{job_id}", max(1, int(seconds * 1000)))
+                pipe.expire(f"{_ENTRY}{job_id}", ENTRY_SECONDS)
                 pipe.execute()
         except redis.RedisError as exc:
             log.debug("tag of job %s not cached: %s", job_id, exc)

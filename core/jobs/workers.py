@@ -4,6 +4,7 @@ it is alive; a worker that stops saying so is marked gone by another worker's sw
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Any
@@ -14,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from core.contract import examples
 from core.db import Worker, utcnow
+from core.jobs import notify
 
 # A worker renews last_seen_at every heartbeat; this many missed beats and it counts as gone.
 ALIVE_HEARTBEATS = 3
@@ -55,13 +57,18 @@ def register(
     worker.current_job_id, worker.stopped_at, worker.jobs_done = None, None, 0
     worker.stop_reason = WARMING if warming else None
     session.add(worker)
+    notify.queue_changed(session, model)
 
 
 def warm(session: Session, worker_id: str) -> None:
     """The worker has compiled and warmed up: it takes jobs (unless it began shutting down meanwhile)."""
-    session.execute(
-        update(Worker).where(Worker.id == worker_id, Worker.stop_reason == WARMING).values(stop_reason=None)
+    warmed = session.execute(
+        update(Worker)
+        .where(Worker.id == worker_id, Worker.stop_reason == WARMING)
+        .values(stop_reason=None)
+        .returning(Worker.model)
     )
+    _serving_changed(session, warmed.scalars())
 
 
 def seen(session: Session, worker_id: str, state: str | None = None) -> bool:
@@ -70,13 +77,19 @@ def seen(session: Session, worker_id: str, state: str | None = None) -> bool:
     held was requeued meanwhile, and its claim of that job is void (``core.jobs.transitions``)."""
     now = utcnow()
     session.execute(update(Worker).where(Worker.id == worker_id).values(last_seen_at=now))
-    back = session.execute(
-        update(Worker)
-        .where(Worker.id == worker_id, Worker.stop_reason == GONE)
-        .values(stopped_at=None, stop_reason=state, current_job_id=None)
-        .execution_options(synchronize_session=False)
+    back = (
+        session.execute(
+            update(Worker)
+            .where(Worker.id == worker_id, Worker.stop_reason == GONE)
+            .values(stopped_at=None, stop_reason=state, current_job_id=None)
+            .returning(Worker.model)
+            .execution_options(synchronize_session=False)
+        )
+        .scalars()
+        .all()
     )
-    return back.rowcount == 1
+    _serving_changed(session, back)
+    return len(back) == 1
 
 
 def set_current(session: Session, worker_id: str, job_id: uuid.UUID | None, done: bool = False) -> None:
@@ -88,15 +101,26 @@ def set_current(session: Session, worker_id: str, job_id: uuid.UUID | None, done
 
 def draining(session: Session, worker_id: str) -> None:
     """The worker is shutting down: alive until it stops, but no more jobs are sent to it."""
-    session.execute(update(Worker).where(Worker.id == worker_id).values(stop_reason=DRAINING))
+    models = session.execute(
+        update(Worker).where(Worker.id == worker_id).values(stop_reason=DRAINING).returning(Worker.model)
+    )
+    _serving_changed(session, models.scalars())
 
 
 def stopped(session: Session, worker_id: str) -> None:
-    session.execute(
+    models = session.execute(
         update(Worker)
         .where(Worker.id == worker_id)
         .values(stopped_at=utcnow(), stop_reason=SHUTDOWN, current_job_id=None)
+        .returning(Worker.model)
     )
+    _serving_changed(session, models.scalars())
+
+
+def _serving_changed(session: Session, models: Iterable[str]) -> None:
+    """A worker started or stopped taking jobs: its model's queued jobs may no longer, or now, wait for one."""
+    for model in models:
+        notify.queue_changed(session, model)
 
 
 def _alive(heartbeat_seconds: float) -> Any:
@@ -183,10 +207,11 @@ def mark_gone(session: Session, heartbeat_seconds: float) -> list[tuple[str, str
         update(Worker)
         .where(Worker.stopped_at.is_(None), Worker.last_seen_at < cutoff)
         .values(stopped_at=utcnow(), stop_reason=GONE, current_job_id=None)
-        .returning(Worker.id, Worker.hostname, Worker.pid)
+        .returning(Worker.id, Worker.hostname, Worker.pid, Worker.model)
         .execution_options(synchronize_session=False)
-    )
-    return [tuple(row) for row in result.all()]
+    ).all()
+    _serving_changed(session, {row.model for row in result})
+    return [(row.id, row.hostname, row.pid) for row in result]
 
 
 @dataclass(frozen=True)
