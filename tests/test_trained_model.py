@@ -51,23 +51,26 @@ def test_trained_preset_loads_its_committed_weights_through_from_pretrained(trai
     assert (trained.default_shape.width, trained.default_shape.height) == (64, 64)
 
 
-def dominant_colours(model: LoadedModel, profiles: ProfileStore) -> list[tuple[str, str]]:
-    """Per caption: (the caption's colour, the caption colour the decoded frames show most of)."""
+def dominant_colours(model: LoadedModel, profiles: ProfileStore, seeds: tuple[int, ...]) -> list[tuple[str, str]]:
+    """Per caption and seed: (the caption's colour, the caption colour the decoded frames show most of)."""
     found = []
-    for prompt, colour in CAPTIONS:
-        request = GenerationRequest(prompt=prompt, seed=3, width=64, height=64, num_frames=9, num_inference_steps=10)
-        pixels = generate(model, request, profiles).frames.reshape(-1, 3)
-        amounts = {name: colour_in(pixels, name) for name in COLOURS}
-        found.append((colour, max(amounts, key=amounts.__getitem__)))
+    for seed in seeds:
+        for prompt, colour in CAPTIONS:
+            request = GenerationRequest(
+                prompt=prompt, seed=seed, width=64, height=64, num_frames=9, num_inference_steps=10
+            )
+            pixels = generate(model, request, profiles).frames.reshape(-1, 3)
+            amounts = {name: colour_in(pixels, name) for name in COLOURS}
+            found.append((colour, max(amounts, key=amounts.__getitem__)))
     return found
 
 
 def test_the_captions_colour_shows_in_the_trained_models_frames(trained, settings: Settings) -> None:
-    """The colour a caption names is the one its frames show most of, for at least 3 of the 4 captions; the random
-    wan-tiny shows the same colour whatever the caption. (Where the shape is placed is learned less well: see
-    bench/results/wan-tiny-trained.md, 12 of 20 caption/seed pairs.)"""
+    """The colour a caption names is the one its frames show most of, for at least 7 of 8 caption/seed pairs (20 of
+    20 over seeds 0-4 when the weights were committed); the random wan-tiny shows the same colour whatever the
+    caption. (Where the shape is placed is not learned reliably: bench/results/wan-tiny-trained.md.)"""
     profiles = ProfileStore(settings.profiles_dir)
-    trained_shows = dominant_colours(trained, profiles)
-    assert sum(asked == shown for asked, shown in trained_shows) >= 3, trained_shows
-    random_shows = dominant_colours(load_model("wan-tiny", settings), profiles)
+    trained_shows = dominant_colours(trained, profiles, seeds=(0, 3))
+    assert sum(asked == shown for asked, shown in trained_shows) >= 7, trained_shows
+    random_shows = dominant_colours(load_model("wan-tiny", settings), profiles, seeds=(3,))
     assert len({shown for _, shown in random_shows}) == 1, random_shows

@@ -1,7 +1,7 @@
 """Train wan-tiny-trained: its VAE, then its transformer on the VAE's latents, on synthetic clips.
 
     python -m training.train_wan_tiny [--seed 0] [--threads 1] [--image-steps 600] [--vae-steps 400]
-                                      [--clips 512] [--transformer-steps 1200]
+                                      [--clips 1536] [--transformer-steps 3000]
                                       [--out core/models/trained/wan-tiny-trained]
                                       [--report bench/results/wan-tiny-trained.md]
 
@@ -253,8 +253,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--image-steps", type=int, default=600, help="the VAE's, on single frames")
     parser.add_argument("--vae-steps", type=int, default=400, help="the VAE's, on 9-frame clips")
-    parser.add_argument("--clips", type=int, default=512, help="clips encoded for the transformer's training")
-    parser.add_argument("--transformer-steps", type=int, default=1200)
+    parser.add_argument("--clips", type=int, default=1536, help="clips encoded for the transformer's training")
+    parser.add_argument("--transformer-steps", type=int, default=3000)
     parser.add_argument("--batch-size", type=int, default=16, help="the transformer's")
     parser.add_argument("--out", type=Path, default=Path("core/models/trained/wan-tiny-trained"))
     parser.add_argument("--report", type=Path, default=Path("bench/results/wan-tiny-trained.md"))

@@ -244,7 +244,7 @@ _SHAPE_WORDS = tuple(
 
 
 def wan_tiny_trained_architecture() -> DiffusionPipeline:
-    """wan-tiny-trained before training: a Wan2.1 pipeline small enough to train on one CPU core in 20 minutes,
+    """wan-tiny-trained before training: a Wan2.1 pipeline small enough to train on one CPU core in under an hour,
     with Wan2.1-1.3B's 480p scheduler (UniPC, flow shift 3). Its VAE compresses 4x in space (two downsampling
     levels, both also temporal: 4x in time), not Wan2.1's 8x: at base width 8, the 8x VAE learned several times
     slower (bench/results/wan-tiny-trained.md). The transformer's 4x4 patches keep the token count of 8x latents
