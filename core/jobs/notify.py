@@ -2,8 +2,9 @@
 
 The state machine (``core.jobs.transitions``) marks each job it changes; once the session's transaction
 commits, the job ids are published on the broker's Redis (channel ``skipstep:job:<id>``), where the
-streams (``core.jobs.stream``) wait, and the change counters of the jobs, and of the models whose queue a job
-entered or left, are bumped (``core.jobs.tag_cache``). Only the commit publishes, so a stream never hears of a change it
+streams (``core.jobs.stream``) wait, and the change counters of the jobs, and of the models whose queue
+changed (a job entered or left it, a worker began or stopped taking its jobs), are bumped
+(``core.jobs.tag_cache``). Only the commit publishes, so a stream never hears of a change it
 cannot read yet, and a rolled-back change is never announced. Best effort: a stream also re-reads its
 job on a bounded poll, so a lost notification delays an event, never loses it.
 """
@@ -43,7 +44,7 @@ def changed(session: Session, job_id: uuid.UUID, queue: str | None = None) -> No
 
 
 def queue_changed(session: Session, model: str) -> None:
-    """Announce that a job entered or left ``model``'s queue once ``session`` commits."""
+    """Announce that ``model``'s queue changed (its queued jobs' standing) once ``session`` commits."""
     session.info.setdefault(_QUEUES, set()).add(model)
 
 
