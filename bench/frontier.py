@@ -327,8 +327,8 @@ def report(measured: Measured, svg: Path) -> str:
         measured.command,
         "```",
         "",
-        f"{measured.minutes:g} min on the 2-core machine, other sessions' test suites running beside it (1-minute "
-        f"load average {measured.load[0]:.0f} to {measured.load[1]:.0f}).",
+        f"{measured.minutes:g} min on the 2-core machine (1-minute load average {measured.load[0]:.0f} to "
+        f"{measured.load[1]:.0f} while it ran).",
         "",
         f"Weights: {measured.weights}.",
         "",
