@@ -10,11 +10,11 @@ import re
 import uuid
 
 from fastapi import FastAPI, status
-from starlette.datastructures import Headers
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.deps import KEYS
+from api.deps import KEYS, bearer_token
 from api.errors import ApiError, respond
 from api.limits import check_rate
 from core.jobs.polling import retry_after, seen_tags
@@ -39,13 +39,13 @@ class ConditionalGets:
         match = _JOB.fullmatch(scope["path"])
         if scope["method"] != "GET" or match is None or scope["query_string"]:
             return None
-        headers = Headers(scope=scope)
-        seen = seen_tags(headers.get("if-none-match"))
-        scheme, _, token = headers.get("authorization", "").partition(" ")
+        request = Request(scope)
+        seen = seen_tags(request.headers.get("if-none-match"))
+        token = bearer_token(request)
         settings = get_settings()
-        if not seen or scheme.lower() != "bearer" or not token.strip() or settings.broker_url is None:
+        if not seen or token is None or settings.broker_url is None:
             return None
-        key = KEYS.cached(token.strip())
+        key = KEYS.cached(token)
         if key is None:
             return None
         cached = await lookup(settings.broker_url, uuid.UUID(match.group(1)))

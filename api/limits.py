@@ -14,7 +14,7 @@ from core.settings import Settings
 
 async def check_rate(key: ApiKey, settings: Settings) -> None:
     """Take one token from the key's bucket, or raise a 429 saying how long to wait."""
-    if settings.broker_url is None or not (settings.limit_admin_keys or not key.is_admin):
+    if settings.broker_url is None or (key.is_admin and not settings.limit_admin_keys):
         return
     rate = key.rate_per_second if key.rate_per_second is not None else settings.rate_per_second
     burst = key.rate_burst if key.rate_burst is not None else settings.rate_burst

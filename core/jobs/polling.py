@@ -65,8 +65,7 @@ def read(session: Session, job_id: uuid.UUID, key: ApiKey, settings: Settings, s
     if job is None:
         return None
     queued = job.status == JobStatus.queued
-    if not queued and etag(job.version) in seen:
-        tag = etag(job.version)
+    if not queued and (tag := etag(job.version)) in seen:
         if cache is not None and stamp is not None:
             cache.store(job_id, stamp, job.owner_id, tag, None, None)
         return Snapshot(tag, job.status.finished, None, None)

@@ -103,7 +103,6 @@ class TagCache:
         }
         try:
             with self._client.pipeline(transaction=True) as pipe:
-                pipe.delete(f"{_ENTRY}{job_id}")
                 pipe.hset(f"{_ENTRY}{job_id}", mapping=fields)
                 pipe.expire(f"{_ENTRY}{job_id}", ENTRY_SECONDS)
                 pipe.execute()
