@@ -56,5 +56,5 @@ def test_queue_position_is_the_dispatch_order(database: str, seed: int) -> None:
         order = dispatch.next_in_line(session, model, 1000)
         queued = session.query(Job).filter(Job.model == model, Job.status == JobStatus.queued).all()
         assert len(order) == len(queued)
-        positions = {job.id: dispatch.queue_position(session, job) for job in queued}
+        positions = {job.id: dispatch.place(session, job, 30).position for job in queued}
     assert positions == {job_id: place for place, job_id in enumerate(order, start=1)}

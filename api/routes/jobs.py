@@ -18,7 +18,7 @@ from api.schemas import JobPage
 from core.contract.request import JobRequest
 from core.db import ApiKey, Job, JobStatus
 from core.jobs import polling, repository, service
-from core.jobs.expected import standing
+from core.jobs.expected import Standing, standing
 from core.jobs.remix import RemixRequest
 from core.jobs.service import FirstFrame, Submitted
 from core.jobs.view import JobView, job_view
@@ -36,13 +36,16 @@ def _found(session: SessionDep, job_id: uuid.UUID, key: ApiKey) -> Job:
 
 
 def _view(session: SessionDep, job: Job, settings: SettingsDep) -> JobView:
-    queued = standing(session, job, settings.heartbeat_seconds)
+    return _rendered(job, standing(session, job, settings.heartbeat_seconds), settings)
+
+
+def _rendered(job: Job, place: Standing, settings: SettingsDep) -> JobView:
     return job_view(
         job,
         settings.public_url,
-        queued.position,
-        waiting_for_worker=queued.waiting_for_worker,
-        estimated_start_at=queued.estimated_start_at,
+        place.position,
+        waiting_for_worker=place.waiting_for_worker,
+        estimated_start_at=place.estimated_start_at,
     )
 
 
@@ -129,7 +132,7 @@ def submit(
     multipart/form-data."""
     body, image = submission
     submitted = service.submit(session, key, body, settings, BROKER, idempotency_key, image=image, storage=storage)
-    return _accepted(session, submitted, response, settings)
+    return _accepted(submitted, response, settings)
 
 
 @router.post(
@@ -159,15 +162,15 @@ def remix(
     source = _found(session, job_id, key)
     changes = body.model_dump(exclude_unset=True)
     submitted = service.remix(session, key, source, changes, settings, BROKER, storage, idempotency_key)
-    return _accepted(session, submitted, response, settings)
+    return _accepted(submitted, response, settings)
 
 
-def _accepted(session: SessionDep, submitted: Submitted, response: Response, settings: SettingsDep) -> JobView:
+def _accepted(submitted: Submitted, response: Response, settings: SettingsDep) -> JobView:
     """A queued job's answer: where it lives, and whether an earlier request with the same Idempotency-Key made it."""
     if submitted.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/jobs/{submitted.job.id}"
-    return _view(session, submitted.job, settings)
+    return _rendered(submitted.job, submitted.standing, settings)
 
 
 @router.get("", response_model=JobPage)

@@ -280,6 +280,20 @@ class KeyTurn(Base):
     last_started_at: Mapped[datetime]
 
 
+class QueueCount(Base):
+    """How many jobs each API key has queued and running on each model, kept by triggers on ``jobs`` (migration
+    0015_queue_counts) in the transaction that changes them: the queue position and the in-flight cap read a row per
+    key instead of counting the jobs. A SQLite batch migration that rebuilds ``jobs`` must create the triggers
+    again."""
+
+    __tablename__ = "queue_counts"
+
+    model: Mapped[str] = mapped_column(String(100), primary_key=True)
+    owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("api_keys.id"), primary_key=True, index=True)
+    queued: Mapped[int] = mapped_column(default=0, server_default="0")
+    running: Mapped[int] = mapped_column(default=0, server_default="0")
+
+
 class DeliveryStatus(StrEnum):
     pending = "pending"  # waiting for next_attempt_at
     delivering = "delivering"  # an attempt is in flight; next_attempt_at is when it may be retaken

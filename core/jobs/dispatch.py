@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import Integer, Select, and_, bindparam, false, func, or_, select, tuple_, union_all, update
 from sqlalchemy.orm import Session
 
-from core.db import Job, JobStatus, KeyTurn, utcnow
+from core.db import Job, JobStatus, KeyTurn, QueueCount, Worker, utcnow
 from core.jobs import workers
 
 
@@ -64,19 +64,6 @@ _NEXT = (
     .order_by(*_fair(_QUEUE))
     .limit(bindparam("slots", type_=Integer))
 )
-_KEYS = (
-    select(
-        Job.owner_id,
-        func.count().filter(Job.status == JobStatus.queued).label("queued"),
-        func.count().filter(Job.status == JobStatus.running).label("running"),
-        KeyTurn.last_started_at.label("served"),
-    )
-    .outerjoin(KeyTurn, and_(KeyTurn.owner_id == Job.owner_id, KeyTurn.model == bindparam("model")))
-    .where(Job.model == bindparam("model"), Job.status.in_([JobStatus.queued, JobStatus.running]))
-    .group_by(Job.owner_id, KeyTurn.last_started_at)
-)
-
-
 _AHEAD_IN_KEY = select(func.count()).where(
     Job.owner_id == bindparam("owner"),
     Job.model == bindparam("model"),
@@ -89,6 +76,28 @@ _AHEAD_IN_KEY = select(func.count()).where(
             < tuple_(bindparam("created_at", type_=Job.created_at.type), bindparam("job_id", type_=Job.id.type)),
         ),
     ),
+)
+
+
+def _workers(*idle: Any) -> Any:
+    seen_since = bindparam("alive_since", type_=Worker.last_seen_at.type)
+    return select(func.count()).where(workers.taking_jobs(bindparam("model"), seen_since), *idle).scalar_subquery()
+
+
+# Every key with jobs queued or running on the model bound as ``model`` (from the counts the triggers keep), with the
+# jobs of the job's own key ahead of it and the model's workers: one statement, one row per key.
+_PLACE = (
+    select(
+        QueueCount.owner_id,
+        QueueCount.queued,
+        QueueCount.running,
+        KeyTurn.last_started_at.label("served"),
+        _AHEAD_IN_KEY.scalar_subquery().label("ahead_in_key"),
+        _workers().label("serving"),
+        _workers(Worker.current_job_id.is_(None)).label("idle"),
+    )
+    .outerjoin(KeyTurn, and_(KeyTurn.owner_id == QueueCount.owner_id, KeyTurn.model == QueueCount.model))
+    .where(QueueCount.model == bindparam("model"), or_(QueueCount.queued > 0, QueueCount.running > 0))
 )
 
 
@@ -115,37 +124,50 @@ class _KeyQueue:
     served: datetime | None
 
 
-def queue_position(session: Session, job: Job) -> int | None:
-    """1 for the job a worker of its model takes next; None if the job is not queued.
+@dataclass(frozen=True)
+class Place:
+    """Where a job stands: its queue position (1: a worker of its model takes it next; None: not queued), and its
+    model's live workers that take jobs and, of those, the ones holding none."""
 
-    Its place in the fair order without sorting the whole queue: its turn ``t`` is its rank among its key's
-    queued jobs plus the key's running ones; every other key has min(queued, t - 1 - running) jobs at an
-    earlier turn, and at most one at turn ``t``, ahead when its key was served earlier or, served alike, it
-    is older. Costs a count per key and one index step per key tied with it, not a sort of every queued job.
-    """
+    position: int | None
+    serving: int = 0
+    idle: int = 0
+
+
+def place(session: Session, job: Job, heartbeat_seconds: float) -> Place:
+    """The job's place in the fair order, without sorting the whole queue: its turn ``t`` is its rank among its key's
+    queued jobs plus the key's running ones; every other key has min(queued, t - 1 - running) jobs at an earlier
+    turn, and at most one at turn ``t``, ahead when its key was served earlier or, served alike, it is older. One
+    statement reads each key's counts (``QueueCount``), the jobs of the job's key ahead of it and the model's workers;
+    a second takes one index step per key tied with it, if any."""
     if job.status != JobStatus.queued:
-        return None
-    keys = {
-        row.owner_id: _KeyQueue(row.queued, row.running, row.served)
-        for row in session.execute(_KEYS, {"model": job.model})
-    }
-    mine = keys.pop(job.owner_id, None)
-    if mine is None or mine.queued == 0:
-        return None  # no longer queued: the row changed since it was read
-    ahead_in_key = session.scalar(
-        _AHEAD_IN_KEY,
+        return Place(None)
+    rows = session.execute(
+        _PLACE,
         {
             "model": job.model,
             "owner": job.owner_id,
             "priority": job.priority,
             "created_at": job.created_at,
             "job_id": job.id,
+            "alive_since": workers.alive_since(heartbeat_seconds),
         },
-    )
+    ).all()
+    keys = {row.owner_id: _KeyQueue(row.queued, row.running, row.served) for row in rows}
+    mine = keys.pop(job.owner_id, None)
+    if mine is None or mine.queued == 0:
+        return Place(None)  # no longer queued: the row changed since it was read
+    first = rows[0]
+    return Place(_position(session, job, mine, keys, first.ahead_in_key), first.serving, first.idle)
+
+
+def _position(
+    session: Session, job: Job, mine: _KeyQueue, others: dict[uuid.UUID, _KeyQueue], ahead_in_key: int
+) -> int:
     turn = ahead_in_key + 1 + mine.running
     position = ahead_in_key + 1
     tied = []
-    for owner_id, other in keys.items():
+    for owner_id, other in others.items():
         position += min(max(turn - 1 - other.running, 0), other.queued)
         if not other.running < turn <= other.running + other.queued:
             continue  # no job of this key at the same turn

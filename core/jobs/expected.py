@@ -30,7 +30,7 @@ from core.contract.shapes import Shape
 from core.contract.strategies import MagCacheParams, TeaCacheParams
 from core.db import Job, JobStatus, utcnow
 from core.errors import CacheConfigError
-from core.jobs import dispatch, workers
+from core.jobs import dispatch
 
 # How many of the latest finished jobs an estimate reads.
 RECENT_JOBS = 20
@@ -268,21 +268,21 @@ class Standing:
     position: int | None
     waiting_for_worker: bool
     estimated_start_at: datetime | None
+    idle_workers: int = 0  # live workers of its model that hold no job and take one
 
 
 def standing(session: Session, job: Job, heartbeat_seconds: float) -> Standing:
     """A queued job's standing (all empty for any other job)."""
-    if job.status != JobStatus.queued:
+    place = dispatch.place(session, job, heartbeat_seconds)
+    if place.position is None:
         return Standing(None, False, None)
-    live = workers.serving_count(session, job.model, heartbeat_seconds)
-    position = dispatch.queue_position(session, job)
-    start = estimated_start(session, job, position, live) if position else None
-    return Standing(position, live == 0, start)
+    start = estimated_start(session, job, place.position, place.serving)
+    return Standing(place.position, place.serving == 0, start, place.idle)
 
 
 def estimated_start(session: Session, job: Job, position: int, live: int) -> datetime | None:
     """When a queued job may start: the jobs ahead of it spread over the ``live`` workers of its model that
-    take jobs (workers.serving_count), each taking the median run time of the model's recent jobs. None while
+    take jobs (core.jobs.workers.taking_jobs), each taking the median run time of the model's recent jobs. None while
     it waits for a worker or no job of the model has finished yet."""
     if live == 0:
         return None

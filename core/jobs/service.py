@@ -23,7 +23,7 @@ from core.db import ApiKey, Job
 from core.errors import Conflict, InvalidRequest
 from core.images import check_image
 from core.jobs import catalogue, loras, notify, repository, retention, targets, transitions
-from core.jobs.expected import expected
+from core.jobs.expected import Standing, expected, standing
 from core.jobs.mapping import new_job
 from core.jobs.remix import remix_request
 from core.limits.active import hold_room
@@ -59,6 +59,7 @@ class FirstFrame:
 class Submitted:
     job: Job
     replayed: bool  # an earlier submit with the same Idempotency-Key made it
+    standing: Standing  # where it stood once committed
 
 
 def submit(
@@ -90,7 +91,7 @@ def submit(
     if idempotency_key is not None:
         existing = repository.by_idempotency_key(session, key, idempotency_key)
         if existing is not None:
-            return _replay(existing, fingerprint)
+            return _replay(session, existing, fingerprint, settings)
 
     model = request.model or settings.default_model
     info = catalogue.describe(session, model, settings)
@@ -136,12 +137,15 @@ def submit(
         existing = repository.by_idempotency_key(session, key, idempotency_key or "")
         if existing is None:
             raise
-        return _replay(existing, fingerprint)
-    try:
-        broker.dispatch(settings, [job.model])
-    except Exception:
-        log.warning("job %s is saved but could not be dispatched now; a worker's sweep will send it", job.id)
-    return Submitted(job, replayed=False)
+        return _replay(session, existing, fingerprint, settings)
+    place = standing(session, job, settings.heartbeat_seconds)
+    # Read after the commit: a worker that turns idle later commits that first, then dispatches and sees this job.
+    if place.idle_workers > 0:
+        try:
+            broker.dispatch(settings, [job.model])
+        except Exception:
+            log.warning("job %s is saved but could not be dispatched now; a worker's sweep will send it", job.id)
+    return Submitted(job, replayed=False, standing=place)
 
 
 def remix(
@@ -199,10 +203,10 @@ def check_image_url(url: str, settings: Settings) -> None:
         raise InvalidRequest("image", str(exc).replace("webhook URL", "image URL")) from None
 
 
-def _replay(job: Job, fingerprint: str) -> Submitted:
+def _replay(session: Session, job: Job, fingerprint: str, settings: Settings) -> Submitted:
     if job.request_hash != fingerprint:
         raise Conflict(f"Idempotency-Key was already used for job {job.id} with a different request body")
-    return Submitted(job, replayed=True)
+    return Submitted(job, replayed=True, standing=standing(session, job, settings.heartbeat_seconds))
 
 
 def cancel(session: Session, job_id: uuid.UUID, settings: Settings, broker: Broker) -> Job | None:

@@ -57,7 +57,7 @@ class StreamSlots:
 def read(settings: Settings, job_id: uuid.UUID) -> tuple[int, JobView]:
     with sessions(settings.database)() as session:
         job = session.get_one(Job, job_id)
-        position = dispatch.queue_position(session, job) if job.status == JobStatus.queued else None
+        position = dispatch.place(session, job, settings.heartbeat_seconds).position
         return job.version, job_view(job, settings.public_url, position)
 
 

@@ -123,27 +123,37 @@ def _serving_changed(session: Session, models: Iterable[str]) -> None:
         notify.queue_changed(session, model)
 
 
+def alive_since(heartbeat_seconds: float) -> datetime:
+    """A worker last seen before this is gone."""
+    return utcnow() - ALIVE_HEARTBEATS * timedelta(seconds=heartbeat_seconds)
+
+
 def _alive(heartbeat_seconds: float) -> Any:
-    cutoff = utcnow() - ALIVE_HEARTBEATS * timedelta(seconds=heartbeat_seconds)
-    return and_(Worker.stopped_at.is_(None), Worker.last_seen_at >= cutoff)
+    return and_(Worker.stopped_at.is_(None), Worker.last_seen_at >= alive_since(heartbeat_seconds))
 
 
-def _taking_jobs(heartbeat_seconds: float) -> Any:
-    """Alive and not shutting down: it will take the model's next job."""
-    return and_(_alive(heartbeat_seconds), Worker.stop_reason.is_(None))
+def taking_jobs(model: Any, seen_since: Any) -> Any:
+    """Workers of ``model`` alive (seen since ``seen_since``) and not shutting down: they take the model's next jobs.
+    Either argument may be a bound parameter, for statements built once."""
+    return and_(
+        Worker.model == model,
+        Worker.stopped_at.is_(None),
+        Worker.last_seen_at >= seen_since,
+        Worker.stop_reason.is_(None),
+    )
 
 
 def idle_count(session: Session, model: str, heartbeat_seconds: float) -> int:
     """Live workers of ``model`` that hold no job and take new ones."""
     query = select(func.count()).where(
-        Worker.model == model, _taking_jobs(heartbeat_seconds), Worker.current_job_id.is_(None)
+        taking_jobs(model, alive_since(heartbeat_seconds)), Worker.current_job_id.is_(None)
     )
     return session.scalar(query) or 0
 
 
 def serving_count(session: Session, model: str, heartbeat_seconds: float) -> int:
     """Live workers of ``model`` that take new jobs (busy or idle, not shutting down)."""
-    query = select(func.count()).where(Worker.model == model, _taking_jobs(heartbeat_seconds))
+    query = select(func.count()).where(taking_jobs(model, alive_since(heartbeat_seconds)))
     return session.scalar(query) or 0
 
 
@@ -202,7 +212,7 @@ def by_model(session: Session, heartbeat_seconds: float) -> dict[str, ModelWorke
 
 def mark_gone(session: Session, heartbeat_seconds: float) -> list[tuple[str, str, int]]:
     """Mark workers that stopped answering as gone; (id, hostname, pid) of each."""
-    cutoff = utcnow() - ALIVE_HEARTBEATS * timedelta(seconds=heartbeat_seconds)
+    cutoff = alive_since(heartbeat_seconds)
     result = session.execute(
         update(Worker)
         .where(Worker.stopped_at.is_(None), Worker.last_seen_at < cutoff)
@@ -277,7 +287,7 @@ class WorkerStatus:
 
 def statuses(session: Session, heartbeat_seconds: float, limit: int = 100) -> list[WorkerStatus]:
     """Workers seen most recently first, each with whether it is alive now."""
-    cutoff = utcnow() - ALIVE_HEARTBEATS * timedelta(seconds=heartbeat_seconds)
+    cutoff = alive_since(heartbeat_seconds)
     rows = session.scalars(select(Worker).order_by(Worker.last_seen_at.desc()).limit(limit))
     return [
         WorkerStatus(

@@ -5,11 +5,10 @@ from __future__ import annotations
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from core.db import ApiKey, Job, JobStatus
+from core.db import ApiKey, QueueCount
 from core.errors import LimitReached
 from core.settings import Settings
 
-IN_FLIGHT = (JobStatus.queued, JobStatus.running)
 RETRY_AFTER_SECONDS = 10
 
 
@@ -24,7 +23,8 @@ def hold_room(session: Session, key: ApiKey, settings: Settings) -> None:
     """Within the submit's transaction, before its insert: LimitReached (the transaction rolled back) if the key
     already has as many jobs in flight as it may. A no-op UPDATE of the key's row comes first: PostgreSQL locks
     the row and SQLite the database until the submit commits or rolls back, so concurrent submits of one key
-    count one after another and never both take the last place (a count alone would, being check-then-insert)."""
+    count one after another and never both take the last place (a count alone would, being check-then-insert). The
+    count is the key's row per model in ``queue_counts``, which the insert's trigger updates in the same transaction."""
     cap = cap_for(key, settings)
     if cap <= 0:
         return
@@ -35,7 +35,7 @@ def hold_room(session: Session, key: ApiKey, settings: Settings) -> None:
         .execution_options(synchronize_session=False)
     )
     active = session.scalar(
-        select(func.count()).select_from(Job).where(Job.owner_id == key.id, Job.status.in_(IN_FLIGHT))
+        select(func.sum(QueueCount.queued + QueueCount.running)).where(QueueCount.owner_id == key.id)
     )
     if (active or 0) >= cap:
         session.rollback()

@@ -1,0 +1,108 @@
+"""Each API key's queued and running jobs per model, counted by triggers on ``jobs`` (``core.db.QueueCount``): a queue
+position and the in-flight cap read one row per key instead of counting every job in the queue.
+
+The triggers are created before the counts are filled in, in the same transaction: on PostgreSQL creating them
+blocks writes to ``jobs`` until the migration commits, so no change falls between the two.
+
+Revision ID: 0015_queue_counts
+Revises: 0014_lora26_loras
+Create Date: 2026-12-06
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+# revision identifiers, used by Alembic.
+revision: str = "0015_queue_counts"
+down_revision: str | Sequence[str] | None = "0014_lora26_loras"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+COUNTED = "('queued', 'running')"
+CHANGED = (
+    "(OLD.status IS DISTINCT FROM NEW.status OR OLD.model IS DISTINCT FROM NEW.model "
+    "OR OLD.owner_id IS DISTINCT FROM NEW.owner_id)"
+)
+
+POSTGRESQL = [
+    f"""
+    CREATE FUNCTION count_queue() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP <> 'INSERT' AND OLD.status IN {COUNTED} THEN
+            UPDATE queue_counts
+            SET queued = queued - (OLD.status = 'queued')::int, running = running - (OLD.status = 'running')::int
+            WHERE model = OLD.model AND owner_id = OLD.owner_id;
+        END IF;
+        IF TG_OP <> 'DELETE' AND NEW.status IN {COUNTED} THEN
+            INSERT INTO queue_counts AS counts (model, owner_id, queued, running)
+            VALUES (NEW.model, NEW.owner_id, (NEW.status = 'queued')::int, (NEW.status = 'running')::int)
+            ON CONFLICT (model, owner_id) DO UPDATE
+            SET queued = counts.queued + EXCLUDED.queued, running = counts.running + EXCLUDED.running;
+        END IF;
+        RETURN NULL;
+    END $$
+    """,
+    "CREATE FUNCTION clear_queue_counts() RETURNS trigger LANGUAGE plpgsql AS $$ "
+    "BEGIN DELETE FROM queue_counts; RETURN NULL; END $$",
+    "CREATE TRIGGER jobs_count_rows AFTER INSERT OR DELETE ON jobs FOR EACH ROW EXECUTE FUNCTION count_queue()",
+    f"CREATE TRIGGER jobs_count_changes AFTER UPDATE OF status, model, owner_id ON jobs FOR EACH ROW "
+    f"WHEN {CHANGED} EXECUTE FUNCTION count_queue()",
+    "CREATE TRIGGER jobs_count_truncate AFTER TRUNCATE ON jobs FOR EACH STATEMENT "
+    "EXECUTE FUNCTION clear_queue_counts()",
+]
+
+_SQLITE_ENTER = """
+    INSERT INTO queue_counts (model, owner_id, queued, running)
+    VALUES (NEW.model, NEW.owner_id, NEW.status = 'queued', NEW.status = 'running')
+    ON CONFLICT (model, owner_id) DO UPDATE SET queued = queued + excluded.queued, running = running + excluded.running;
+"""
+_SQLITE_LEAVE = """
+    UPDATE queue_counts SET queued = queued - (OLD.status = 'queued'), running = running - (OLD.status = 'running')
+    WHERE model = OLD.model AND owner_id = OLD.owner_id;
+"""
+SQLITE = [
+    f"CREATE TRIGGER jobs_count_insert AFTER INSERT ON jobs WHEN NEW.status IN {COUNTED} BEGIN {_SQLITE_ENTER} END",
+    f"CREATE TRIGGER jobs_count_delete AFTER DELETE ON jobs WHEN OLD.status IN {COUNTED} BEGIN {_SQLITE_LEAVE} END",
+    f"CREATE TRIGGER jobs_count_leave AFTER UPDATE OF status, model, owner_id ON jobs "
+    f"WHEN OLD.status IN {COUNTED} AND {CHANGED.replace('IS DISTINCT FROM', 'IS NOT')} BEGIN {_SQLITE_LEAVE} END",
+    f"CREATE TRIGGER jobs_count_enter AFTER UPDATE OF status, model, owner_id ON jobs "
+    f"WHEN NEW.status IN {COUNTED} AND {CHANGED.replace('IS DISTINCT FROM', 'IS NOT')} BEGIN {_SQLITE_ENTER} END",
+]
+
+FILL = f"""
+    INSERT INTO queue_counts (model, owner_id, queued, running)
+    SELECT model, owner_id, SUM(CASE WHEN status = 'queued' THEN 1 ELSE 0 END),
+           SUM(CASE WHEN status = 'running' THEN 1 ELSE 0 END)
+    FROM jobs WHERE status IN {COUNTED} GROUP BY model, owner_id
+"""
+
+
+def upgrade() -> None:
+    op.create_table(
+        "queue_counts",
+        sa.Column("model", sa.String(length=100), nullable=False),
+        sa.Column("owner_id", sa.Uuid(), nullable=False),
+        sa.Column("queued", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("running", sa.Integer(), server_default="0", nullable=False),
+        sa.ForeignKeyConstraint(["owner_id"], ["api_keys.id"]),
+        sa.PrimaryKeyConstraint("model", "owner_id"),
+    )
+    op.create_index("ix_queue_counts_owner_id", "queue_counts", ["owner_id"])
+    for statement in POSTGRESQL if op.get_bind().dialect.name == "postgresql" else SQLITE:
+        op.execute(statement)
+    op.execute(FILL)
+
+
+def downgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        for trigger in ("jobs_count_rows", "jobs_count_changes", "jobs_count_truncate"):
+            op.execute(f"DROP TRIGGER {trigger} ON jobs")
+        op.execute("DROP FUNCTION count_queue()")
+        op.execute("DROP FUNCTION clear_queue_counts()")
+    else:
+        for trigger in ("jobs_count_insert", "jobs_count_delete", "jobs_count_leave", "jobs_count_enter"):
+            op.execute(f"DROP TRIGGER {trigger}")
+    op.drop_index("ix_queue_counts_owner_id", table_name="queue_counts")
+    op.drop_table("queue_counts")
