@@ -102,7 +102,7 @@ async def current_key(request: Request, session: SessionDep, settings: SettingsD
     token = bearer_token(request)
     kept = KEYS.cached(token) if token else None
     if kept is not None:
-        key: ApiKey | None = session.merge(kept, load=False)
+        key: ApiKey | None = kept
     elif token:
         key = await anyio.to_thread.run_sync(KEYS.authenticate, session, token, settings.api_key_cache_seconds)
     else:

@@ -59,7 +59,7 @@ class KeyCache:
             return authenticate(session, raw_key)
         kept = self.cached(raw_key)
         if kept is not None:
-            return session.merge(kept, load=False)
+            return kept
         key = authenticate(session, raw_key)
         if key is not None:
             with self._lock:
@@ -72,16 +72,20 @@ class KeyCache:
 
 
 def _detached_copy(key: ApiKey) -> ApiKey:
-    """A copy of the row's values, belonging to no session, that ``Session.merge(load=False)`` attaches."""
+    """A copy of the row's values, belonging to no session: requests read its columns; a change goes to the row
+    (``rotate_webhook_secret``)."""
     copy = ApiKey(**{column.key: getattr(key, column.key) for column in inspect(ApiKey).column_attrs})
     make_transient_to_detached(copy)
     return copy
 
 
-def rotate_webhook_secret(session: Session, key: ApiKey, grace: timedelta) -> str:
-    """A new signing secret; the old one keeps signing alongside it until the grace period ends."""
-    key.previous_webhook_secret = key.webhook_secret
-    key.previous_webhook_secret_expires_at = utcnow() + grace
-    key.webhook_secret = new_secret()
+def rotate_webhook_secret(session: Session, key: ApiKey, grace: timedelta) -> ApiKey:
+    """A new signing secret (the row returned holds it); the old one keeps signing alongside it until the grace period
+    ends. ``key`` may be a cached copy: the row is read again, locked, so that of two rotations at once the second
+    keeps the first's secret as the previous one."""
+    row = session.get_one(ApiKey, key.id, with_for_update=True, populate_existing=True)
+    row.previous_webhook_secret = row.webhook_secret
+    row.previous_webhook_secret_expires_at = utcnow() + grace
+    row.webhook_secret = new_secret()
     session.flush()
-    return key.webhook_secret
+    return row

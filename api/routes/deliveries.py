@@ -132,7 +132,8 @@ def rotate_secret(
     grace_hours: Annotated[float, Query(ge=0, le=24 * 30, description="How long the old secret still signs.")] = 24,
 ) -> Any:
     """A new webhook signing secret for the calling key; both secrets sign deliveries until the grace ends."""
-    secret = rotate_webhook_secret(session, key, timedelta(hours=grace_hours))
-    expires = key.previous_webhook_secret_expires_at
+    row = rotate_webhook_secret(session, key, timedelta(hours=grace_hours))
     session.commit()
-    return RotatedSecret(webhook_secret=secret, previous_secret_expires_at=expires)
+    return RotatedSecret(
+        webhook_secret=row.webhook_secret, previous_secret_expires_at=row.previous_webhook_secret_expires_at
+    )

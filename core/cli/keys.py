@@ -45,7 +45,7 @@ def _rotate_secret(args: argparse.Namespace, settings: Settings) -> int:
         key = session.scalar(select(ApiKey).where(ApiKey.name == args.name, ApiKey.revoked_at.is_(None)))
         if key is None:
             raise SkipstepError(f"--name: no active API key named {args.name!r}")
-        secret = rotate_webhook_secret(session, key, timedelta(hours=args.grace_hours))
+        secret = rotate_webhook_secret(session, key, timedelta(hours=args.grace_hours)).webhook_secret
     print(f"new webhook secret: {secret}")
     print(f"deliveries carry both signatures for {args.grace_hours:g} h")
     return 0
