@@ -281,10 +281,10 @@ class KeyTurn(Base):
 
 
 class QueueCount(Base):
-    """How many jobs each API key has queued and running on each model, kept by triggers on ``jobs`` (migration
-    0015_queue_counts) in the transaction that changes them: the queue position and the in-flight cap read a row per
-    key instead of counting the jobs. A SQLite batch migration that rebuilds ``jobs`` must create the triggers
-    again."""
+    """How many jobs each API key has queued and running on each model, and when it last queued one there, kept by
+    triggers on ``jobs`` (migration 0015_queue_counts) in the transaction that changes them: the queue position and the
+    in-flight cap read a row per key instead of counting the jobs. A SQLite batch migration that rebuilds ``jobs``
+    must create the triggers again."""
 
     __tablename__ = "queue_counts"
 
@@ -292,6 +292,9 @@ class QueueCount(Base):
     owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("api_keys.id"), primary_key=True, index=True)
     queued: Mapped[int] = mapped_column(default=0, server_default="0")
     running: Mapped[int] = mapped_column(default=0, server_default="0")
+    # When the newest job counted as queued here was created; none of the key's queued jobs is newer (those that
+    # left the queue are not subtracted, so it bounds them from above).
+    latest_queued_at: Mapped[datetime | None]
 
 
 class DeliveryStatus(StrEnum):

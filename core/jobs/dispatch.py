@@ -91,6 +91,7 @@ _PLACE = (
         QueueCount.owner_id,
         QueueCount.queued,
         QueueCount.running,
+        QueueCount.latest_queued_at,
         KeyTurn.last_started_at.label("served"),
         _AHEAD_IN_KEY.scalar_subquery().label("ahead_in_key"),
         _workers().label("serving"),
@@ -122,6 +123,7 @@ class _KeyQueue:
     queued: int
     running: int
     served: datetime | None
+    latest: datetime | None  # none of the key's queued jobs was created later
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,8 @@ def place(session: Session, job: Job, heartbeat_seconds: float) -> Place:
     queued jobs plus the key's running ones; every other key has min(queued, t - 1 - running) jobs at an earlier
     turn, and at most one at turn ``t``, ahead when its key was served earlier or, served alike, it is older. One
     statement reads each key's counts (``QueueCount``), the jobs of the job's key ahead of it and the model's workers;
-    a second takes one index step per key tied with it, if any."""
+    a second looks up the job at turn ``t`` of each tied key that has queued jobs newer than this one, if any (a
+    newly submitted job has none)."""
     if job.status != JobStatus.queued:
         return Place(None)
     rows = session.execute(
@@ -153,7 +156,7 @@ def place(session: Session, job: Job, heartbeat_seconds: float) -> Place:
             "alive_since": workers.alive_since(heartbeat_seconds),
         },
     ).all()
-    keys = {row.owner_id: _KeyQueue(row.queued, row.running, row.served) for row in rows}
+    keys = {row.owner_id: _KeyQueue(row.queued, row.running, row.served, row.latest_queued_at) for row in rows}
     mine = keys.pop(job.owner_id, None)
     if mine is None or mine.queued == 0:
         return Place(None)  # no longer queued: the row changed since it was read
@@ -171,7 +174,9 @@ def _position(
         position += min(max(turn - 1 - other.running, 0), other.queued)
         if not other.running < turn <= other.running + other.queued:
             continue  # no job of this key at the same turn
-        if other.served == mine.served:
+        if other.served == mine.served and other.latest is not None and other.latest < job.created_at:
+            position += 1  # tied, and every job that key has queued is older than this one
+        elif other.served == mine.served:
             tied.append((owner_id, turn - other.running - 1))
         elif other.served is None or (mine.served is not None and other.served < mine.served):
             position += 1

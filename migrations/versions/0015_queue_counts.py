@@ -1,5 +1,6 @@
-"""Each API key's queued and running jobs per model, counted by triggers on ``jobs`` (``core.db.QueueCount``): a queue
-position and the in-flight cap read one row per key instead of counting every job in the queue.
+"""Each API key's queued and running jobs per model, and the newest job it queued there, kept by triggers on ``jobs``
+(``core.db.QueueCount``): a queue position and the in-flight cap read one row per key instead of counting every job in
+the queue.
 
 The triggers are created before the counts are filled in, in the same transaction: on PostgreSQL creating them
 blocks writes to ``jobs`` until the migration commits, so no change falls between the two.
@@ -13,6 +14,8 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+
+from core.db.models import UTCDateTime
 
 # revision identifiers, used by Alembic.
 revision: str = "0015_queue_counts"
@@ -36,10 +39,12 @@ POSTGRESQL = [
             WHERE model = OLD.model AND owner_id = OLD.owner_id;
         END IF;
         IF TG_OP <> 'DELETE' AND NEW.status IN {COUNTED} THEN
-            INSERT INTO queue_counts AS counts (model, owner_id, queued, running)
-            VALUES (NEW.model, NEW.owner_id, (NEW.status = 'queued')::int, (NEW.status = 'running')::int)
+            INSERT INTO queue_counts AS counts (model, owner_id, queued, running, latest_queued_at)
+            VALUES (NEW.model, NEW.owner_id, (NEW.status = 'queued')::int, (NEW.status = 'running')::int,
+                    CASE WHEN NEW.status = 'queued' THEN NEW.created_at END)
             ON CONFLICT (model, owner_id) DO UPDATE
-            SET queued = counts.queued + EXCLUDED.queued, running = counts.running + EXCLUDED.running;
+            SET queued = counts.queued + EXCLUDED.queued, running = counts.running + EXCLUDED.running,
+                latest_queued_at = GREATEST(counts.latest_queued_at, EXCLUDED.latest_queued_at);
         END IF;
         RETURN NULL;
     END $$
@@ -54,9 +59,12 @@ POSTGRESQL = [
 ]
 
 _SQLITE_ENTER = """
-    INSERT INTO queue_counts (model, owner_id, queued, running)
-    VALUES (NEW.model, NEW.owner_id, NEW.status = 'queued', NEW.status = 'running')
-    ON CONFLICT (model, owner_id) DO UPDATE SET queued = queued + excluded.queued, running = running + excluded.running;
+    INSERT INTO queue_counts (model, owner_id, queued, running, latest_queued_at)
+    VALUES (NEW.model, NEW.owner_id, NEW.status = 'queued', NEW.status = 'running',
+            CASE WHEN NEW.status = 'queued' THEN NEW.created_at END)
+    ON CONFLICT (model, owner_id) DO UPDATE SET queued = queued + excluded.queued, running = running + excluded.running,
+        latest_queued_at = coalesce(max(latest_queued_at, excluded.latest_queued_at), latest_queued_at,
+                                    excluded.latest_queued_at);
 """
 _SQLITE_LEAVE = """
     UPDATE queue_counts SET queued = queued - (OLD.status = 'queued'), running = running - (OLD.status = 'running')
@@ -72,9 +80,9 @@ SQLITE = [
 ]
 
 FILL = f"""
-    INSERT INTO queue_counts (model, owner_id, queued, running)
+    INSERT INTO queue_counts (model, owner_id, queued, running, latest_queued_at)
     SELECT model, owner_id, SUM(CASE WHEN status = 'queued' THEN 1 ELSE 0 END),
-           SUM(CASE WHEN status = 'running' THEN 1 ELSE 0 END)
+           SUM(CASE WHEN status = 'running' THEN 1 ELSE 0 END), MAX(CASE WHEN status = 'queued' THEN created_at END)
     FROM jobs WHERE status IN {COUNTED} GROUP BY model, owner_id
 """
 
@@ -86,6 +94,7 @@ def upgrade() -> None:
         sa.Column("owner_id", sa.Uuid(), nullable=False),
         sa.Column("queued", sa.Integer(), server_default="0", nullable=False),
         sa.Column("running", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("latest_queued_at", UTCDateTime(), nullable=True),
         sa.ForeignKeyConstraint(["owner_id"], ["api_keys.id"]),
         sa.PrimaryKeyConstraint("model", "owner_id"),
     )
