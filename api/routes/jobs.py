@@ -219,7 +219,13 @@ async def get_job(
     else from its state now; unchanged after `wait` seconds, 304 (tagged) or the job. A queued job carries
     `Retry-After`: when looking again is worthwhile."""
     seen = polling.seen_tags(if_none_match)
-    snapshot = await anyio.to_thread.run_sync(polling.read, session, job_id, key, settings, seen)
+
+    def read() -> polling.Snapshot | None:
+        snapshot = polling.read(session, job_id, key, settings, seen)
+        session.commit()  # ended in this thread, the session closes without another hop; nothing is expired
+        return snapshot
+
+    snapshot = await anyio.to_thread.run_sync(read)
     if snapshot is not None and wait and not snapshot.finished and (snapshot.view is None or not seen):
         session.close()  # no pooled connection held while waiting
         snapshot = await polling.next_change(settings, job_id, key, snapshot.etag, wait, answer_unchanged=not seen)

@@ -138,7 +138,7 @@ def submit(
         if existing is None:
             raise
         return _replay(session, existing, fingerprint, settings)
-    place = standing(session, job, settings.heartbeat_seconds)
+    place = _standing(session, job, settings)
     # Read after the commit: a worker that turns idle later commits that first, then dispatches and sees this job.
     if place.idle_workers > 0:
         try:
@@ -206,7 +206,14 @@ def check_image_url(url: str, settings: Settings) -> None:
 def _replay(session: Session, job: Job, fingerprint: str, settings: Settings) -> Submitted:
     if job.request_hash != fingerprint:
         raise Conflict(f"Idempotency-Key was already used for job {job.id} with a different request body")
-    return Submitted(job, replayed=True, standing=standing(session, job, settings.heartbeat_seconds))
+    return Submitted(job, replayed=True, standing=_standing(session, job, settings))
+
+
+def _standing(session: Session, job: Job, settings: Settings) -> Standing:
+    """The job's standing, read in a transaction ended here: the caller's session holds no connection after."""
+    place = standing(session, job, settings.heartbeat_seconds)
+    session.commit()
+    return place
 
 
 def cancel(session: Session, job_id: uuid.UUID, settings: Settings, broker: Broker) -> Job | None:
