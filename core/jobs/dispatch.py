@@ -79,9 +79,12 @@ _AHEAD_IN_KEY = select(func.count()).where(
 )
 
 
-def _workers(*idle: Any) -> Any:
+def _workers(*conditions: Any) -> Any:
+    """How many of the model's workers take jobs and meet ``conditions``, as a column."""
     seen_since = bindparam("alive_since", type_=Worker.last_seen_at.type)
-    return select(func.count()).where(workers.taking_jobs(bindparam("model"), seen_since), *idle).scalar_subquery()
+    return (
+        select(func.count()).where(workers.taking_jobs(bindparam("model"), seen_since), *conditions).scalar_subquery()
+    )
 
 
 # Every key with jobs queued or running on the model bound as ``model`` (from the counts the triggers keep), with the
