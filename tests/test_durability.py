@@ -80,6 +80,20 @@ def running_step(service: Service, job_id: str, step: int = 1, worker: subproces
     return wait_until(there, 120, 0.05, f"job {job_id} to run {step} step(s)")
 
 
+def test_a_submit_sends_its_job_to_an_idle_worker_itself(stack: Callable[..., Stack]) -> None:
+    """A job submitted while a worker of its model idles is sent to it by the submit (which reads the idle worker
+    after its commit), not left for a worker's sweep: with heartbeats a minute apart it still runs at once."""
+    slow = {
+        "SKIPSTEP_HEARTBEAT_SECONDS": "60",
+        "SKIPSTEP_JOB_LEASE_SECONDS": "240",
+        "SKIPSTEP_REDISPATCH_SECONDS": "240",
+    }
+    service = stack(**slow).service
+    service.start_worker()
+    job = service.wait(service.submit()["id"], timeout=40)  # the worker's next sweep is a minute after it started
+    assert job["status"] == "succeeded", job["error"]
+
+
 def test_a_broker_restarted_empty_loses_no_queued_job(stack: Callable[..., Stack]) -> None:
     """Jobs queued and dispatched when the broker loses everything still run, each exactly once; and a long
     queue is never copied into the broker: it holds at most one message per idle worker."""
