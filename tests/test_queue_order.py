@@ -64,8 +64,8 @@ def test_queue_position_is_the_dispatch_order(database: str, seed: int) -> None:
 
 @pytest.mark.parametrize("seed", range(3))
 def test_queue_counts_follow_every_change_of_the_jobs(database: str, seed: int) -> None:
-    """The counts the triggers keep equal a count of the jobs after inserts, status changes (both ways), a move to
-    another model and deletes, in batches and one by one."""
+    """The counts the triggers keep (per key and model, and each key's jobs in flight) equal a count of the jobs after
+    inserts, status changes (both ways), moves to another model or key and deletes, in batches and one by one."""
     rng = random.Random(seed)
     models = [f"counted-{seed}-a", f"counted-{seed}-b"]
     statuses = list(JobStatus)
@@ -85,6 +85,8 @@ def test_queue_counts_follow_every_change_of_the_jobs(database: str, seed: int) 
                 row.status = rng.choice(statuses)
                 if rng.random() < 0.2:
                     row.model = rng.choice(models)
+                if rng.random() < 0.1:
+                    row.owner_id = rng.choice(keys).id
             session.execute(
                 update(Job)
                 .where(Job.id.in_([job.id for job in rng.sample(jobs, 5)]))
@@ -98,9 +100,13 @@ def test_queue_counts_follow_every_change_of_the_jobs(database: str, seed: int) 
             for row in session.scalars(select(QueueCount).where(QueueCount.model.in_(models)))
             if row.queued or row.running
         }
+        in_flight = {key.id: session.get_one(ApiKey, key.id).in_flight for key in keys}
         expected: dict[tuple[str, uuid.UUID], list[int]] = {}
         for job in session.scalars(select(Job).where(Job.model.in_(models))):
             if job.status in (JobStatus.queued, JobStatus.running):
                 tally = expected.setdefault((job.model, job.owner_id), [0, 0])
                 tally[job.status == JobStatus.running] += 1
     assert counted == {place: tuple(tally) for place, tally in expected.items()}
+    assert in_flight == {
+        key.id: sum(sum(tally) for (_, owner), tally in expected.items() if owner == key.id) for key in keys
+    }

@@ -62,6 +62,9 @@ class ApiKey(Base):
     rate_per_second: Mapped[float | None] = mapped_column(Float)
     rate_burst: Mapped[int | None]
     max_active_jobs: Mapped[int | None]
+    # Its jobs queued or running, kept by triggers on ``jobs`` (migration 0015_queue_counts); the cap above holds
+    # against it (core.limits.active).
+    in_flight: Mapped[int] = mapped_column(default=0, server_default="0")
     retention_hours: Mapped[float | None] = mapped_column(Float)
 
 

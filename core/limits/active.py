@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select, update
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from core.db import ApiKey, QueueCount
+from core.db import ApiKey
 from core.errors import LimitReached
 from core.settings import Settings
 
@@ -21,23 +21,21 @@ def cap_for(key: ApiKey, settings: Settings) -> int:
 
 def hold_room(session: Session, key: ApiKey, settings: Settings) -> None:
     """Within the submit's transaction, before its insert: LimitReached (the transaction rolled back) if the key
-    already has as many jobs in flight as it may. A no-op UPDATE of the key's row comes first: PostgreSQL locks
-    the row and SQLite the database until the submit commits or rolls back, so concurrent submits of one key
-    count one after another and never both take the last place (a count alone would, being check-then-insert). The
-    count is the key's row per model in ``queue_counts``, which the insert's trigger updates in the same transaction."""
+    already has as many jobs in flight as it may. One statement locks the key's row and reads its ``in_flight``, which
+    the triggers on ``jobs`` keep: PostgreSQL returns the row as the last submit to commit left it (an ``UPDATE`` that
+    waited for a lock re-reads the row), and SQLite holds the database. Concurrent submits of one key so count one
+    after another and never both take the last place, as a count and then an insert would."""
     cap = cap_for(key, settings)
     if cap <= 0:
         return
-    session.execute(
+    in_flight = session.scalar(
         update(ApiKey)
         .where(ApiKey.id == key.id)
-        .values(max_active_jobs=ApiKey.max_active_jobs)
+        .values(in_flight=ApiKey.in_flight)
+        .returning(ApiKey.in_flight)
         .execution_options(synchronize_session=False)
     )
-    active = session.scalar(
-        select(func.sum(QueueCount.queued + QueueCount.running)).where(QueueCount.owner_id == key.id)
-    )
-    if (active or 0) >= cap:
+    if (in_flight or 0) >= cap:
         session.rollback()
         raise LimitReached(
             f"max_active_jobs: this API key already has {cap} queued or running jobs, the most it may; "

@@ -1,6 +1,6 @@
-"""Each API key's queued and running jobs per model, and the newest job it queued there, kept by triggers on ``jobs``
-(``core.db.QueueCount``): a queue position and the in-flight cap read one row per key instead of counting every job in
-the queue.
+"""Each API key's queued and running jobs per model, and the newest job it queued there (``core.db.QueueCount``), and
+its jobs in flight in all (``api_keys.in_flight``), kept by triggers on ``jobs``: a queue position reads one row per key
+instead of counting every job in the queue, and the in-flight cap reads the key's row as it locks it.
 
 The triggers are created before the counts are filled in, in the same transaction: on PostgreSQL creating them
 blocks writes to ``jobs`` until the migration commits, so no change falls between the two.
@@ -33,6 +33,15 @@ POSTGRESQL = [
     f"""
     CREATE FUNCTION count_queue() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
+        -- The key's row first, then its count's: the order a submit takes them in (core.limits.active).
+        IF TG_OP <> 'INSERT' AND OLD.status IN {COUNTED}
+           AND NOT (TG_OP = 'UPDATE' AND NEW.status IN {COUNTED} AND NEW.owner_id = OLD.owner_id) THEN
+            UPDATE api_keys SET in_flight = in_flight - 1 WHERE id = OLD.owner_id;
+        END IF;
+        IF TG_OP <> 'DELETE' AND NEW.status IN {COUNTED}
+           AND NOT (TG_OP = 'UPDATE' AND OLD.status IN {COUNTED} AND NEW.owner_id = OLD.owner_id) THEN
+            UPDATE api_keys SET in_flight = in_flight + 1 WHERE id = NEW.owner_id;
+        END IF;
         IF TG_OP <> 'INSERT' AND OLD.status IN {COUNTED} THEN
             UPDATE queue_counts
             SET queued = queued - (OLD.status = 'queued')::int, running = running - (OLD.status = 'running')::int
@@ -70,13 +79,21 @@ _SQLITE_LEAVE = """
     UPDATE queue_counts SET queued = queued - (OLD.status = 'queued'), running = running - (OLD.status = 'running')
     WHERE model = OLD.model AND owner_id = OLD.owner_id;
 """
+_SQLITE_CHANGED = CHANGED.replace("IS DISTINCT FROM", "IS NOT")
+_SQLITE_ADD = "UPDATE api_keys SET in_flight = in_flight + 1 WHERE id = NEW.owner_id"
+_SQLITE_TAKE = "UPDATE api_keys SET in_flight = in_flight - 1 WHERE id = OLD.owner_id"
+_SAME_KEY_STILL_COUNTED = f"(OLD.status IN {COUNTED} AND NEW.status IN {COUNTED} AND NEW.owner_id = OLD.owner_id)"
 SQLITE = [
-    f"CREATE TRIGGER jobs_count_insert AFTER INSERT ON jobs WHEN NEW.status IN {COUNTED} BEGIN {_SQLITE_ENTER} END",
-    f"CREATE TRIGGER jobs_count_delete AFTER DELETE ON jobs WHEN OLD.status IN {COUNTED} BEGIN {_SQLITE_LEAVE} END",
+    f"CREATE TRIGGER jobs_count_insert AFTER INSERT ON jobs WHEN NEW.status IN {COUNTED} "
+    f"BEGIN {_SQLITE_ADD}; {_SQLITE_ENTER} END",
+    f"CREATE TRIGGER jobs_count_delete AFTER DELETE ON jobs WHEN OLD.status IN {COUNTED} "
+    f"BEGIN {_SQLITE_TAKE}; {_SQLITE_LEAVE} END",
     f"CREATE TRIGGER jobs_count_leave AFTER UPDATE OF status, model, owner_id ON jobs "
-    f"WHEN OLD.status IN {COUNTED} AND {CHANGED.replace('IS DISTINCT FROM', 'IS NOT')} BEGIN {_SQLITE_LEAVE} END",
+    f"WHEN OLD.status IN {COUNTED} AND {_SQLITE_CHANGED} "
+    f"BEGIN {_SQLITE_TAKE} AND NOT {_SAME_KEY_STILL_COUNTED}; {_SQLITE_LEAVE} END",
     f"CREATE TRIGGER jobs_count_enter AFTER UPDATE OF status, model, owner_id ON jobs "
-    f"WHEN NEW.status IN {COUNTED} AND {CHANGED.replace('IS DISTINCT FROM', 'IS NOT')} BEGIN {_SQLITE_ENTER} END",
+    f"WHEN NEW.status IN {COUNTED} AND {_SQLITE_CHANGED} "
+    f"BEGIN {_SQLITE_ADD} AND NOT {_SAME_KEY_STILL_COUNTED}; {_SQLITE_ENTER} END",
 ]
 
 FILL = f"""
@@ -84,6 +101,9 @@ FILL = f"""
     SELECT model, owner_id, SUM(CASE WHEN status = 'queued' THEN 1 ELSE 0 END),
            SUM(CASE WHEN status = 'running' THEN 1 ELSE 0 END), MAX(CASE WHEN status = 'queued' THEN created_at END)
     FROM jobs WHERE status IN {COUNTED} GROUP BY model, owner_id
+"""
+FILL_KEYS = f"""
+    UPDATE api_keys SET in_flight = (SELECT count(*) FROM jobs WHERE owner_id = api_keys.id AND status IN {COUNTED})
 """
 
 
@@ -99,9 +119,11 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("model", "owner_id"),
     )
     op.create_index("ix_queue_counts_owner_id", "queue_counts", ["owner_id"])
+    op.add_column("api_keys", sa.Column("in_flight", sa.Integer(), server_default="0", nullable=False))
     for statement in POSTGRESQL if op.get_bind().dialect.name == "postgresql" else SQLITE:
         op.execute(statement)
     op.execute(FILL)
+    op.execute(FILL_KEYS)
 
 
 def downgrade() -> None:
@@ -115,3 +137,5 @@ def downgrade() -> None:
             op.execute(f"DROP TRIGGER {trigger}")
     op.drop_index("ix_queue_counts_owner_id", table_name="queue_counts")
     op.drop_table("queue_counts")
+    with op.batch_alter_table("api_keys") as batch:
+        batch.drop_column("in_flight")
