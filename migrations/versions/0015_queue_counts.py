@@ -59,7 +59,7 @@ POSTGRESQL = [
     END $$
     """,
     "CREATE FUNCTION clear_queue_counts() RETURNS trigger LANGUAGE plpgsql AS $$ "
-    "BEGIN DELETE FROM queue_counts; RETURN NULL; END $$",
+    "BEGIN DELETE FROM queue_counts; UPDATE api_keys SET in_flight = 0; RETURN NULL; END $$",
     "CREATE TRIGGER jobs_count_rows AFTER INSERT OR DELETE ON jobs FOR EACH ROW EXECUTE FUNCTION count_queue()",
     f"CREATE TRIGGER jobs_count_changes AFTER UPDATE OF status, model, owner_id ON jobs FOR EACH ROW "
     f"WHEN {CHANGED} EXECUTE FUNCTION count_queue()",
