@@ -64,6 +64,7 @@ _NEXT = (
     .order_by(*_fair(_QUEUE))
     .limit(bindparam("slots", type_=Integer))
 )
+# The queued jobs of the job's own key ahead of it.
 _AHEAD_IN_KEY = select(func.count()).where(
     Job.owner_id == bindparam("owner"),
     Job.model == bindparam("model"),
