@@ -81,11 +81,8 @@ _AHEAD_IN_KEY = select(func.count()).where(
 
 
 def _workers(*conditions: Any) -> Any:
-    """How many of the model's workers take jobs and meet ``conditions``, as a column."""
     seen_since = bindparam("alive_since", type_=Worker.last_seen_at.type)
-    return (
-        select(func.count()).where(workers.taking_jobs(bindparam("model"), seen_since), *conditions).scalar_subquery()
-    )
+    return workers.count_taking_jobs(bindparam("model"), seen_since, *conditions).scalar_subquery()
 
 
 # Every key with jobs queued or running on the model bound as ``model`` (from the counts the triggers keep), with the
@@ -99,7 +96,7 @@ _PLACE = (
         KeyTurn.last_started_at.label("served"),
         _AHEAD_IN_KEY.scalar_subquery().label("ahead_in_key"),
         _workers().label("serving"),
-        _workers(Worker.current_job_id.is_(None)).label("idle"),
+        _workers(workers.IDLE).label("idle"),
     )
     .outerjoin(KeyTurn, and_(KeyTurn.owner_id == QueueCount.owner_id, KeyTurn.model == QueueCount.model))
     .where(QueueCount.model == bindparam("model"), or_(QueueCount.queued > 0, QueueCount.running > 0))

@@ -282,7 +282,7 @@ def standing(session: Session, job: Job, heartbeat_seconds: float) -> Standing:
 
 def estimated_start(session: Session, job: Job, position: int, live: int) -> datetime | None:
     """When a queued job may start: the jobs ahead of it spread over the ``live`` workers of its model that
-    take jobs (core.jobs.workers.taking_jobs), each taking the median run time of the model's recent jobs. None while
+    take jobs (workers.serving_count), each taking the median run time of the model's recent jobs. None while
     it waits for a worker or no job of the model has finished yet."""
     if live == 0:
         return None

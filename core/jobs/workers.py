@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from pydantic import Field
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import Select, and_, func, select, update
 from sqlalchemy.orm import Session
 
 from core.contract import examples
@@ -128,33 +128,30 @@ def alive_since(heartbeat_seconds: float) -> datetime:
     return utcnow() - ALIVE_HEARTBEATS * timedelta(seconds=heartbeat_seconds)
 
 
-def _alive(heartbeat_seconds: float) -> Any:
-    return and_(Worker.stopped_at.is_(None), Worker.last_seen_at >= alive_since(heartbeat_seconds))
+def _alive(seen_since: Any) -> Any:
+    return and_(Worker.stopped_at.is_(None), Worker.last_seen_at >= seen_since)
 
 
-def taking_jobs(model: Any, seen_since: Any) -> Any:
-    """Workers of ``model`` alive (seen since ``seen_since``) and not shutting down: they take the model's next jobs.
-    Either argument may be a bound parameter, for statements built once."""
-    return and_(
-        Worker.model == model,
-        Worker.stopped_at.is_(None),
-        Worker.last_seen_at >= seen_since,
-        Worker.stop_reason.is_(None),
+# A worker that holds no job (a condition for ``count_taking_jobs``).
+IDLE = Worker.current_job_id.is_(None)
+
+
+def count_taking_jobs(model: Any, seen_since: Any, *conditions: Any) -> Select:
+    """How many workers of ``model`` are alive (seen since ``seen_since``), not shutting down (they take the model's
+    next jobs) and meet ``conditions``. Either argument may be a bound parameter, for statements built once."""
+    return select(func.count()).where(
+        Worker.model == model, _alive(seen_since), Worker.stop_reason.is_(None), *conditions
     )
 
 
 def idle_count(session: Session, model: str, heartbeat_seconds: float) -> int:
     """Live workers of ``model`` that hold no job and take new ones."""
-    query = select(func.count()).where(
-        taking_jobs(model, alive_since(heartbeat_seconds)), Worker.current_job_id.is_(None)
-    )
-    return session.scalar(query) or 0
+    return session.scalar(count_taking_jobs(model, alive_since(heartbeat_seconds), IDLE)) or 0
 
 
 def serving_count(session: Session, model: str, heartbeat_seconds: float) -> int:
     """Live workers of ``model`` that take new jobs (busy or idle, not shutting down)."""
-    query = select(func.count()).where(taking_jobs(model, alive_since(heartbeat_seconds)))
-    return session.scalar(query) or 0
+    return session.scalar(count_taking_jobs(model, alive_since(heartbeat_seconds))) or 0
 
 
 def waiting_for_worker(session: Session, model: str, heartbeat_seconds: float) -> bool:
@@ -188,7 +185,7 @@ def by_model(session: Session, heartbeat_seconds: float) -> dict[str, ModelWorke
             Worker.current_job_id,
             Worker.stop_reason,
         )
-        .where(_alive(heartbeat_seconds))
+        .where(_alive(alive_since(heartbeat_seconds)))
         .order_by(Worker.model, Worker.hostname, Worker.started_at)
     ).all()
     models: dict[str, ModelWorkers] = {}
