@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -20,10 +21,10 @@ from core.contract.models import describe
 from core.contract.request import JobRequest
 from core.contract.shapes import HUNYUAN, LTX, WAN
 from core.db import ApiKey, CatalogueEntry, Job, JobStatus, Worker, session_scope, utcnow
-from core.jobs import catalogue, workers
+from core.jobs import catalogue, notify, workers
 from core.jobs.mapping import new_job
 from core.models import LoadedModel
-from core.settings import Settings
+from core.settings import Settings, get_settings
 
 MAGCACHE = {"strategy": "magcache", "params": {"threshold": 0.24, "max_skip_steps": 3}}
 WAN_JOB = {"model": "wan-tiny", "width": 64, "height": 64, "num_frames": 9, "num_inference_steps": 6}
@@ -154,29 +155,49 @@ def test_estimates_from_recent_jobs_and_live_workers(front: Service) -> None:
             session.execute(delete(Worker).where(Worker.id == worker_id))
 
 
+@contextmanager
+def announcing_on(service: Service) -> Iterator[None]:
+    """This process announces its commits (core.jobs.notify) on the service's broker, as a worker host does."""
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("SKIPSTEP_BROKER_URL", service.env["SKIPSTEP_BROKER_URL"])
+            get_settings.cache_clear()
+            yield
+    finally:
+        get_settings.cache_clear()
+
+
 def test_a_job_follows_the_model_as_its_worker_described_it(front: Service, wan_tiny: LoadedModel) -> None:
     """With a worker's description in the catalogue, the API plans a MagCache job on the profile that worker holds
-    (one this API host does not have) and GET /models shows it; the description goes once its row does."""
+    (one this API host does not have) and GET /models shows it; a newer description replaces it at once, and the
+    description goes once its row does."""
     held = ProfileStore(front.settings.profiles_dir).get("wan-tiny-128x128x17-20steps")
     # Ratios of 1: MagCache skips every step it may, so the schedule tells this profile from the built-in one.
     own = held.model_copy(
         update={"name": "calibrated-on-the-worker", "magcache": {b: [1.0] * 20 for b in held.magcache or {}}}
     )
     info = wan_tiny.info(ProfileStore(front.settings.profiles_dir))
+    earlier = replace(info, profiles=(held.model_copy(update={"name": "calibrated-before"}).model_dump(mode="json"),))
     described = replace(info, profiles=(own.model_dump(mode="json"),))
-    with session_scope(front.settings.database) as session:
-        catalogue.publish(session, "wan-tiny", described, "gpu-host:7")
-    try:
-        job = front.submit(cache=MAGCACHE, **WAN_JOB)
-        assert job["expected"]["profile"] == "calibrated-on-the-worker" and job["pending_checks"] == []
-        assert job["expected"]["branches"]["cond"]["schedule"] == "C...C."  # K = 3: at most three in a row
-        with front.client() as client:
-            (wan,) = [m for m in client.get("/models").json() if m["name"] == "wan-tiny"]
-        assert wan["described_by"] == "gpu-host:7"
-        assert [p["name"] for p in wan["profiles"]] == ["calibrated-on-the-worker"]
-    finally:
-        with session_scope(front.settings.database) as session:
-            session.execute(delete(CatalogueEntry).where(CatalogueEntry.name == "wan-tiny"))
+    with announcing_on(front):
+        try:
+            with session_scope(front.settings.database) as session:
+                catalogue.publish(session, "wan-tiny", earlier, "gpu-host:6")
+            assert front.submit(cache=MAGCACHE, **WAN_JOB)["expected"]["profile"] == "calibrated-before"
+            # The API process keeps the description it read; a new one replaces it at once.
+            with session_scope(front.settings.database) as session:
+                catalogue.publish(session, "wan-tiny", described, "gpu-host:7")
+            job = front.submit(cache=MAGCACHE, **WAN_JOB)
+            assert job["expected"]["profile"] == "calibrated-on-the-worker" and job["pending_checks"] == []
+            assert job["expected"]["branches"]["cond"]["schedule"] == "C...C."  # K = 3: at most three in a row
+            with front.client() as client:
+                (wan,) = [m for m in client.get("/models").json() if m["name"] == "wan-tiny"]
+            assert wan["described_by"] == "gpu-host:7"
+            assert [p["name"] for p in wan["profiles"]] == ["calibrated-on-the-worker"]
+        finally:
+            with session_scope(front.settings.database) as session:
+                session.execute(delete(CatalogueEntry).where(CatalogueEntry.name == "wan-tiny"))
+                notify.catalogue_changed(session)  # as publish does: the API processes keep what they read
 
 
 def test_family_is_read_from_files_without_loading(tmp_path: Path, wan_tiny: object, monkeypatch) -> None:

@@ -1,12 +1,18 @@
 """The model catalogue: what a submit needs of each model (family, default shape, block count, transformer
 config, the calibration profiles held for it and the strategies that apply), published by its GPU workers
 once they have loaded it, so that the API host needs no model files. Where no worker has described a model,
-configuration alone tells what it can; where it cannot, the job's model-dependent checks wait for its worker."""
+configuration alone tells what it can; where it cannot, the job's model-dependent checks wait for its worker.
+
+An API process keeps each model's published description while the catalogue's version in the broker's Redis is the
+one it was read under (``publish`` gives it a new one at commit, ``core.jobs.notify``), and at most
+``KEEP_SECONDS`` (a version lost with the broker): a submit then reads one Redis key instead of the row."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
 
+import redis
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -16,7 +22,13 @@ from core.contract.models import ModelInfo
 from core.contract.shapes import FAMILIES, Shape
 from core.db import CatalogueEntry, utcnow
 from core.errors import ModelLoadError
+from core.jobs import notify
+from core.redis_sync import client_for
 from core.settings import Settings
+
+KEEP_SECONDS = 60.0
+# (database, model, source) -> (catalogue version, when read, the description)
+_kept: dict[tuple[str, str, str], tuple[bytes, float, ModelInfo]] = {}
 
 
 def publish(session: Session, name: str, info: ModelInfo, worker_id: str) -> None:
@@ -42,6 +54,7 @@ def publish(session: Session, name: str, info: ModelInfo, worker_id: str) -> Non
         .values(name=name, **values)
         .on_conflict_do_update(index_elements=[CatalogueEntry.name], set_=values)
     )
+    notify.catalogue_changed(session)
 
 
 def describe(session: Session, name: str, settings: Settings) -> ModelInfo:
@@ -51,9 +64,15 @@ def describe(session: Session, name: str, settings: Settings) -> ModelInfo:
     here); else nothing yet (family None: every size must be given, and the family's rules are checked by the
     worker when it claims the job)."""
     source = settings.model_sources[name]
+    version = _version(settings.broker_url)
+    key = (settings.database, name, source)
+    kept = _kept.get(key)
+    if version is not None and kept is not None and kept[0] == version and time.monotonic() - kept[1] < KEEP_SECONDS:
+        return kept[2]
+    read_at = time.monotonic()
     entry = session.get(CatalogueEntry, name)
     if entry is not None and models.same_model(entry.source, source):
-        return ModelInfo(
+        info = ModelInfo(
             source=entry.source,
             family=FAMILIES[entry.family],
             default_shape=Shape(**entry.default_shape),
@@ -65,7 +84,21 @@ def describe(session: Session, name: str, settings: Settings) -> ModelInfo:
             pipeline=entry.pipeline or {},
             lora_modules=entry.lora_modules,
         )
+        if version is not None:
+            _kept[key] = (version, read_at, info)
+        return info
     try:
         return models.describe(source, settings.presets_dir)
     except ModelLoadError:
         return ModelInfo(source=source, family=None, default_shape=None)
+
+
+def _version(broker_url: str | None) -> bytes | None:
+    """The catalogue's version, read before its rows; None (nothing is kept) without a broker, or before any
+    worker has published since the broker started afresh."""
+    if broker_url is None:
+        return None
+    try:
+        return client_for(broker_url).get(notify.CATALOGUE_VERSION)
+    except redis.RedisError:
+        return None

@@ -4,7 +4,8 @@ The state machine (``core.jobs.transitions``) marks each job it changes; once th
 commits, the job ids are published on the broker's Redis (channel ``skipstep:job:<id>``), where the
 streams (``core.jobs.stream``) wait, and the change counters of the jobs, and of the models whose queue
 changed (a job entered or left it, a worker began or stopped taking its jobs), are bumped
-(``core.jobs.tag_cache``). Only the commit publishes, so a stream never hears of a change it
+(``core.jobs.tag_cache``). A new description of a model gives the catalogue a new version
+(``core.jobs.catalogue``). Only the commit publishes, so a stream never hears of a change it
 cannot read yet, and a rolled-back change is never announced. Best effort: a stream also re-reads its
 job on a bounded poll, so a lost notification delays an event, never loses it.
 """
@@ -14,19 +15,22 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from functools import lru_cache
 
 import redis
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from core.jobs.tag_cache import count_changes
+from core.redis_sync import client_for
 from core.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 _CHANGED = "skipstep_changed_jobs"
 _QUEUES = "skipstep_changed_queues"
+_CATALOGUE = "skipstep_changed_catalogue"
+# A random token, new at every change: unlike a counter, it never comes back after the broker lost its data.
+CATALOGUE_VERSION = "skipstep:catalogue:version"
 # After a failed publish, skip publishing this long: a worker's step check-ins must not wait on a down broker.
 _BACKOFF_SECONDS = 5.0
 _failed_at = 0.0
@@ -48,21 +52,23 @@ def queue_changed(session: Session, model: str) -> None:
     session.info.setdefault(_QUEUES, set()).add(model)
 
 
-@lru_cache
-def _client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+def catalogue_changed(session: Session) -> None:
+    """Give the model catalogue a new version once ``session`` commits."""
+    session.info[_CATALOGUE] = True
 
 
-def publish(job_ids: set[uuid.UUID], queues: set[str]) -> None:
+def publish(job_ids: set[uuid.UUID], queues: set[str], catalogue: bool = False) -> None:
     global _failed_at
     url = get_settings().broker_url
     if url is None or time.monotonic() - _failed_at < _BACKOFF_SECONDS:
         return
     try:
-        with _client(url).pipeline(transaction=False) as pipe:
+        with client_for(url).pipeline(transaction=False) as pipe:
             for job_id in job_ids:
                 pipe.publish(channel(job_id), "changed")
             count_changes(pipe, job_ids, queues)
+            if catalogue:
+                pipe.set(CATALOGUE_VERSION, uuid.uuid4().hex)
             pipe.execute()
     except redis.RedisError as exc:
         _failed_at = time.monotonic()
@@ -72,11 +78,13 @@ def publish(job_ids: set[uuid.UUID], queues: set[str]) -> None:
 @event.listens_for(Session, "after_commit")
 def _after_commit(session: Session) -> None:
     job_ids, queues = session.info.pop(_CHANGED, set()), session.info.pop(_QUEUES, set())
-    if job_ids or queues:
-        publish(job_ids, queues)
+    catalogue = session.info.pop(_CATALOGUE, False)
+    if job_ids or queues or catalogue:
+        publish(job_ids, queues, catalogue)
 
 
 @event.listens_for(Session, "after_rollback")
 def _after_rollback(session: Session) -> None:
     session.info.pop(_CHANGED, None)
     session.info.pop(_QUEUES, None)
+    session.info.pop(_CATALOGUE, None)

@@ -26,6 +26,7 @@ from functools import lru_cache
 import redis
 
 from core.redis_async import script_for
+from core.redis_sync import client_for
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class TagCache:
     """The API's writes to the cache, from the worker threads that read jobs from the database."""
 
     def __init__(self, url: str) -> None:
-        self._client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        self._client = client_for(url)
 
     def job_stamp(self, job_id: uuid.UUID) -> Stamp | None:
         try:
