@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from core.errors import SkipstepError
@@ -126,9 +126,9 @@ def say(line: str) -> None:
     print(f"skipstep up: {line}", file=sys.stderr, flush=True)
 
 
-def supervise(children: Sequence[Child], stop_seconds: float) -> int:
-    """Run the children until SIGTERM or SIGINT; then stop them, waiting up to ``stop_seconds`` for the
-    workers' graceful shutdown before killing what is left."""
+def until_signalled(start: Callable[[], None], tick: Callable[[float], None], interval: float) -> None:
+    """Run ``start``, then call ``tick`` with the monotonic time every ``interval`` seconds, until SIGTERM or SIGINT
+    arrives (from the moment ``start`` begins: a signal during it ends the loop before its first tick)."""
     stopping = False
 
     def stop(_signum: int, _frame: object) -> None:
@@ -137,13 +137,25 @@ def supervise(children: Sequence[Child], stop_seconds: float) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    for child in children:
-        child.start()
+    start()
     while not stopping:
-        now = time.monotonic()
+        tick(time.monotonic())
+        time.sleep(interval)
+
+
+def supervise(children: Sequence[Child], stop_seconds: float) -> int:
+    """Run the children until SIGTERM or SIGINT; then stop them, waiting up to ``stop_seconds`` for the
+    workers' graceful shutdown before killing what is left."""
+
+    def start() -> None:
+        for child in children:
+            child.start()
+
+    def check(now: float) -> None:
         for child in children:
             child.check(now)
-        time.sleep(0.2)
+
+    until_signalled(start, check, 0.2)
     say("stopping")
     _stop([child for child in children if not child.infrastructure], stop_seconds)
     _stop([child for child in children if child.infrastructure], stop_seconds)

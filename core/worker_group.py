@@ -23,7 +23,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 
 from core.errors import SkipstepError
-from core.supervisor import GPU_ID, restart_delay
+from core.supervisor import GPU_ID, restart_delay, until_signalled
 
 CPU = "cpu"
 _PR_SET_PDEATHSIG = 1
@@ -129,18 +129,10 @@ class WorkerGroup:
 
     def supervise(self) -> int:
         """Run the group until SIGTERM or SIGINT, restarting it whenever a rank exits."""
-        stopping = False
-
-        def stop(_signum: int, _frame: object) -> None:
-            nonlocal stopping
-            stopping = True
-
-        signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGTERM, stop)
-        self.start()
         restart_at: float | None = None
-        while not stopping:
-            now = time.monotonic()
+
+        def check(now: float) -> None:
+            nonlocal restart_at
             if restart_at is None and (exit := self.exited()) is not None:
                 rank, code = exit
                 self.kill()
@@ -153,7 +145,8 @@ class WorkerGroup:
             if restart_at is not None and now >= restart_at:
                 restart_at = None
                 self.start()
-            time.sleep(0.1)
+
+        until_signalled(self.start, check, 0.1)
         say(f"{self.model}: stopping")
         self.stop()
         return 0
