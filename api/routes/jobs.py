@@ -18,7 +18,7 @@ from api.schemas import JobPage
 from core.contract.request import JobRequest
 from core.db import ApiKey, Job, JobStatus
 from core.jobs import polling, repository, service
-from core.jobs.expected import Standing, standing
+from core.jobs.expected import standing
 from core.jobs.remix import RemixRequest
 from core.jobs.service import FirstFrame, Submitted
 from core.jobs.view import JobView, job_view
@@ -36,17 +36,7 @@ def _found(session: SessionDep, job_id: uuid.UUID, key: ApiKey) -> Job:
 
 
 def _view(session: SessionDep, job: Job, settings: SettingsDep) -> JobView:
-    return _rendered(job, standing(session, job, settings.heartbeat_seconds), settings)
-
-
-def _rendered(job: Job, place: Standing, settings: SettingsDep) -> JobView:
-    return job_view(
-        job,
-        settings.public_url,
-        place.position,
-        waiting_for_worker=place.waiting_for_worker,
-        estimated_start_at=place.estimated_start_at,
-    )
+    return job_view(job, settings.public_url, standing(session, job, settings.heartbeat_seconds))
 
 
 Submission = tuple[JobRequest, FirstFrame | None]
@@ -170,7 +160,7 @@ def _accepted(submitted: Submitted, response: Response, settings: SettingsDep) -
     if submitted.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/jobs/{submitted.job.id}"
-    return _rendered(submitted.job, submitted.standing, settings)
+    return job_view(submitted.job, settings.public_url, submitted.standing)
 
 
 @router.get("", response_model=JobPage)

@@ -78,13 +78,7 @@ def read(session: Session, job_id: uuid.UUID, key: ApiKey, settings: Settings, s
         cache.store(job_id, stamp, job.owner_id, tag, job.model if queued else None, start)
     view = None
     if tag not in seen:
-        view = job_view(
-            job,
-            settings.public_url,
-            place.position,
-            waiting_for_worker=place.waiting_for_worker,
-            estimated_start_at=place.estimated_start_at,
-        )
+        view = job_view(job, settings.public_url, place)
     return Snapshot(tag, job.status.finished, view, retry_after(start, settings) if place.position else None)
 
 

@@ -24,7 +24,7 @@ import redis
 import redis.asyncio
 
 from core.db import Job, JobStatus, sessions
-from core.jobs import dispatch
+from core.jobs.expected import standing
 from core.jobs.notify import channel
 from core.jobs.view import JobView, job_view
 from core.settings import Settings
@@ -57,8 +57,7 @@ class StreamSlots:
 def read(settings: Settings, job_id: uuid.UUID) -> tuple[int, JobView]:
     with sessions(settings.database)() as session:
         job = session.get_one(Job, job_id)
-        position = dispatch.place(session, job, settings.heartbeat_seconds).position
-        return job.version, job_view(job, settings.public_url, position)
+        return job.version, job_view(job, settings.public_url, standing(session, job, settings.heartbeat_seconds))
 
 
 def event_name(view: JobView, previous: JobStatus | None) -> str:

@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 from core.contract import examples
 from core.contract.request import JobInput
 from core.db import Job, JobStatus
-from core.jobs.expected import Expected
+from core.jobs.expected import Expected, Standing
 from core.jobs.mapping import request_of
 from core.jobs.retention import is_expired
 
@@ -332,13 +332,9 @@ class JobView(BaseModel):
     links: Links = Field(description="URLs of the job and what can be done with it.")
 
 
-def job_view(
-    job: Job,
-    public_url: str,
-    queue_position: int | None = None,
-    waiting_for_worker: bool = False,
-    estimated_start_at: datetime | None = None,
-) -> JobView:
+def job_view(job: Job, public_url: str, standing: Standing | None = None) -> JobView:
+    """The job as clients see it; ``standing``: where it stands while queued (core.jobs.expected)."""
+    place = standing if standing is not None and job.status == JobStatus.queued else None
     base = f"{public_url.rstrip('/')}/jobs/{job.id}"
     progress = None
     if job.progress_total:
@@ -367,9 +363,9 @@ def job_view(
         started_at=job.started_at,
         finished_at=job.finished_at,
         model=job.model,
-        queue_position=queue_position if job.status == JobStatus.queued else None,
-        status_detail="waiting_for_worker" if waiting_for_worker and job.status == JobStatus.queued else None,
-        estimated_start_at=estimated_start_at if job.status == JobStatus.queued else None,
+        queue_position=place.position if place is not None else None,
+        status_detail="waiting_for_worker" if place is not None and place.waiting_for_worker else None,
+        estimated_start_at=place.estimated_start_at if place is not None else None,
         cancel_requested=job.cancel_requested_at is not None,
         input=JobInput.model_construct(**dict(request_of(job))),
         input_image=InputImageView(
