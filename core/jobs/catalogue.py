@@ -3,9 +3,10 @@ config, the calibration profiles held for it and the strategies that apply), pub
 once they have loaded it, so that the API host needs no model files. Where no worker has described a model,
 configuration alone tells what it can; where it cannot, the job's model-dependent checks wait for its worker.
 
-An API process keeps each model's published description while the catalogue's version in the broker's Redis is the
-one it was read under (``publish`` gives it a new one at commit, ``core.jobs.notify``), and at most
-``KEEP_SECONDS`` (a version lost with the broker): a submit then reads one Redis key instead of the row."""
+An API process keeps what it found of each model while the catalogue's version in the broker's Redis is the one it
+read before (``publish`` gives the catalogue a new version at commit, ``core.jobs.notify``), and at most
+``KEEP_SECONDS`` (a version lost with the broker, files that appeared since): a submit then reads one Redis key
+instead of the row and the model's configuration files."""
 
 from __future__ import annotations
 
@@ -70,9 +71,16 @@ def describe(session: Session, name: str, settings: Settings) -> ModelInfo:
     if version is not None and kept is not None and kept[0] == version and time.monotonic() - kept[1] < KEEP_SECONDS:
         return kept[2]
     read_at = time.monotonic()
+    info = _read(session, name, source, settings)
+    if version is not None:
+        _kept[key] = (version, read_at, info)
+    return info
+
+
+def _read(session: Session, name: str, source: str, settings: Settings) -> ModelInfo:
     entry = session.get(CatalogueEntry, name)
     if entry is not None and models.same_model(entry.source, source):
-        info = ModelInfo(
+        return ModelInfo(
             source=entry.source,
             family=FAMILIES[entry.family],
             default_shape=Shape(**entry.default_shape),
@@ -84,9 +92,6 @@ def describe(session: Session, name: str, settings: Settings) -> ModelInfo:
             pipeline=entry.pipeline or {},
             lora_modules=entry.lora_modules,
         )
-        if version is not None:
-            _kept[key] = (version, read_at, info)
-        return info
     try:
         return models.describe(source, settings.presets_dir)
     except ModelLoadError:
@@ -94,11 +99,11 @@ def describe(session: Session, name: str, settings: Settings) -> ModelInfo:
 
 
 def _version(broker_url: str | None) -> bytes | None:
-    """The catalogue's version, read before its rows; None (nothing is kept) without a broker, or before any
-    worker has published since the broker started afresh."""
+    """The catalogue's version, read before the catalogue (empty: nothing has been published since the broker
+    started afresh); None, and nothing is kept, without a broker or an answer from it."""
     if broker_url is None:
         return None
     try:
-        return client_for(broker_url).get(notify.CATALOGUE_VERSION)
+        return client_for(broker_url).get(notify.CATALOGUE_VERSION) or b""
     except redis.RedisError:
         return None
