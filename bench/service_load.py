@@ -4,7 +4,8 @@ given PostgreSQL database and Redis, then C clients, each with its own API key, 
 and duplicated jobs. Then, with --polls, the clients poll the jobs they made (GET /jobs/{id}) as a fleet of
 pollers does: once plainly, then conditionally (If-None-Match with the last ETag, the plain polls' at first: 304
 where the API supports it), with the API processes' CPU time per request. No GPU worker runs unless --busy-worker
-starts one (wan-tiny, on the same cores).
+starts one (wan-tiny, on the same cores); --described first publishes the model's description to the catalogue, as
+its workers do once they have loaded it (a deployment's steady state).
 
     .venv/bin/python bench/service_load.py --database-url postgresql+psycopg://postgres@127.0.0.1:5432/bench \
         --broker-url redis://127.0.0.1:6379/9 --submits 2000 --concurrency 16 --api-workers 2 --polls 5000
@@ -30,9 +31,12 @@ from pathlib import Path
 import httpx
 from sqlalchemy import select
 
+from core.contract.models import describe
 from core.db import ApiKey, Job, session_scope
 from core.db.migrate import upgrade
+from core.jobs import catalogue
 from core.keys import create_key, hash_key
+from core.settings import Settings
 
 RAMP = 0.02
 JOB = {"width": 64, "height": 64, "num_frames": 9, "num_inference_steps": 6}
@@ -184,6 +188,9 @@ def main() -> None:
     parser.add_argument("--api-workers", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=100, help="submits made and not counted, first")
     parser.add_argument("--busy-worker", action="store_true", help="run a wan-tiny worker taking the jobs")
+    parser.add_argument(
+        "--described", action="store_true", help="publish the model's description first, as its workers do"
+    )
     parser.add_argument("--polls", type=int, default=0, help="GET /jobs/{id} polls per mode after the submits")
     parser.add_argument(
         "--cancel-before-polls", action="store_true", help="cancel the jobs first: poll finished jobs, not queued ones"
@@ -193,6 +200,10 @@ def main() -> None:
     upgrade(args.database_url)
     with session_scope(args.database_url) as session:
         keys = [create_key(session, f"bench-{uuid.uuid4().hex[:6]}")[1] for _ in range(args.concurrency)]
+        if args.described:
+            settings = Settings()
+            model = settings.default_model
+            catalogue.publish(session, model, describe(settings.model_sources[model], settings.presets_dir), "bench")
     home = Path(tempfile.mkdtemp(prefix="skipstep-bench-"))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -243,7 +254,7 @@ def main() -> None:
     duplicated = len(rows) - len({prompt for _, prompt in rows})
     print(
         f"{args.submits} submits, {args.concurrency} clients, {args.api_workers} API processes, "
-        f"{'busy' if args.busy_worker else 'no'} worker"
+        f"{'busy' if args.busy_worker else 'no'} worker{', model described' if args.described else ''}"
         + (f", polls of {'canceled' if args.cancel_before_polls else 'queued'} jobs" if args.polls else "")
     )
     print(f"throughput      {len(results['submit']) / seconds:7.1f} submits/s ({seconds:.1f} s)")
