@@ -15,6 +15,7 @@ from contextlib import ExitStack
 
 import numpy as np
 import torch
+from PIL import Image
 
 from core.caching.base import BranchState, RunPlan, TimestepCache
 from core.caching.none import NoCache
@@ -94,9 +95,10 @@ def calibrate(
     seed: int = 0,
     on_prompt: Callable[[int, str], None] | None = None,
     loras: Sequence[LoraSpec] = (),
+    image: Image.Image | None = None,
 ) -> Profile:
-    """Run ``prompts`` uncached at ``shape`` (with the LoRA adapters ``loras``) and build a profile from what they
-    record."""
+    """Run ``prompts`` uncached at ``shape`` (with the LoRA adapters ``loras``; an image-to-video model from the first
+    frame ``image``) and build a profile from what they record."""
     if shape.num_inference_steps < MIN_STEPS:
         raise InvalidRequest("num_inference_steps", f"calibration needs at least {MIN_STEPS} steps")
     if not prompts:
@@ -125,7 +127,7 @@ def calibrate(
             for expert in caches.experts:
                 handle = expert.transformer.register_forward_hook(expert.cache.record_output)
                 hooks.callback(handle.remove)
-            run(model, request, shape, caches)
+            run(model, request, shape, caches, image=image)
         for expert in caches.experts:
             recorder = expert.cache
             for branch in recorder.plan.branches:
@@ -148,7 +150,8 @@ def calibrate(
         num_frames=shape.num_frames,
         num_inference_steps=shape.num_inference_steps,
         guidance_scale=guidance_scale,
-        source=f"skipstep calibrate: {len(prompts)} prompt(s), seeds from {seed}",
+        source=f"skipstep calibrate: {len(prompts)} prompt(s), seeds from {seed}"
+        + (", from a first frame" if image is not None else ""),
         prompts=list(prompts),
         magcache={branch: np.mean(runs, axis=0).tolist() for branch, runs in ratios.items()},
         # An expert that runs few steps gives too few distinct input changes for a polynomial: no TeaCache for it.

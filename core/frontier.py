@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from PIL import Image
+
 from core.caching.none import NoCache
 from core.caching.profiles import ProfileStore
 from core.caching.registry import build_cache
@@ -61,10 +63,11 @@ def measure(
     on_run: Callable[[str, str, GenerationResult], None] | None = None,
     clock: Literal["wall", "cpu"] = "wall",
     loras: Sequence[LoraSpec] = (),
+    image: Image.Image | None = None,
 ) -> list[FrontierPoint]:
     """One point per setting of ``grid``; prompt ``i`` runs with seed ``seed + i``, uncached first; every run with
-    the LoRA adapters ``loras``. Denoising time is wall time, or with ``clock="cpu"`` the process's CPU time (for
-    one torch thread on a shared CPU)."""
+    the LoRA adapters ``loras``, and an image-to-video model's from the first frame ``image``. Denoising time is wall
+    time, or with ``clock="cpu"`` the process's CPU time (for one torch thread on a shared CPU)."""
 
     def seconds(result: GenerationResult) -> float:
         return result.timings.denoising_cpu if clock == "cpu" else result.timings.denoising
@@ -80,14 +83,15 @@ def measure(
         request = GenerationRequest.at(
             shape, prompt, guidance_scale=guidance_scale, seed=seed + index, loras=list(loras)
         )
-        uncached = run(model, request, shape, NoCache())
+        uncached = run(model, request, shape, NoCache(), image=image)
         reference = to_uint8(uncached.frames)
         baseline_seconds.append(seconds(uncached))
         total_calls = sum(b.computed + b.skipped for b in uncached.cache.branches.values())
         if on_run is not None:
             on_run(prompt, "none", uncached)
         for spec, tally in zip(specs, tallies, strict=True):
-            result = run(model, request, shape, build_cache(spec, model.transformer, shape, profiles, loras=loras))
+            cache = build_cache(spec, model.transformer, shape, profiles, loras=loras)
+            result = run(model, request, shape, cache, image=image)
             psnr, ssim = delivered_fidelity(to_uint8(result.frames), reference)
             tally.computed.append(sum(b.computed for b in result.cache.branches.values()))
             tally.seconds.append(seconds(result))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from pathlib import Path
 
 import httpx
 from PIL import Image, UnidentifiedImageError
@@ -67,6 +68,15 @@ def fit(image: Image.Image, width: int, height: int) -> Image.Image:
     )
     left, top = (scaled.width - width) // 2, (scaled.height - height) // 2
     return scaled.crop((left, top, left + width, top + height))
+
+
+def read_first_frame(path: Path, shape: Shape, max_bytes: int, max_pixels: int) -> Image.Image:
+    """A first frame from a file (the engine's commands), checked and fitted to ``shape`` as a job's is."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidRequest("image", f"cannot read {path}: {exc.strerror}") from None
+    return open_checked(check_image(data, shape, max_bytes, max_pixels))
 
 
 def open_checked(data: bytes) -> Image.Image:

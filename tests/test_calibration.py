@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from core.caching.profiles import Profile, ProfileStore
 from core.calibration import calibrate, fit_polynomial
@@ -188,3 +189,36 @@ def test_unreadable_profile_file_is_named(tmp_path: Path) -> None:
     (tmp_path / "broken.json").write_text("{")
     with pytest.raises(CacheConfigError, match=re.escape(f"profile file {tmp_path / 'broken.json'} is unreadable")):
         ProfileStore(tmp_path).all()
+
+
+def test_an_image_to_video_model_is_calibrated_and_run_from_a_first_frame(cli, settings, tmp_path: Path) -> None:
+    """`calibrate` and `generate` take an image-to-video model's first frame (--image), checked and fitted to the
+    video's size as a job's is; without one they say what is missing before any run."""
+    home = tmp_path / "home"
+    home.mkdir()
+    settings.presets_dir.mkdir(parents=True, exist_ok=True)
+    (home / "models").symlink_to(settings.presets_dir)  # the built preset is shared with the session's tests
+    frame = tmp_path / "frame.png"
+    Image.new("RGB", (96, 64), (40, 90, 160)).save(frame)
+    shape = ["--width", "64", "--height", "64", "--num-frames", "9", "--steps", "8"]
+
+    refused = cli(home, "calibrate", "--model", "wan-i2v-tiny", *shape)
+    assert refused.returncode == 2
+    assert "image: model wan-i2v-tiny generates from an image: give the first frame (--image)" in refused.stderr
+    assert "[1/" not in refused.stderr  # refused before the first prompt ran
+
+    made = cli(home, "calibrate", "--model", "wan-i2v-tiny", *shape, "--image", str(frame), "--name", "i2v-frame")
+    assert made.returncode == 0, made.stderr
+    profile = ProfileStore(home / "profiles").get("i2v-frame")
+    assert {branch: len(ratios) for branch, ratios in profile.magcache.items()} == {"cond": 8, "uncond": 8}
+    assert profile.source.endswith("from a first frame")
+
+    video = tmp_path / "boat.mp4"
+    ran = cli(
+        home, "generate", "--model", "wan-i2v-tiny", "--prompt", "a boat", *shape, "--cache", "magcache",
+        "--profile", "i2v-frame", "--image", str(frame), "--out", str(video),
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    computed = [int(n) for n in re.findall(r"^\s+(?:cond|uncond)\s+[C.]{8}\s+(\d)/8$", ran.stdout, re.MULTILINE)]
+    assert len(computed) == 2 and sum(computed) < 16, ran.stdout  # MagCache reused steps on the profile's ratios
+    assert video.stat().st_size > 0

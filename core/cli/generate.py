@@ -14,6 +14,8 @@ from core.contract.request import GenerationRequest
 from core.settings import Settings
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from core.caching.base import CacheReport
     from core.contract.shapes import Shape
     from core.generation import GenerationResult
@@ -30,11 +32,13 @@ def add_commands(commands: Any, settings: Settings) -> None:
     gen = commands.add_parser("generate", help="generate one video")
     _add_model(gen, settings)
     add_request_options(gen, GenerationRequest)
+    _add_image(gen)
     gen.add_argument("--out", type=Path, required=True, metavar="FILE.mp4")
     gen.set_defaults(run=_generate)
 
     cal = commands.add_parser("calibrate", help="record a calibration profile for a model and shape")
     _add_model_and_shape(cal, settings)
+    _add_image(cal)
     cal.add_argument("--prompts", type=Path, metavar="FILE", help="one prompt per line (default: 3 built in)")
     cal.add_argument("--name", help="profile name (default: MODEL-WxHxF-Nsteps)")
     cal.add_argument("--guidance-scale", type=float, default=5.0)
@@ -46,6 +50,7 @@ def add_commands(commands: Any, settings: Settings) -> None:
         "frontier", help="measure the speed/fidelity frontier of a model at one shape and store it for `auto` jobs"
     )
     _add_model_and_shape(front, settings)
+    _add_image(front)
     front.add_argument("--prompts", type=Path, metavar="FILE", help="one prompt per line (default: 3 built in)")
     front.add_argument(
         "--setting",
@@ -69,6 +74,27 @@ def _add_model(parser: argparse.ArgumentParser, settings: Settings) -> None:
     )
 
 
+def _add_image(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--image",
+        type=Path,
+        metavar="FILE",
+        help="an image-to-video model's first frame (PNG, JPEG or WebP), fitted to the video's size as a job's is; "
+        "every run starts from it",
+    )
+
+
+def _first_frame(args: argparse.Namespace, model: LoadedModel, shape: Shape, settings: Settings) -> Image.Image | None:
+    from core.errors import InvalidRequest
+    from core.images import read_first_frame
+
+    if args.image is None:
+        if model.image_input == "required":
+            raise InvalidRequest("image", f"model {model.name} generates from an image: give the first frame (--image)")
+        return None
+    return read_first_frame(args.image, shape, settings.image_max_bytes, settings.image_max_pixels)
+
+
 def _add_model_and_shape(parser: argparse.ArgumentParser, settings: Settings) -> None:
     _add_model(parser, settings)
     parser.add_argument("--width", type=int)
@@ -90,6 +116,7 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
     started = time.perf_counter()
     model = load_model(args.model, settings)
     _with_adapters(model, args.model, settings)
+    image = _first_frame(args, model, request.shape(model.family.rules, model.default_shape), settings)
     loaded = time.perf_counter()
     bar = tqdm(desc="denoising", unit="step", file=sys.stderr, delay=0.1)
 
@@ -105,7 +132,9 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
             bar.close()
 
     try:
-        result = generate(model, request, ProfileStore(settings.profiles_dir), on_plan=on_plan, on_step=on_step)
+        result = generate(
+            model, request, ProfileStore(settings.profiles_dir), on_plan=on_plan, on_step=on_step, image=image
+        )
     finally:
         bar.close()
     encode_started = time.perf_counter()
@@ -123,11 +152,11 @@ def _generate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _prompts_model_and_shape(
+def _what_to_run(
     args: argparse.Namespace, settings: Settings
-) -> tuple[tuple[str, ...], LoadedModel, Shape]:
-    """What calibrate and frontier run: the prompts (the file's lines, else the defaults), the loaded model and the
-    shape asked for (the model's default where a size is omitted)."""
+) -> tuple[tuple[str, ...], LoadedModel, Shape, Image.Image | None]:
+    """What calibrate and frontier run: the prompts (the file's lines, else the defaults), the loaded model, the
+    shape asked for (the model's default where a size is omitted) and the first frame, if given."""
     from core.models import load_model
 
     prompts = DEFAULT_CALIBRATION_PROMPTS
@@ -142,7 +171,7 @@ def _prompts_model_and_shape(
         num_frames=args.num_frames,
         num_inference_steps=args.num_inference_steps,
     ).shape(model.family.rules, model.default_shape)
-    return prompts, model, shape
+    return prompts, model, shape, _first_frame(args, model, shape, settings)
 
 
 def _with_adapters(model: LoadedModel, source: str, settings: Settings) -> None:
@@ -165,7 +194,7 @@ def _calibrate(args: argparse.Namespace, settings: Settings) -> int:
     from core.calibration import calibrate, default_profile_name
     from core.contract.loras import LoraSpec
 
-    prompts, model, shape = _prompts_model_and_shape(args, settings)
+    prompts, model, shape, image = _what_to_run(args, settings)
     loras = [LoraSpec.model_validate(lora) for lora in parse_loras(args.lora)]
     store = ProfileStore(settings.profiles_dir)
     name = args.name or default_profile_name(model.name, shape, loras)
@@ -179,6 +208,7 @@ def _calibrate(args: argparse.Namespace, settings: Settings) -> int:
         seed=args.seed,
         on_prompt=lambda index, prompt: print(f"[{index + 1}/{len(prompts)}] {prompt}", file=sys.stderr),
         loras=loras,
+        image=image,
     )
     path = store.save(profile)
     for branch, ratios in profile.magcache.items():
@@ -201,7 +231,7 @@ def _frontier(args: argparse.Namespace, settings: Settings) -> int:
 
     grid = [parse_setting(item) for item in args.setting] if args.setting else list(DEFAULT_GRID)
     loras = [LoraSpec.model_validate(lora) for lora in parse_loras(args.lora)]
-    prompts, model, shape = _prompts_model_and_shape(args, settings)
+    prompts, model, shape, image = _what_to_run(args, settings)
     upgrade(settings.database)
     runs = len(prompts) * (len(grid) + 1)
     done = iter(range(1, runs + 1))
@@ -220,6 +250,7 @@ def _frontier(args: argparse.Namespace, settings: Settings) -> int:
             args.seed,
             on_run,
             loras=loras,
+            image=image,
         )
     )
     key, adapters = model_key(model.name), adapter_key(loras)
