@@ -60,7 +60,7 @@ def read(session: Session, job_id: uuid.UUID, key: ApiKey, settings: Settings, s
     (``core.jobs.tag_cache``) under the change counters read before what the tag covers: the job's before the job,
     its queue's before the queue position."""
     cache = tag_cache_for(settings.broker_url) if settings.broker_url else None
-    stamp = cache.job_stamp(job_id) if cache is not None else None
+    stamp = cache.stamp(job_id, list(settings.model_sources)) if cache is not None else None
     job = repository.get(session, job_id, key)
     if job is None:
         return None
@@ -69,12 +69,10 @@ def read(session: Session, job_id: uuid.UUID, key: ApiKey, settings: Settings, s
         if cache is not None and stamp is not None:
             cache.store(job_id, stamp, job.owner_id, tag, None, None)
         return Snapshot(tag, job.status.finished, None, None)
-    if cache is not None and stamp is not None and queued:
-        stamp = cache.with_queue(stamp, job.model)
     place = standing(session, job, settings.heartbeat_seconds)
     tag = etag(job.version, place if queued else None)
     start = place.estimated_start_at.timestamp() if place.estimated_start_at is not None else None
-    if cache is not None and stamp is not None and (stamp.queue is not None or not queued):
+    if cache is not None and stamp is not None and (not queued or job.model in stamp.queues):
         cache.store(job_id, stamp, job.owner_id, tag, job.model if queued else None, start)
     view = None
     if tag not in seen:

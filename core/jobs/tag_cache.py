@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import redis
@@ -58,10 +59,10 @@ class Cached:
 
 @dataclass(frozen=True)
 class Stamp:
-    """The counters read before a job was read from the database."""
+    """The counters read before a job was read from the database: its own, and the queue counter of each model."""
 
     job: str
-    queue: str | None = None
+    queues: dict[str, str] = field(default_factory=dict)
 
 
 class TagCache:
@@ -70,17 +71,14 @@ class TagCache:
     def __init__(self, url: str) -> None:
         self._client = client_for(url)
 
-    def job_stamp(self, job_id: uuid.UUID) -> Stamp | None:
+    def stamp(self, job_id: uuid.UUID, models: Sequence[str]) -> Stamp | None:
+        """The job's counter and the queue counters of ``models`` (the job's model is not known yet), in one round
+        trip."""
         try:
-            return Stamp(_text(self._client.get(f"{_JOB}{job_id}")))
+            values = self._client.mget([f"{_JOB}{job_id}", *(f"{_QUEUE}{model}" for model in models)])
         except redis.RedisError:
             return None
-
-    def with_queue(self, stamp: Stamp, model: str) -> Stamp | None:
-        try:
-            return Stamp(stamp.job, _text(self._client.get(f"{_QUEUE}{model}")))
-        except redis.RedisError:
-            return None
+        return Stamp(_text(values[0]), {model: _text(value) for model, value in zip(models, values[1:], strict=True)})
 
     def store(
         self,
@@ -92,14 +90,14 @@ class TagCache:
         retry_at: float | None,
     ) -> None:
         """Keep ``tag`` for the job as read under ``stamp``; ``queue``: the model whose queue holds the job."""
-        if queue is not None and stamp.queue is None:
+        if queue is not None and queue not in stamp.queues:
             raise ValueError("a queued job's entry needs the queue counter it was read under")
         fields = {
             "owner": str(owner),
             "tag": tag,
             "job": stamp.job,
             "queue": queue or "",
-            "queue_count": stamp.queue or "",
+            "queue_count": stamp.queues[queue] if queue is not None else "",
             "retry_at": "" if retry_at is None else repr(retry_at),
         }
         try:
