@@ -200,7 +200,9 @@ def test_an_image_to_video_model_is_calibrated_and_run_from_a_first_frame(cli, s
     (home / "models").symlink_to(settings.presets_dir)  # the built preset is shared with the session's tests
     frame = tmp_path / "frame.png"
     Image.new("RGB", (96, 64), (40, 90, 160)).save(frame)
-    shape = ["--width", "64", "--height", "64", "--num-frames", "9", "--steps", "8"]
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a boat on a river\n")
+    shape = ["--width", "64", "--height", "64", "--num-frames", "9", "--steps", "8", "--prompts", str(prompts)]
 
     refused = cli(home, "calibrate", "--model", "wan-i2v-tiny", *shape)
     assert refused.returncode == 2
@@ -215,7 +217,7 @@ def test_an_image_to_video_model_is_calibrated_and_run_from_a_first_frame(cli, s
 
     video = tmp_path / "boat.mp4"
     ran = cli(
-        home, "generate", "--model", "wan-i2v-tiny", "--prompt", "a boat", *shape, "--cache", "magcache",
+        home, "generate", "--model", "wan-i2v-tiny", "--prompt", "a boat", *shape[:8], "--cache", "magcache",
         "--profile", "i2v-frame", "--image", str(frame), "--out", str(video),
     )  # fmt: skip
     assert ran.returncode == 0, ran.stderr
